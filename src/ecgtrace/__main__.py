@@ -1,0 +1,5 @@
+import sys
+
+from ecgtrace.cli import main
+
+sys.exit(main())

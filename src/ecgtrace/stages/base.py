@@ -1,0 +1,66 @@
+"""Plain objects the stages hand to each other.
+
+Stages never reach into each other's internals: stage 0 returns a
+:class:`NormalizedPage`, stage 1 a :class:`RectifiedPage`, stage 2
+:class:`LeadSignals`. Each carries the transform that produced it so that the
+pipeline can map any point back to the original photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecgtrace.errors import EcgTraceError
+
+
+class StageError(EcgTraceError):
+    """A stage could not do its job on this image; the message says why and what to try."""
+
+
+@dataclass
+class NormalizedPage:
+    """Stage 0 output: the page upright and warped to the canonical page size.
+
+    ``homography`` maps original-image pixels (x, y, 1) to normalized-page pixels
+    (orientation included); ``None`` only when stage 0 was skipped.
+    """
+
+    image: np.ndarray
+    homography: np.ndarray
+    orientation: int = 0
+    orientation_confidence: float = 1.0
+    markers: dict[str, np.ndarray] = field(default_factory=dict)  # detected label centres, original px
+    method: str = "identity"  # "model", "classical" or "identity"
+    ok: bool = True
+    message: str = ""
+
+
+@dataclass
+class RectifiedPage:
+    """Stage 1 output: a page whose 5 mm grid is the perfect lattice of :class:`ecgtrace.paper.Page`.
+
+    ``map_xy`` (H, W, 2) float32 gives, for every rectified pixel, its (x, y) in
+    the stage-1 input (the normalized page): ``cv2.remap(input, map_xy[..., 0], map_xy[..., 1])``
+    reproduces ``image``.
+    """
+
+    image: np.ndarray
+    map_xy: np.ndarray
+    grid_error_px: float = float("nan")  # residual of the lattice fit, canonical px
+    confidence: float = 1.0
+    method: str = "identity"
+    ok: bool = True
+    message: str = ""
+
+
+@dataclass
+class LeadSignals:
+    """Stage 2 output: the 12 leads in mV, plus where they were read on the rectified page."""
+
+    signals: dict[str, np.ndarray]  # lead -> (n,) mV; the rhythm strip replaces lead II when present
+    fs: float
+    traces_px: dict[str, np.ndarray] = field(default_factory=dict)  # row key -> (N, 2) rectified px
+    quality: dict[str, str] = field(default_factory=dict)  # lead -> "ok" / short reason
+    method: str = "classical"
