@@ -1,0 +1,334 @@
+"""Lattice fitting: detected 5 mm grid points with (row, col) indices -> dense rectification map.
+
+Shared by the classical and the learned stage-1 paths. The steps:
+
+1. canonical targets: node ``(i, j)`` (horizontal line ``i`` from the top,
+   vertical line ``j`` from the left) belongs at ``(page.vline_x(j), page.hline_y(i))``;
+2. a RANSAC homography canonical -> input, then residuals against it; a point is
+   an outlier when its residual disagrees with the median residual of its lattice
+   neighbours (a wrong index moves a point by a whole pitch, curl moves it smoothly);
+3. the inlier residuals are interpolated (thin-plate RBF over the index lattice)
+   to every node, which fills gaps and smooths localisation noise;
+4. the node lattice is padded by linear extrapolation and upsampled with a cubic
+   spline to one input position per canonical pixel (``map_xy``), used by ``cv2.remap``.
+
+A lattice that is exactly canonical gives exactly the identity map (cubic splines
+reproduce linear functions), so rectifying a clean page changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.interpolate import RBFInterpolator, RectBivariateSpline
+
+from ecgtrace.paper import CANONICAL, Page
+
+_PAD = 2  # extrapolated node rings around the lattice, so the spline covers the whole page
+
+
+@dataclass
+class LatticeFit:
+    """Result of :func:`fit_lattice`.
+
+    Attributes:
+        nodes: (n_hlines, n_vlines, 2) input-image (x, y) of every 5 mm node.
+        observed: (n_hlines, n_vlines) bool, True where an inlier detection supports the node.
+        inliers: (N,) bool over the input points.
+        homography: 3x3 canonical px -> input px (the rigid part of the fit).
+        residual_px: RMS distance of the inlier detections from the fitted lattice (input px).
+        n_points: detections given; ``n_inliers`` kept.
+        page: the page geometry the indices refer to.
+    """
+
+    nodes: np.ndarray
+    observed: np.ndarray
+    inliers: np.ndarray
+    homography: np.ndarray
+    residual_px: float
+    n_points: int
+    n_inliers: int
+    page: Page
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of lattice nodes backed by an inlier detection."""
+        return float(self.observed.mean()) if self.observed.size else 0.0
+
+
+def pitch_px(page: Page = CANONICAL) -> float:
+    """Spacing of the 5 mm lattice in pixels of ``page``."""
+    return float(page.vline_x(1) - page.vline_x(0))
+
+
+def canonical_nodes(page: Page = CANONICAL) -> np.ndarray:
+    """(n_hlines, n_vlines, 2) canonical (x, y) of every 5 mm node of ``page``."""
+    ii, jj = np.meshgrid(np.arange(page.n_hlines), np.arange(page.n_vlines), indexing="ij")
+    return np.stack([page.vline_x(jj), page.hline_y(ii)], axis=-1)
+
+
+def canonical_points(index: np.ndarray, page: Page = CANONICAL) -> np.ndarray:
+    """Canonical (x, y) of nodes given as (N, 2) int (hline i, vline j)."""
+    idx = np.asarray(index).reshape(-1, 2)
+    return np.stack([page.vline_x(idx[:, 1]), page.hline_y(idx[:, 0])], axis=1)
+
+
+def apply_homography(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 homography to (N, 2) points."""
+    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    q = np.c_[p, np.ones(len(p))] @ np.asarray(h, dtype=np.float64).T
+    return q[:, :2] / q[:, 2:3]
+
+
+def _neighbour_median(index: np.ndarray, values: np.ndarray, radius: int, shape: tuple[int, int]) -> np.ndarray:
+    """Median of ``values`` over each point's lattice neighbours (excluding itself) within ``radius`` index steps.
+
+    Returns NaN where a point has fewer than 3 neighbours.
+    """
+    nh, nv = shape
+    grid = np.full((nh + 2 * radius, nv + 2 * radius, values.shape[1]), np.nan)
+    grid[index[:, 0] + radius, index[:, 1] + radius] = values
+    stack = []
+    for di in range(-radius, radius + 1):
+        for dj in range(-radius, radius + 1):
+            if di == 0 and dj == 0:
+                continue
+            stack.append(grid[index[:, 0] + radius + di, index[:, 1] + radius + dj])
+    stack = np.stack(stack, axis=0)  # (K, N, 2)
+    count = np.isfinite(stack[..., 0]).sum(axis=0)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(stack, axis=0)
+    med[count < 3] = np.nan
+    return med
+
+
+def fit_lattice(
+    points: np.ndarray,
+    index: np.ndarray,
+    page: Page = CANONICAL,
+    *,
+    ransac_frac: float = 0.45,
+    outlier_frac: float = 0.25,
+    smoothing: float = 0.5,
+    neighbours: int = 64,
+) -> LatticeFit:
+    """Fit the 5 mm lattice to detections.
+
+    Args:
+        points: (N, 2) detected node positions (x, y) in the input image.
+        index: (N, 2) int (hline i from the top, vline j from the left) of each detection.
+        page: geometry the indices refer to (also fixes the canonical output size).
+        ransac_frac: RANSAC reprojection threshold as a fraction of the lattice pitch.
+        outlier_frac: a point whose homography residual differs from its neighbours' by more than
+            this fraction of the pitch is rejected (a wrong index is off by a whole pitch).
+        smoothing: thin-plate RBF smoothing (index units); 0 interpolates the detections exactly.
+        neighbours: RBF neighbourhood size (local RBF keeps it fast on 2,464 nodes).
+
+    Raises:
+        ValueError: fewer than 4 usable detections (no homography possible).
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    idx = np.asarray(index).reshape(-1, 2).astype(np.int64)
+    if len(pts) != len(idx):
+        raise ValueError(f"points ({len(pts)}) and index ({len(idx)}) differ in length")
+    nh, nv = page.n_hlines, page.n_vlines
+    ok = (idx[:, 0] >= 0) & (idx[:, 0] < nh) & (idx[:, 1] >= 0) & (idx[:, 1] < nv) & np.isfinite(pts).all(axis=1)
+    n_total = len(pts)
+    if ok.sum() < 4:
+        raise ValueError(f"only {int(ok.sum())} usable grid points; need at least 4 to fit the lattice")
+    pitch = pitch_px(page)
+    src = canonical_points(idx, page)
+
+    # 1) global homography, robust to wrong indices.
+    h, mask = cv2.findHomography(src[ok], pts[ok], cv2.RANSAC, ransac_frac * pitch, maxIters=3000, confidence=0.999)
+    if h is None:
+        raise ValueError("grid points are degenerate (collinear?); cannot fit the lattice")
+    inl = np.zeros(n_total, dtype=bool)
+    inl[np.flatnonzero(ok)] = mask.ravel().astype(bool)
+    # Refit on the inliers without RANSAC for a least-squares homography.
+    if inl.sum() >= 4:
+        h2, _ = cv2.findHomography(src[inl], pts[inl], 0)
+        if h2 is not None:
+            h = h2
+
+    # 2) local consistency of the residual field: curl is smooth, index errors are not.
+    resid = pts - apply_homography(h, src)
+    rnorm = np.linalg.norm(resid, axis=1)
+    cand = ok & (rnorm < 1.5 * pitch)  # beyond this it is a different node
+    # Several detections claiming one node: keep the one nearest the homography's prediction.
+    flat = idx[:, 0] * nv + idx[:, 1]
+    order = np.lexsort((rnorm, np.where(cand, flat, -1)))
+    dup = np.zeros(n_total, dtype=bool)
+    fo = flat[order]
+    dup[order[1:]] = fo[1:] == fo[:-1]
+    cand &= ~dup
+    keep = cand.copy()
+    for radius in (2, 1):
+        ci = np.flatnonzero(keep)
+        if len(ci) < 4:
+            break
+        med = _neighbour_median(idx[ci], resid[ci], radius, (nh, nv))
+        dev = np.linalg.norm(resid[ci] - med, axis=1)
+        isolated = ~np.isfinite(dev)
+        bad = np.where(isolated, ~inl[ci], dev > outlier_frac * pitch)
+        keep[ci[bad]] = False
+    if keep.sum() < 4:
+        keep = inl.copy()
+
+    # 3) smooth residual field over the index lattice; fills gaps, then reject what the fit cannot explain.
+    all_idx = np.stack(np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij"), axis=-1).reshape(-1, 2)
+    base = apply_homography(h, canonical_points(all_idx, page))
+    for it in range(2):
+        ki = np.flatnonzero(keep)
+        rbf = _rbf(idx[ki], resid[ki], smoothing, neighbours)
+        fitted_at_pts = rbf(idx[ki].astype(np.float64))
+        err = np.linalg.norm(resid[ki] - fitted_at_pts, axis=1)
+        if it == 0:
+            sigma = 1.4826 * np.median(err) + 1e-6
+            bad = err > max(6.0 * sigma, 0.08 * pitch)
+            if not bad.any():
+                break
+            keep[ki[bad]] = False
+            if keep.sum() < 4:
+                keep[ki[bad]] = True
+                break
+    ki = np.flatnonzero(keep)
+    rbf = _rbf(idx[ki], resid[ki], smoothing, neighbours)
+    nodes = (base + rbf(all_idx.astype(np.float64))).reshape(nh, nv, 2)
+    err = np.linalg.norm(resid[ki] - rbf(idx[ki].astype(np.float64)), axis=1)
+    observed = np.zeros((nh, nv), dtype=bool)
+    observed[idx[ki, 0], idx[ki, 1]] = True
+    return LatticeFit(
+        nodes=nodes,
+        observed=observed,
+        inliers=keep,
+        homography=h,
+        residual_px=float(np.sqrt(np.mean(err**2))) if len(err) else float("nan"),
+        n_points=n_total,
+        n_inliers=int(keep.sum()),
+        page=page,
+    )
+
+
+def _rbf(index: np.ndarray, values: np.ndarray, smoothing: float, neighbours: int):
+    """Thin-plate RBF over lattice indices; with few points fall back to a plain linear fit."""
+    x = index.astype(np.float64)
+    if len(x) < 6:
+        mean = values.mean(axis=0)
+        return lambda q: np.broadcast_to(mean, (len(q), 2)).copy()
+    nb = None if len(x) <= neighbours else neighbours
+    return RBFInterpolator(x, values, kernel="thin_plate_spline", smoothing=smoothing, neighbors=nb)
+
+
+def dense_map(nodes: np.ndarray, page: Page = CANONICAL) -> np.ndarray:
+    """Dense backward map (H, W, 2) float32: for each canonical pixel of ``page``, its (x, y) in the input.
+
+    ``nodes`` is the (n_hlines, n_vlines, 2) node lattice (e.g. :attr:`LatticeFit.nodes`).
+    Upsampled with an interpolating bicubic spline, padded by linear extrapolation so that the
+    page margins outside the outermost lines are covered.
+    """
+    nh, nv = page.n_hlines, page.n_vlines
+    if nodes.shape != (nh, nv, 2):
+        raise ValueError(f"nodes must have shape ({nh}, {nv}, 2) for this page, got {nodes.shape}")
+    padded = _pad_linear(np.asarray(nodes, dtype=np.float64), _PAD)
+    vi = np.arange(-_PAD, nh + _PAD, dtype=np.float64)
+    uj = np.arange(-_PAD, nv + _PAD, dtype=np.float64)
+    h, w = page.size
+    pitch = pitch_px(page)
+    # Lattice coordinates of every canonical pixel: x = vline_x(u), y = hline_y(v).
+    u = (np.arange(w) - page.vline_x(0)) / pitch
+    v = (np.arange(h) - page.hline_y(0)) / pitch
+    out = np.empty((h, w, 2), dtype=np.float32)
+    for c in range(2):
+        spl = RectBivariateSpline(vi, uj, padded[..., c], kx=3, ky=3, s=0)
+        out[..., c] = spl(v, u, grid=True)
+    return out
+
+
+def _pad_linear(a: np.ndarray, n: int) -> np.ndarray:
+    """Extend a (h, w, C) lattice by ``n`` rings, continuing the edge rows/cols linearly."""
+    for axis in (0, 1):
+        first = np.take(a, [0], axis=axis)
+        step0 = first - np.take(a, [1], axis=axis)
+        last = np.take(a, [-1], axis=axis)
+        step1 = last - np.take(a, [-2], axis=axis)
+        before = [first + step0 * k for k in range(n, 0, -1)]
+        after = [last + step1 * k for k in range(1, n + 1)]
+        a = np.concatenate(before + [a] + after, axis=axis)
+    return a
+
+
+def identity_map(page: Page = CANONICAL) -> np.ndarray:
+    """The (H, W, 2) float32 map of a page that needs no rectification."""
+    h, w = page.size
+    xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return np.stack([xx, yy], axis=-1)
+
+
+def remap(image: np.ndarray, map_xy: np.ndarray, border_value: int | tuple = 255) -> np.ndarray:
+    """Sample ``image`` at ``map_xy`` (bicubic; outside the input -> white paper)."""
+    bv = border_value if isinstance(border_value, tuple) else (border_value,) * 4
+    return cv2.remap(image, map_xy[..., 0], map_xy[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=bv)
+
+
+def _bilinear(map_xy: np.ndarray, q: np.ndarray) -> np.ndarray:
+    p = np.asarray(q, dtype=np.float32).reshape(-1, 1, 2)
+    mx = cv2.remap(map_xy[..., 0], p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    my = cv2.remap(map_xy[..., 1], p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.stack([mx.ravel(), my.ravel()], axis=1).astype(np.float64)
+
+
+def sample_map(map_xy: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Bilinear sample of the (H, W, 2) map at rectified points (N, 2): their (x, y) in the input.
+
+    Points outside the map are extended linearly with the map's slope at the nearest edge.
+    """
+    q = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    out = _bilinear(map_xy, q)
+    h, w = map_xy.shape[:2]
+    cx = np.clip(q[:, 0], 0, w - 1)
+    cy = np.clip(q[:, 1], 0, h - 1)
+    outside = (cx != q[:, 0]) | (cy != q[:, 1])
+    if outside.any():
+        c = np.stack([cx, cy], axis=1)[outside]
+        x0, x1 = np.clip(c[:, 0] - 1, 0, w - 1), np.clip(c[:, 0] + 1, 0, w - 1)
+        y0, y1 = np.clip(c[:, 1] - 1, 0, h - 1), np.clip(c[:, 1] + 1, 0, h - 1)
+        jx = (_bilinear(map_xy, np.c_[x1, c[:, 1]]) - _bilinear(map_xy, np.c_[x0, c[:, 1]])) / (x1 - x0)[:, None]
+        jy = (_bilinear(map_xy, np.c_[c[:, 0], y1]) - _bilinear(map_xy, np.c_[c[:, 0], y0])) / (y1 - y0)[:, None]
+        d = q[outside] - c
+        out[outside] = _bilinear(map_xy, c) + jx * d[:, :1] + jy * d[:, 1:]
+    return out
+
+
+def invert_points(map_xy: np.ndarray, pts_input: np.ndarray, init: np.ndarray | None = None,
+                  iters: int = 20) -> np.ndarray:
+    """Where do input points (N, 2) land on the rectified page? Newton iterations on ``map_xy``.
+
+    ``init`` is a starting guess in rectified px (default: the input positions, right for
+    near-canonical inputs). Returns (N, 2) rectified (x, y).
+    """
+    q = np.asarray(pts_input, dtype=np.float64).reshape(-1, 2)
+    r = q.copy() if init is None else np.asarray(init, dtype=np.float64).reshape(-1, 2).copy()
+    e = 1.0
+    for _ in range(iters):
+        f = sample_map(map_xy, r) - q
+        jx = (sample_map(map_xy, r + [e, 0]) - sample_map(map_xy, r - [e, 0])) / (2 * e)
+        jy = (sample_map(map_xy, r + [0, e]) - sample_map(map_xy, r - [0, e])) / (2 * e)
+        det = jx[:, 0] * jy[:, 1] - jy[:, 0] * jx[:, 1]
+        det = np.where(np.abs(det) < 1e-6, 1e-6, det)
+        # solve [jx jy] d = f
+        dx = (f[:, 0] * jy[:, 1] - jy[:, 0] * f[:, 1]) / det
+        dy = (jx[:, 0] * f[:, 1] - f[:, 0] * jx[:, 1]) / det
+        step = np.stack([dx, dy], axis=1)
+        step = np.clip(step, -50, 50)
+        r -= step
+        if np.abs(step).max(initial=0) < 1e-3:
+            break
+    return r

@@ -1,0 +1,103 @@
+"""Lattice fitting: known warps of the 5 mm lattice are recovered; outliers rejected; gaps filled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgtrace.paper import CANONICAL, Page
+from ecgtrace.stages import lattice as L
+
+SMALL = Page(dpi=50)
+
+
+def _warp_fn(page: Page, curl: float = 1.0):
+    """A homography plus a smooth, page-sized displacement (paper curl), scaled to ``page``."""
+    s = page.dpi / 200.0
+    h = np.array([[1.02, 0.03, 15 * s], [-0.02, 0.99, -10 * s], [1e-5 / s, -2e-5 / s, 1.0]])
+
+    def warp(p: np.ndarray) -> np.ndarray:
+        q = L.apply_homography(h, p)
+        dx = 8 * s * curl * np.sin(p[:, 1] / page.height_px * 3)
+        dy = 6 * s * curl * np.cos(p[:, 0] / page.width_px * 4)
+        return q + np.stack([dx, dy], axis=1)
+
+    return warp
+
+
+@pytest.mark.parametrize("page", [SMALL, CANONICAL], ids=["dpi50", "canonical"])
+def test_identity_lattice_gives_identity_map(page: Page) -> None:
+    pts, idx = page.grid_points()
+    fit = L.fit_lattice(pts, idx, page)
+    m = L.dense_map(fit.nodes, page)
+    assert m.shape == (page.height_px, page.width_px, 2)
+    assert np.abs(m - L.identity_map(page)).max() < 0.01
+    assert fit.residual_px < 1e-6
+    assert fit.n_inliers == len(pts)
+
+
+def test_homography_recovered_exactly() -> None:
+    page = SMALL
+    s = page.dpi / 200
+    h = np.array([[0.97, -0.04, 20 * s], [0.03, 1.01, 12 * s], [2e-5 / s, 1e-5 / s, 1.0]])
+    pts, idx = page.grid_points()
+    fit = L.fit_lattice(L.apply_homography(h, pts), idx, page)
+    truth = L.apply_homography(h, L.canonical_nodes(page).reshape(-1, 2)).reshape(fit.nodes.shape)
+    assert np.abs(fit.nodes - truth).max() < 1e-3
+    m = L.dense_map(fit.nodes, page)
+    rng = np.random.default_rng(1)
+    r = rng.uniform([0, 0], [page.width_px - 1, page.height_px - 1], (500, 2))
+    # The spline of a homography is not exactly the homography between nodes, but very close.
+    assert np.abs(L.sample_map(m, r) - L.apply_homography(h, r)).max() < 0.05
+
+
+def test_smooth_warp_with_noise_gaps_and_wrong_indices() -> None:
+    page = CANONICAL
+    warp = _warp_fn(page)
+    rng = np.random.default_rng(0)
+    pts, idx = page.grid_points()
+    q = warp(pts) + rng.normal(0, 0.3, pts.shape)  # detector noise
+    keep = rng.random(len(q)) > 0.3  # 30 % of the nodes missing
+    # a whole missing block too, to exercise gap filling
+    block = (idx[:, 0] >= 10) & (idx[:, 0] < 16) & (idx[:, 1] >= 20) & (idx[:, 1] < 28)
+    keep &= ~block
+    q, ii = q[keep], idx[keep].copy()
+    wrong = rng.random(len(q)) < 0.05  # 5 % with an index off by one line
+    ii[wrong, 1] += 1
+    fit = L.fit_lattice(q, ii, page)
+    assert not fit.inliers[wrong].any(), "a point with a wrong index survived"
+    assert fit.inliers[~wrong].mean() > 0.97
+    truth = warp(L.canonical_nodes(page).reshape(-1, 2)).reshape(fit.nodes.shape)
+    err = np.linalg.norm(fit.nodes - truth, axis=-1)
+    assert np.median(err) < 0.35 and err.max() < 1.5
+    # the filled block is interpolated, not left empty
+    assert err[10:16, 20:28].max() < 1.0
+    assert not fit.observed[10:16, 20:28].any()
+    m = L.dense_map(fit.nodes, page)
+    r = rng.uniform([0, 0], [page.width_px - 1, page.height_px - 1], (2000, 2))
+    e = np.linalg.norm(L.sample_map(m, r) - warp(r), axis=1)
+    assert np.median(e) < 0.4 and np.percentile(e, 99) < 1.2
+
+
+def test_invert_points_round_trip() -> None:
+    page = SMALL
+    warp = _warp_fn(page, curl=2.0)
+    pts, idx = page.grid_points()
+    m = L.dense_map(L.fit_lattice(warp(pts), idx, page, smoothing=0.0).nodes, page)
+    rng = np.random.default_rng(2)
+    r = rng.uniform([5, 5], [page.width_px - 5, page.height_px - 5], (300, 2))
+    back = L.invert_points(m, L.sample_map(m, r))
+    assert np.abs(back - r).max() < 0.05
+
+
+def test_too_few_points_raise() -> None:
+    pts, idx = SMALL.grid_points()
+    with pytest.raises(ValueError):
+        L.fit_lattice(pts[:3], idx[:3], SMALL)
+
+
+def test_remap_identity_keeps_image() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (SMALL.height_px, SMALL.width_px, 3), dtype=np.uint8)
+    out = L.remap(img, L.identity_map(SMALL))
+    assert np.array_equal(out, img)
