@@ -1,0 +1,394 @@
+"""Classical stage 2: read the four trace rows of a rectified page without a model.
+
+Steps (all geometry from :mod:`ecgtrace.paper`):
+
+1. :func:`trace_probability`: a per-pixel "this is trace ink" score in [0, 1]. The
+   trace is dark and unsaturated; printed grids are coloured (red/pink/blue/green/
+   brown: a high channel maximum) or, on black-and-white scans, lighter and thinner
+   than the trace. The page is flat-fielded first so phone-photo shading does not
+   read as ink.
+2. :func:`mask_furniture`: weaken the known positions of separator ticks, lead labels
+   and calibration pulses, which are ink but not signal.
+3. :func:`trace_rows`: one dynamic-programming (Viterbi) path per row, column by
+   column from signal time 0 to 10 s. The cost of a column is ``1 - p``; moving
+   vertically between columns costs the *ink along the way*, so a steep QRS stroke
+   that is drawn costs almost nothing while jumping through white paper is
+   expensive. A weak quadratic pull to the row's baseline and a penalty on pixels
+   already claimed by the row above keep a path from wandering into a
+   neighbouring row's trace where the two overlap.
+4. :func:`row_values`: one sub-pixel y per column (centroid on flat parts, run
+   end-points on extrema, run mid-points on strokes), then mV via the page scale.
+5. :func:`cut_leads`: band-limited resampling of each lead window to ``fs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ecgtrace import paper
+from ecgtrace.paper import CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
+
+#: row key -> the leads it shows (rows 0-2: four leads; row 3: the rhythm strip).
+ROW_KEYS: tuple[str, ...] = ("row0", "row1", "row2", RHYTHM_KEY)
+
+
+@dataclass
+class ClassicalParams:
+    """Tunable constants of the classical reader (defaults tuned on synthetic renders)."""
+
+    band_above_mv: float = 3.2  # search band above the baseline (taller R waves are clipped)
+    band_below_mv: float = 2.6
+    step_ink_cost: float = 1.0  # vertical move cost per px of paper (no ink)
+    step_base_cost: float = 0.002  # vertical move cost per px on ink
+    baseline_pull: float = 0.02  # per column, per mV^2 of distance from the row's baseline
+    baseline_pull_cap_mv: float = 4.0
+    claimed_penalty: float = 0.5  # cost added on pixels the row above already follows
+    claimed_halfwidth_px: float = 2.5  # at 200 dpi; scales with the page
+    label_weight: float = 0.35  # ink inside lead-label boxes counts this much
+    weak_ink: float = 0.35  # a path column on less ink than this is "off trace"
+
+
+@dataclass
+class RowTrace:
+    """The path of one row: columns, sub-pixel y, ink under the path."""
+
+    key: str
+    row: int
+    x: np.ndarray  # (n,) int pixel columns
+    y: np.ndarray  # (n,) float sub-pixel y
+    ink: np.ndarray  # (n,) trace probability under the path
+    clipped: np.ndarray  # (n,) bool: the path touches the band edge (a peak left the band)
+
+
+@dataclass
+class ClassicalResult:
+    rows: dict[str, RowTrace] = field(default_factory=dict)
+    prob: np.ndarray | None = None
+
+
+def page_for(image: np.ndarray) -> Page:
+    """The :class:`Page` geometry of a rectified image (canonical page scaled to its width)."""
+    h, w = image.shape[:2]
+    page = CANONICAL if w == CANONICAL.width_px else CANONICAL.scaled_to(w)
+    if abs(page.height_px - h) > 2:
+        raise ValueError(f"rectified page is {w}x{h} px; expected the canonical aspect ({page.width_px}x{page.height_px})")
+    return page
+
+
+# --------------------------------------------------------------------------- ink
+def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
+    """Per-pixel trace-ink score in [0, 1] (float32) of a BGR or grey page.
+
+    Darkness is measured on the *largest* channel, so a saturated grid line (red,
+    blue, green) scores ~0 however dark its hue is; remaining saturation is
+    penalised, and a robust contrast stretch pushes the (lighter, thinner) grid of
+    grey/B&W pages under the floor.
+    """
+    img = image_bgr
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    f = img.astype(np.float32)
+    mx = f.max(axis=2)
+    mn = f.min(axis=2)
+    # paper brightness: a max filter wider than the trace removes the ink, a blur smooths it
+    k = max(3, int(round(img.shape[1] / 2200 * 9)) | 1)
+    bg = cv2.dilate(mx, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    bg = cv2.GaussianBlur(bg, (0, 0), sigmaX=3 * k)
+    bg = np.maximum(bg, 40.0)
+    dark = np.clip(1.0 - mx / bg, 0.0, 1.0)
+    sat = (mx - mn) / np.maximum(mx, 1.0)
+    score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
+    # robust stretch: the floor sits above paper and most grid, the top at solid ink
+    lo = float(np.percentile(score, 80))
+    hi = float(np.percentile(score, 99.7))
+    hi = max(hi, lo + 0.15, 0.25)
+    floor = lo + 0.25 * (hi - lo)
+    return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32)
+
+
+def mask_furniture(prob: np.ndarray, page: Page, params: ClassicalParams | None = None) -> np.ndarray:
+    """Weaken ink at known non-signal positions: separator ticks, labels, calibration pulses.
+
+    Tick columns are in-painted from the columns either side (the trace still passes
+    there); label boxes are scaled down, not erased, as a deep S wave may cross them.
+    """
+    p = params or ClassicalParams()
+    out = prob.copy()
+    h, w = out.shape
+    s = page.px_per_mm
+    # separator ticks: replace a few columns by the mean of their neighbours
+    half = max(2, int(round(0.45 * s)))
+    for tick in page.separator_ticks():
+        x = int(round(tick[0, 0]))
+        y0 = int(max(0, np.floor(tick[:, 1].min() - 0.5 * s)))
+        y1 = int(min(h, np.ceil(tick[:, 1].max() + 0.5 * s)))
+        xl, xr = x - half - 1, x + half + 1
+        if xl < 0 or xr >= w:
+            continue
+        a, b = out[y0:y1, xl], out[y0:y1, xr]
+        for i, xx in enumerate(range(x - half, x + half + 1)):
+            f = (i + 1) / (2 * half + 2)
+            out[y0:y1, xx] = (1 - f) * a + f * b
+    # lead labels: boxes around the canonical centres
+    bw, bh = 1.2 * page.px_per_s * 0.12 * 2, 0.6 * page.px_per_mv
+    for m in paper.MARKERS:
+        cx, cy = page.label_center(m)
+        x0, x1 = int(max(0, cx - bw / 2)), int(min(w, cx + bw / 2))
+        y0, y1 = int(max(0, cy - bh / 2)), int(min(h, cy + bh / 2))
+        out[y0:y1, x0:x1] *= p.label_weight
+    # calibration pulses lie left of signal time 0; only their last flat bit touches it
+    return out
+
+
+# --------------------------------------------------------------------------- DP
+def _row_band(page: Page, row: int, params: ClassicalParams, h: int) -> tuple[int, int]:
+    top, bot = page.row_band(row, above_mv=params.band_above_mv, below_mv=params.band_below_mv)
+    return int(max(0, np.floor(top))), int(min(h - 1, np.ceil(bot)))
+
+
+def _viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Minimum-cost path through a (Hb, n) cost image, one y per column.
+
+    ``step[y, x]`` is the cost of passing pixel ``y`` of column ``x`` while moving
+    vertically into that column. The min over predecessors of
+    ``D[y'] + |C[y] - C[y']|`` (C = cumulative step cost) is computed in O(Hb) with
+    two running minima, so the whole path is O(Hb * n) with a short Python loop.
+    """
+    hb, n = unary.shape
+    ar = np.arange(hb)
+    back = np.empty((n, hb), dtype=np.int32)
+    D = unary[:, 0].astype(np.float64).copy()
+    for x in range(1, n):
+        C = np.cumsum(step[:, x], dtype=np.float64)
+        a = D - C  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
+        ra = np.minimum.accumulate(a)
+        ia = np.maximum.accumulate(np.where(a <= ra, ar, 0))
+        b = (D + C)[::-1]  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
+        rb = np.minimum.accumulate(b)
+        ib = (hb - 1 - np.maximum.accumulate(np.where(b <= rb, ar, 0)))[::-1]
+        fa = ra + C
+        fb = rb[::-1] - C
+        use_a = fa <= fb
+        back[x] = np.where(use_a, ia, ib)
+        D = unary[:, x] + np.where(use_a, fa, fb)
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = int(np.argmin(D))
+    for x in range(n - 1, 0, -1):
+        path[x - 1] = back[x, path[x]]
+    return path
+
+
+def _runs(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel top/bottom (ya, yb) of the ink run through the path point of every column.
+
+    The run is grown from the path pixel (and across the span to the neighbours' path
+    pixels, which the drawn stroke connects) while ink >= ``thr``; its ends are placed
+    where the ink crosses ``thr`` (linear interpolation).
+    """
+    hb, n = prob_band.shape
+    ya = np.empty(n)
+    yb = np.empty(n)
+    for x in range(n):
+        col = prob_band[:, x]
+        lo_i = hi_i = int(path[x])
+        if x > 0:
+            lo_i, hi_i = min(lo_i, int(path[x - 1]) + 1), max(hi_i, int(path[x - 1]) - 1)
+        lo_i, hi_i = min(lo_i, int(path[x])), max(hi_i, int(path[x]))
+        stop = max(0, lo_i - max_len)
+        i = lo_i
+        while i > stop and col[i - 1] >= thr:
+            i -= 1
+        # sub-pixel edge between i-1 (below thr) and i
+        a = float(i)
+        if i > 0 and col[i] > col[i - 1]:
+            a = i - (col[i] - thr) / (col[i] - col[i - 1]) if col[i] >= thr else float(i)
+        stop = min(hb - 1, hi_i + max_len)
+        j = hi_i
+        while j < stop and col[j + 1] >= thr:
+            j += 1
+        b = float(j)
+        if j < hb - 1 and col[j] > col[j + 1]:
+            b = j + (col[j] - thr) / (col[j] - col[j + 1]) if col[j] >= thr else float(j)
+        ya[x], yb[x] = a, b
+    return ya, yb
+
+
+def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int) -> np.ndarray:
+    """One float y per column of the trace centre line at the column's centre time.
+
+    Short runs (the trace is ~horizontal): ink centroid around the path. Long runs
+    (steep strokes): a column that peaks above both neighbours reads its run top
+    (plus half the line width), a trough its bottom, a monotone stroke its midpoint.
+    """
+    hb, n = prob_band.shape
+    ya, yb = _runs(prob_band, path, 0.5, max_run)
+    offs = np.arange(-radius, radius + 1)
+    rows = np.clip(path[None, :] + offs[:, None], 0, hb - 1)
+    wts = prob_band[rows, np.arange(n)[None, :]] ** 2
+    sw = wts.sum(axis=0)
+    cen = path + (wts * offs[:, None]).sum(axis=0) / np.maximum(sw, 1e-6)
+    length = yb - ya
+    short = length <= 2 * radius + 1
+    # half the drawn line width, measured on the flat parts of this very trace
+    hw = float(np.median(length[short])) / 2 if short.sum() > 10 else 1.0
+    mid = 0.5 * (ya + yb)
+    mp = np.concatenate([mid[:1], mid[:-1]])
+    mn = np.concatenate([mid[1:], mid[-1:]])
+    peak = (mp > mid) & (mn > mid)  # image y grows downwards: a peak has larger y either side
+    trough = (mp < mid) & (mn < mid)
+    y = np.where(peak, ya + hw, np.where(trough, yb - hw, mid))
+    return np.where(short & (sw > 1e-3), cen, y)
+
+
+def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
+               prob: np.ndarray | None = None) -> ClassicalResult:
+    """Find the four trace rows of a rectified page; returns per-row columns and sub-pixel y (px)."""
+    p = params or ClassicalParams()
+    page = page_for(image_bgr)
+    if prob is None:
+        prob = mask_furniture(trace_probability(image_bgr), page, p)
+    h, w = prob.shape
+    x0 = int(np.ceil(float(page.time_to_x(0.0))))
+    x1 = int(min(w - 1, np.floor(float(page.time_to_x(paper.DURATION_S)))))
+    xs = np.arange(x0, x1 + 1)
+    scale = page.px_per_mm / CANONICAL.px_per_mm
+    claimed = np.zeros_like(prob)
+    out = ClassicalResult(prob=prob)
+    for row in range(N_ROWS):
+        top, bot = _row_band(page, row, p, h)
+        band = prob[top:bot + 1, x0:x1 + 1]
+        ys = np.arange(top, bot + 1, dtype=np.float64)
+        d_mv = np.minimum(np.abs(page.y_to_mv(row, ys)), p.baseline_pull_cap_mv)
+        unary = (1.0 - band) + p.baseline_pull * (d_mv ** 2)[:, None] + claimed[top:bot + 1, x0:x1 + 1]
+        step = p.step_ink_cost * (1.0 - band) + p.step_base_cost
+        path = _viterbi(unary, step)
+        ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
+        ink = band[path, np.arange(len(path))]
+        clipped = (path <= 1) | (path >= band.shape[0] - 2)
+        key = ROW_KEYS[row]
+        out.rows[key] = RowTrace(key=key, row=row, x=xs.copy(), y=ysub + top, ink=ink, clipped=clipped)
+        # claim this row's pixels so the next row does not follow them where rows overlap
+        hw = p.claimed_halfwidth_px * scale
+        yy = np.arange(h, dtype=np.float64)[:, None]
+        near = np.abs(yy - (path + top)[None, :]) <= hw
+        claimed[:, x0:x1 + 1] = np.maximum(claimed[:, x0:x1 + 1], p.claimed_penalty * near)
+    return out
+
+
+# --------------------------------------------------------------------------- signals
+def row_values(tr: RowTrace, page: Page) -> tuple[np.ndarray, np.ndarray]:
+    """(time s, mV) of every path column of a row."""
+    return page.x_to_time(tr.x.astype(np.float64)), page.y_to_mv(tr.row, tr.y)
+
+
+def window_rows(lead: str, n_total: int) -> tuple[int, int]:
+    """Row range [start, stop) that ``lead`` fills in a competition table of ``n_total`` rows.
+
+    Lead II (the rhythm strip) fills all rows; the others the quarter of their column.
+    """
+    if lead == paper.RHYTHM_LEAD or lead == RHYTHM_KEY:
+        return 0, n_total
+    _, c = paper.lead_row_col(lead)
+    q = n_total // paper.N_COLUMNS
+    stop = n_total if c == paper.N_COLUMNS - 1 else (c + 1) * q
+    return c * q, stop
+
+
+def resample_window(t: np.ndarray, v: np.ndarray, t0: float, fs: float, n: int, oversample: int = 8) -> np.ndarray:
+    """Values at ``t0 + k / fs`` (k < n) from uniformly spaced column samples ``(t, v)``.
+
+    Band-limited: the column samples are FFT-upsampled ``oversample`` times (after
+    removing the end-to-end line and mirroring, so the periodic FFT sees no jump),
+    then read off by linear interpolation on the fine grid.
+    """
+    from scipy.signal import resample
+
+    t = np.asarray(t, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    tq = t0 + np.arange(n) / float(fs)
+    if len(t) < 4:
+        return np.interp(tq, t, v) if len(t) else np.zeros(n)
+    dt = (t[-1] - t[0]) / (len(t) - 1)
+    line = v[0] + (v[-1] - v[0]) * (t - t[0]) / (t[-1] - t[0])
+    r = v - line
+    m = len(r)
+    sym = np.concatenate([r, -r[::-1][1:-1]])  # odd mirror: continuous, zero at the ends
+    fine = resample(sym, len(sym) * oversample)[: (m - 1) * oversample + 1]
+    tf = t[0] + np.arange(len(fine)) * dt / oversample
+    lf = v[0] + (v[-1] - v[0]) * (tf - t[0]) / (t[-1] - t[0])
+    return np.interp(tq, tf, fine + lf)
+
+
+def lead_samples(lead: str, fs: float, n: int | None = None) -> int:
+    """Samples of ``lead``'s own window at ``fs``: round(2.5 fs) (10 s for the rhythm lead II)."""
+    if n is not None:
+        return int(n)
+    dur = paper.DURATION_S if lead in (paper.RHYTHM_LEAD, RHYTHM_KEY) else paper.COLUMN_S
+    return int(round(dur * fs))
+
+
+def cut_leads(rows: dict[str, tuple[np.ndarray, np.ndarray]], fs: float,
+              n_samples: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Cut row signals ``{row key: (t, mV)}`` into the 12 leads, each resampled to its window at ``fs``.
+
+    Lead II comes from the rhythm strip when present (10 s), else from row 1 (2.5 s).
+    """
+    out: dict[str, np.ndarray] = {}
+    for r, leads in enumerate(LAYOUT_3X4):
+        t, v = rows[ROW_KEYS[r]]
+        for lead in leads:
+            t0, t1 = paper.lead_window(lead)
+            if lead == paper.RHYTHM_LEAD and RHYTHM_KEY in rows:
+                continue
+            n = int((n_samples or {}).get(lead) or round(paper.COLUMN_S * fs))
+            # stay one column inside the window: the neighbouring lead's jump sits on its edge
+            eps = float(t[1] - t[0]) if len(t) > 1 else 0.0
+            m = (t >= t0 + eps) & (t <= t1 - eps)
+            out[lead] = resample_window(t[m], v[m], t0, fs, n)
+    if RHYTHM_KEY in rows:
+        t, v = rows[RHYTHM_KEY]
+        n = lead_samples(RHYTHM_KEY, fs, (n_samples or {}).get(paper.RHYTHM_LEAD))
+        m = (t >= 0) & (t <= paper.DURATION_S)
+        out[paper.RHYTHM_LEAD] = resample_window(t[m], v[m], 0.0, fs, n)
+    return {lead: out[lead] for lead in paper.LEADS if lead in out}
+
+
+def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | None = None) -> dict[str, str]:
+    """Per lead: "ok", or a short reason (weak/missing trace, clipped peaks)."""
+    p = params or ClassicalParams()
+    flags: dict[str, str] = {}
+    for r in range(N_ROWS):
+        tr = res.rows[ROW_KEYS[r]]
+        t = page.x_to_time(tr.x.astype(np.float64))
+        leads = (paper.RHYTHM_LEAD,) if r == N_ROWS - 1 else LAYOUT_3X4[r]
+        for lead in leads:
+            if r < N_ROWS - 1 and lead == paper.RHYTHM_LEAD and RHYTHM_KEY in res.rows:
+                continue
+            t0, t1 = (0.0, paper.DURATION_S) if r == N_ROWS - 1 else paper.lead_window(lead)
+            m = (t >= t0) & (t < t1)
+            if not m.any():
+                flags[lead] = "no columns"
+                continue
+            weak = float(np.mean(tr.ink[m] < p.weak_ink))
+            clip = float(np.mean(tr.clipped[m]))
+            if weak > 0.5:
+                flags[lead] = f"no trace found ({weak:.0%} of columns without ink)"
+            elif weak > 0.15:
+                flags[lead] = f"weak trace ({weak:.0%} of columns without ink)"
+            elif clip > 0.01:
+                flags[lead] = f"clipped ({clip:.0%} of columns at the band edge)"
+            else:
+                flags[lead] = "ok"
+    return {lead: flags[lead] for lead in paper.LEADS if lead in flags}
+
+
+def extract(image_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None = None,
+            params: ClassicalParams | None = None) -> tuple[dict[str, np.ndarray], ClassicalResult, dict[str, str]]:
+    """Rectified page -> (12 leads in mV at ``fs``, the row paths, per-lead quality flags)."""
+    page = page_for(image_bgr)
+    res = trace_rows(image_bgr, params)
+    rows = {k: row_values(tr, page) for k, tr in res.rows.items()}
+    return cut_leads(rows, fs, n_samples), res, quality_flags(res, page, params)
