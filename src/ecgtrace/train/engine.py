@@ -461,6 +461,7 @@ def _validate(model: nn.Module, task: Task, loader: DataLoader, device: torch.de
     model.eval()
     loss_sum, n = 0.0, 0
     msum: dict[str, float] = {}
+    mcnt: dict[str, float] = {}
     with torch.no_grad():
         for batch in loader:
             batch = _to_device(batch, device)
@@ -472,12 +473,20 @@ def _validate(model: nn.Module, task: Task, loader: DataLoader, device: torch.de
             loss_sum += float(loss.float().item()) * b
             n += b
             for k, v in task.metrics(outputs, batch).items():
-                msum[k] = msum.get(k, 0.0) + float(v) * b
+                v = float(v)
+                if math.isfinite(v):  # NaN = "not defined for this batch" (e.g. no marker found); skip it
+                    msum[k] = msum.get(k, 0.0) + v * b
+                    mcnt[k] = mcnt.get(k, 0.0) + b
+                else:
+                    msum.setdefault(k, 0.0)
+                    mcnt.setdefault(k, 0.0)
     keys = sorted(msum)
-    tot = _all_sum([loss_sum, float(n)] + [msum[k] for k in keys], dd, device)
+    tot = _all_sum([loss_sum, float(n)] + [msum[k] for k in keys] + [mcnt[k] for k in keys], dd, device)
     denom = max(1.0, tot[1])
+    nk = len(keys)
     model.train()
-    return tot[0] / denom, {k: tot[2 + j] / denom for j, k in enumerate(keys)}
+    return tot[0] / denom, {k: (tot[2 + j] / tot[2 + nk + j] if tot[2 + nk + j] > 0 else float("nan"))
+                            for j, k in enumerate(keys)}
 
 
 def _latest_good_checkpoint(ckpt_dir: str, stage: int, log: Callable[[str], None]
