@@ -101,6 +101,19 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     dark = np.clip(1.0 - mx / bg, 0.0, 1.0)
     sat = (mx - mn) / np.maximum(mx, 1.0)
     score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
+    # grey/B&W grids survive the colour test; on a rectified page their lines are axis-aligned.
+    # The median down each pixel column (the trace covers a small part of it) is a vertical
+    # line's own ink level; for horizontal lines use the right margin, past 10 s, where no trace
+    # runs (a flat trace fills most of its own pixel row). Normalise that level away, keeping
+    # full ink where the trace crosses a line.
+    w = score.shape[1]
+    page = CANONICAL.scaled_to(w)
+    xr = int(np.ceil(float(page.time_to_x(paper.DURATION_S)) + 0.5 * page.px_per_mm))
+    g = np.median(score, axis=0)[None, :]
+    if w - xr >= 8:
+        g = g + np.median(score[:, xr:], axis=1)[:, None]
+    g = np.minimum(g, 0.9)
+    score = np.clip((score - g) / (1.0 - g), 0.0, 1.0)
     # robust stretch: the floor sits above paper and most grid, the top at solid ink
     lo = float(np.percentile(score, 80))
     hi = float(np.percentile(score, 99.7))
@@ -203,15 +216,15 @@ def _runs(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> 
             i -= 1
         # sub-pixel edge between i-1 (below thr) and i
         a = float(i)
-        if i > 0 and col[i] > col[i - 1]:
-            a = i - (col[i] - thr) / (col[i] - col[i - 1]) if col[i] >= thr else float(i)
+        if i > 0 and col[i - 1] < thr <= col[i]:
+            a = i - (col[i] - thr) / (col[i] - col[i - 1])
         stop = min(hb - 1, hi_i + max_len)
         j = hi_i
         while j < stop and col[j + 1] >= thr:
             j += 1
         b = float(j)
-        if j < hb - 1 and col[j] > col[j + 1]:
-            b = j + (col[j] - thr) / (col[j] - col[j + 1]) if col[j] >= thr else float(j)
+        if j < hb - 1 and col[j + 1] < thr <= col[j]:
+            b = j + (col[j] - thr) / (col[j] - col[j + 1])
         ya[x], yb[x] = a, b
     return ya, yb
 
@@ -240,7 +253,8 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     peak = (mp > mid) & (mn > mid)  # image y grows downwards: a peak has larger y either side
     trough = (mp < mid) & (mn < mid)
     y = np.where(peak, ya + hw, np.where(trough, yb - hw, mid))
-    return np.where(short & (sw > 1e-3), cen, y)
+    y = np.where(short & (sw > 1e-3), cen, y)
+    return np.clip(y, 0, hb - 1)
 
 
 def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
@@ -284,17 +298,12 @@ def row_values(tr: RowTrace, page: Page) -> tuple[np.ndarray, np.ndarray]:
     return page.x_to_time(tr.x.astype(np.float64)), page.y_to_mv(tr.row, tr.y)
 
 
-def window_rows(lead: str, n_total: int) -> tuple[int, int]:
-    """Row range [start, stop) that ``lead`` fills in a competition table of ``n_total`` rows.
+def lead_indices(lead: str, fs: float, sig_len: int | None = None) -> tuple[int, int]:
+    """Sample range [i0, i1) of ``lead`` in a 10 s record at ``fs`` (competition rule; II = full record)."""
+    from ecgtrace.data.signals import csv_rows
 
-    Lead II (the rhythm strip) fills all rows; the others the quarter of their column.
-    """
-    if lead == paper.RHYTHM_LEAD or lead == RHYTHM_KEY:
-        return 0, n_total
-    _, c = paper.lead_row_col(lead)
-    q = n_total // paper.N_COLUMNS
-    stop = n_total if c == paper.N_COLUMNS - 1 else (c + 1) * q
-    return c * q, stop
+    n = int(round(paper.DURATION_S * fs)) if sig_len is None else int(sig_len)
+    return csv_rows(paper.RHYTHM_LEAD if lead == RHYTHM_KEY else lead, fs, n)
 
 
 def resample_window(t: np.ndarray, v: np.ndarray, t0: float, fs: float, n: int, oversample: int = 8) -> np.ndarray:
@@ -322,35 +331,35 @@ def resample_window(t: np.ndarray, v: np.ndarray, t0: float, fs: float, n: int, 
     return np.interp(tq, tf, fine + lf)
 
 
-def lead_samples(lead: str, fs: float, n: int | None = None) -> int:
-    """Samples of ``lead``'s own window at ``fs``: round(2.5 fs) (10 s for the rhythm lead II)."""
-    if n is not None:
-        return int(n)
-    dur = paper.DURATION_S if lead in (paper.RHYTHM_LEAD, RHYTHM_KEY) else paper.COLUMN_S
-    return int(round(dur * fs))
-
-
 def cut_leads(rows: dict[str, tuple[np.ndarray, np.ndarray]], fs: float,
               n_samples: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Cut row signals ``{row key: (t, mV)}`` into the 12 leads, each resampled to its window at ``fs``.
+    """Cut row signals ``{row key: (t, mV)}`` into the 12 leads, each resampled to its own window at ``fs``.
 
-    Lead II comes from the rhythm strip when present (10 s), else from row 1 (2.5 s).
+    Lead ``L`` gets the samples ``i0 .. i1-1`` of :func:`lead_indices` (times ``i / fs``), so
+    its length is what the competition files hold (2.5 s windows can differ by one
+    sample at fs = 1025); ``n_samples[L]`` overrides the length (``number_of_rows``).
+    Lead II comes from the rhythm strip when present (10 s), else from row 1.
     """
     out: dict[str, np.ndarray] = {}
     for r, leads in enumerate(LAYOUT_3X4):
-        t, v = rows[ROW_KEYS[r]]
+        key = ROW_KEYS[r]
+        if key not in rows:
+            continue
+        t, v = rows[key]
         for lead in leads:
-            t0, t1 = paper.lead_window(lead)
             if lead == paper.RHYTHM_LEAD and RHYTHM_KEY in rows:
                 continue
-            n = int((n_samples or {}).get(lead) or round(paper.COLUMN_S * fs))
+            t0, t1 = paper.lead_window(lead)
+            i0, i1 = lead_indices(lead if lead != paper.RHYTHM_LEAD else "I", fs)
+            n = int((n_samples or {}).get(lead) or (i1 - i0))
             # stay one column inside the window: the neighbouring lead's jump sits on its edge
             eps = float(t[1] - t[0]) if len(t) > 1 else 0.0
             m = (t >= t0 + eps) & (t <= t1 - eps)
-            out[lead] = resample_window(t[m], v[m], t0, fs, n)
+            out[lead] = resample_window(t[m], v[m], i0 / fs, fs, n)
     if RHYTHM_KEY in rows:
         t, v = rows[RHYTHM_KEY]
-        n = lead_samples(RHYTHM_KEY, fs, (n_samples or {}).get(paper.RHYTHM_LEAD))
+        i0, i1 = lead_indices(RHYTHM_KEY, fs)
+        n = int((n_samples or {}).get(paper.RHYTHM_LEAD) or (i1 - i0))
         m = (t >= 0) & (t <= paper.DURATION_S)
         out[paper.RHYTHM_LEAD] = resample_window(t[m], v[m], 0.0, fs, n)
     return {lead: out[lead] for lead in paper.LEADS if lead in out}
