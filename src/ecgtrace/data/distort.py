@@ -1,0 +1,944 @@
+"""Distortions that imitate the competition's image variants.
+
+A variant is one geometric warp (at most ONE ``cv2.remap`` per page: scanner
+rotation/skew, camera perspective and non-rigid paper curl, creases and
+wrinkles are composed into a single backward map) followed by photometric
+effects (lighting, shadows, stains, mould, moire, blur, noise, JPEG, B/W) and,
+last, an optional orientation class (:mod:`ecgtrace.orient`).
+
+Geometry is exact: a :class:`Warp` is ``src = Hinv(q) + D(q)`` for an output
+pixel ``q``, with ``Hinv`` a homography (output -> input px) and ``D`` a
+smooth displacement sampled bilinearly from a coarse grid on the output image.
+The image is warped with that map and ground-truth points are moved forward by
+solving ``Hinv(q) + D(q) = p`` for ``q`` (fixed-point iterations until the
+residual is below 0.01 px), so points and pixels agree to a few hundredths of
+a pixel (bilinear remap quantizes source positions to 1/32 px).
+
+Sizes scale with the page: every length below is given for the canonical
+2200 px wide page and multiplied by ``u = width / 2200``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from ecgtrace import orient
+from ecgtrace.data.groundtruth import GroundTruth
+from ecgtrace.errors import EcgTraceError
+
+VARIANT_INFO: dict[str, str] = {
+    "0001": "clean render",
+    "0003": "colour print, colour scan",
+    "0004": "colour print, black-and-white scan",
+    "0005": "phone photo of a print",
+    "0006": "phone photo of a screen (moire, glare, RGB subpixel pattern)",
+    "0009": "photo of a stained / soaked print",
+    "0010": "photo of a badly damaged print (creases, folds, wrinkles, tears)",
+    "0011": "colour scan of a mouldy print",
+    "0012": "black-and-white scan of a mouldy print",
+}
+VARIANTS: tuple[str, ...] = tuple(VARIANT_INFO)
+
+F32 = np.float32
+#: Largest Frobenius norm allowed for the Jacobian of a displacement field, so
+#: that the warp stays invertible and the fixed-point solve converges fast.
+MAX_DISP_GRAD = 0.35
+#: Stop the forward point solve when the residual is below this (input px).
+POINT_TOL_PX = 0.01
+
+
+# =============================================================================
+# coarse grids: node k sits at pixel k*step + (step-1)/2, so that an integer
+# factor cv2.resize (INTER_LINEAR, half-pixel centres) interpolates exactly the
+# bilinear function that _sample_coarse evaluates for points.
+# =============================================================================
+def coarse_shape(size: tuple[int, int], step: int) -> tuple[int, int]:
+    """Shape (ch, cw) of the coarse grid covering an image of ``size`` = (h, w)."""
+    h, w = size
+    return -(-h // step), -(-w // step)
+
+
+def coarse_nodes(size: tuple[int, int], step: int) -> np.ndarray:
+    """(ch, cw, 2) float64 pixel positions (x, y) of the coarse grid nodes."""
+    ch, cw = coarse_shape(size, step)
+    xs = np.arange(cw) * step + (step - 1) / 2.0
+    ys = np.arange(ch) * step + (step - 1) / 2.0
+    return np.stack(np.meshgrid(xs, ys), axis=-1)
+
+
+def upsample(coarse: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray:
+    """Bilinear upsampling of a coarse grid to full ``size`` (float32, channels kept)."""
+    h, w = size
+    ch, cw = coarse.shape[:2]
+    if step == 1:
+        return np.ascontiguousarray(coarse[:h, :w], dtype=F32)
+    out = cv2.resize(np.ascontiguousarray(coarse, dtype=F32), (cw * step, ch * step), interpolation=cv2.INTER_LINEAR)
+    return out[:h, :w]
+
+
+def sample_coarse(coarse: np.ndarray, pts: np.ndarray, step: int) -> np.ndarray:
+    """Bilinear value of a coarse grid at pixel points (N, 2), clamped at the border, float64."""
+    ch, cw = coarse.shape[:2]
+    u = np.clip((pts[:, 0] - (step - 1) / 2.0) / step, 0, cw - 1)
+    v = np.clip((pts[:, 1] - (step - 1) / 2.0) / step, 0, ch - 1)
+    u = np.nan_to_num(u)
+    v = np.nan_to_num(v)
+    i0 = np.minimum(np.floor(v).astype(np.int64), max(ch - 2, 0))
+    j0 = np.minimum(np.floor(u).astype(np.int64), max(cw - 2, 0))
+    i1 = np.minimum(i0 + 1, ch - 1)
+    j1 = np.minimum(j0 + 1, cw - 1)
+    fy = (v - i0)
+    fx = (u - j0)
+    c = coarse.astype(np.float64)
+    if c.ndim == 3:
+        fx, fy = fx[:, None], fy[:, None]
+    top = c[i0, j0] * (1 - fx) + c[i0, j1] * fx
+    bot = c[i1, j0] * (1 - fx) + c[i1, j1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _apply_h(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Homography ``h`` applied to points (N, 2), float64."""
+    p = np.asarray(pts, dtype=np.float64)
+    den = p[:, 0] * h[2, 0] + p[:, 1] * h[2, 1] + h[2, 2]
+    x = (p[:, 0] * h[0, 0] + p[:, 1] * h[0, 1] + h[0, 2]) / den
+    y = (p[:, 0] * h[1, 0] + p[:, 1] * h[1, 1] + h[1, 2]) / den
+    return np.stack([x, y], axis=1)
+
+
+# =============================================================================
+# the one geometric operation
+# =============================================================================
+@dataclass
+class Warp:
+    """Backward map ``src = Hinv(q) + D(q)`` from output pixels ``q`` to input pixels.
+
+    Attributes:
+        in_size: (h, w) of the input image.
+        out_size: (h, w) of the output image.
+        hinv: 3x3 homography output px -> input px, or None for the identity.
+        disp: (ch, cw, 2) backward displacement in input px on the coarse output grid, or None.
+        step: coarse grid spacing of ``disp`` in output px.
+    """
+
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    hinv: np.ndarray | None = None
+    disp: np.ndarray | None = None
+    step: int = 4
+
+    @property
+    def h(self) -> np.ndarray | None:
+        """Forward homography input px -> output px."""
+        return None if self.hinv is None else np.linalg.inv(self.hinv)
+
+    def backward(self, q: np.ndarray) -> np.ndarray:
+        """Output px (N, 2) -> input px (N, 2)."""
+        q = np.asarray(q, dtype=np.float64).reshape(-1, 2)
+        p = q.copy() if self.hinv is None else _apply_h(self.hinv, q)
+        if self.disp is not None:
+            p += sample_coarse(self.disp, q, self.step)
+        return p
+
+    def forward(self, p: np.ndarray) -> np.ndarray:
+        """Input px (N, 2) -> output px (N, 2): the exact inverse of :meth:`backward`.
+
+        Fixed point ``q <- H(p - D(q))``; converges because ``|grad D|`` is kept small.
+        """
+        p = np.asarray(p, dtype=np.float64).reshape(-1, 2)
+        h = self.h
+        q = p.copy() if h is None else _apply_h(h, p)
+        if self.disp is None or len(p) == 0:
+            return q
+        for _ in range(200):
+            d = sample_coarse(self.disp, q, self.step)
+            q_new = p - d if h is None else _apply_h(h, p - d)
+            q = q_new
+            res = self.backward(q) - p
+            err = np.abs(res[np.isfinite(res).all(axis=1)])
+            if err.size == 0 or err.max() < POINT_TOL_PX:
+                break
+        return q
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Full-resolution float32 remap maps (X, Y) of the output image."""
+        h, w = self.out_size
+        xs = np.arange(w, dtype=np.float64)
+        ys = np.arange(h, dtype=np.float64)
+        if self.hinv is None:
+            mx = np.broadcast_to(xs.astype(F32)[None, :], (h, w))
+            my = np.broadcast_to(ys.astype(F32)[:, None], (h, w))
+        else:
+            a = self.hinv
+            # separable pieces in float64, full-size arithmetic in float32 (1e-4 px)
+            den = (a[2, 0] * xs + a[2, 2]).astype(F32)[None, :] + (a[2, 1] * ys).astype(F32)[:, None]
+            mx = ((a[0, 0] * xs + a[0, 2]).astype(F32)[None, :] + (a[0, 1] * ys).astype(F32)[:, None]) / den
+            my = ((a[1, 0] * xs + a[1, 2]).astype(F32)[None, :] + (a[1, 1] * ys).astype(F32)[:, None]) / den
+        if self.disp is not None:
+            d = upsample(self.disp, self.out_size, self.step)
+            mx = mx + d[..., 0]
+            my = my + d[..., 1]
+        return np.ascontiguousarray(mx, dtype=F32), np.ascontiguousarray(my, dtype=F32)
+
+    def apply(self, image: np.ndarray, fill: tuple[float, float, float] | np.ndarray = (255, 255, 255),
+              src_mask: np.ndarray | None = None) -> np.ndarray:
+        """Warp ``image``; where the input does not cover the output, show ``fill``.
+
+        ``fill`` is a BGR colour or a full-size uint8 background image (a table, a screen bezel).
+        ``src_mask`` (uint8, input size, 255 = paper) cuts holes (tears) in the paper.
+        """
+        mx, my = self.maps()
+        if isinstance(fill, np.ndarray) or src_mask is not None:
+            out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            if src_mask is None:
+                src_mask = np.full(image.shape[:2], 255, np.uint8)
+            m = cv2.remap(src_mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            if isinstance(fill, np.ndarray):
+                bg = fill
+            else:
+                bg = np.empty_like(out)
+                bg[:] = np.asarray(fill, dtype=np.uint8)
+            wm = m.astype(F32) * (1.0 / 255.0)
+            return cv2.blendLinear(out, bg, wm, 1.0 - wm)
+        fv = tuple(float(v) for v in fill)
+        return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fv)
+
+    def move(self, gt: GroundTruth | None, **changes) -> GroundTruth | None:
+        """Move every ground-truth point with this warp."""
+        if gt is None:
+            return None
+        return gt.transformed(self.forward, self.out_size, **changes)
+
+
+def limit_gradient(disp: np.ndarray, step: int, max_grad: float = MAX_DISP_GRAD) -> np.ndarray:
+    """Scale a coarse displacement field down so its Jacobian norm stays <= ``max_grad`` (invertible warp)."""
+    if disp.shape[0] < 2 or disp.shape[1] < 2:
+        return disp
+    gx = np.diff(disp, axis=1)[:-1] / step
+    gy = np.diff(disp, axis=0)[:, :-1] / step
+    g = float(np.sqrt((gx ** 2).sum(-1) + (gy ** 2).sum(-1)).max())
+    return disp * (max_grad / g) if g > max_grad else disp
+
+
+# =============================================================================
+# page-space deformations: functions of page points r (N, 2) returning a
+# backward displacement (N, 2) and a shading offset (N,) (0 = unchanged)
+# =============================================================================
+PageField = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def curl_field(page_size: tuple[int, int], rng: np.random.Generator, amp_px: float) -> PageField:
+    """Gentle paper curl: a few page-sized sine modes, amplitude ``amp_px``."""
+    h, w = page_size
+    n = 3
+    k = rng.uniform(0.3, 1.2, (n, 2)) * rng.choice([-1, 1], (n, 2)) / np.array([w, h])
+    phase = rng.uniform(0, 2 * np.pi, n)
+    vec = rng.normal(0, 1, (n, 2))
+    vec *= amp_px / np.sqrt(n) / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
+    light = rng.normal(0, 1, 2)
+    light /= np.linalg.norm(light) + 1e-9
+    shade_amp = rng.uniform(0.01, 0.05)
+
+    def f(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        arg = 2 * np.pi * (r @ k.T) + phase  # (N, n)
+        d = np.sin(arg) @ vec
+        s = shade_amp * (np.cos(arg) * (k @ light)[None, :] * min(w, h)).sum(1)
+        return d, s
+
+    return f
+
+
+def crease_field(page_size: tuple[int, int], rng: np.random.Generator, n_creases: int, u: float) -> PageField:
+    """Fold lines: the paper shifts by a few px across each fold; bright/dark lines and a lit side."""
+    h, w = page_size
+    lines = []
+    for _ in range(n_creases):
+        if rng.random() < 0.7:  # folded in halves / thirds: near-horizontal or near-vertical lines
+            vert = rng.random() < 0.5
+            ang = rng.normal(0, 0.03) + (0.0 if vert else np.pi / 2)
+            frac = rng.choice([1 / 2, 1 / 3, 2 / 3, 1 / 4, 3 / 4]) + rng.normal(0, 0.02)
+            c0 = np.array([w * frac, h / 2]) if vert else np.array([w / 2, h * frac])
+        else:
+            ang = rng.uniform(0, np.pi)
+            c0 = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
+        n = np.array([np.cos(ang), np.sin(ang)])  # normal of the fold line
+        lines.append(dict(n=n, c=float(n @ c0), amp=rng.uniform(0.8, 2.5) * u, width=rng.uniform(8, 14) * u,
+                          side=rng.uniform(0.02, 0.08) * rng.choice([-1, 1]), dark=rng.uniform(0.06, 0.2),
+                          bright=rng.uniform(0.0, 0.12), lw=rng.uniform(1.5, 3.0) * u))
+
+    def f(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = np.zeros_like(r)
+        s = np.zeros(len(r))
+        for L in lines:
+            t = r @ L["n"] - L["c"]
+            d += (L["amp"] * np.tanh(t / L["width"]))[:, None] * L["n"][None, :]
+            s += L["side"] * np.tanh(t / (3 * L["width"]))
+            s -= L["dark"] * np.exp(-((t / L["lw"]) ** 2))
+            s += L["bright"] * np.exp(-(((t - 2 * L["lw"]) / (1.5 * L["lw"])) ** 2))
+        return d, s
+
+    return f
+
+
+def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator, channels: int = 1) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field of ``shape`` with feature size ``cell`` (px of that array)."""
+    ch = max(2, int(round(shape[0] / cell)) + 2)
+    cw = max(2, int(round(shape[1] / cell)) + 2)
+    z = rng.standard_normal((ch, cw, channels)).astype(F32)
+    big = cv2.resize(z, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    big = big.reshape(shape[0], shape[1], channels)
+    big -= big.mean(axis=(0, 1))
+    big /= big.std(axis=(0, 1)) + 1e-6
+    return big if channels > 1 else big[..., 0]
+
+
+def wrinkle_field(page_size: tuple[int, int], rng: np.random.Generator, amp_px: float, cell_px: float,
+                  shade: float) -> PageField:
+    """Crumpled paper: smooth random displacement of feature size ``cell_px`` and matching shading."""
+    h, w = page_size
+    st = max(2.0, cell_px / 6)  # sample the random field on a page grid this fine
+    gh, gw = int(h / st) + 2, int(w / st) + 2
+    z = _smooth_noise((gh, gw), cell_px / st, rng, channels=3)  # dx, dy, height
+    hx = cv2.Sobel(z[..., 2], cv2.CV_32F, 1, 0, ksize=3) / 8
+    hy = cv2.Sobel(z[..., 2], cv2.CV_32F, 0, 1, ksize=3) / 8
+    light = rng.normal(0, 1, 2)
+    light /= np.linalg.norm(light) + 1e-9
+    sh = hx * light[0] + hy * light[1]
+    sh = sh / (np.abs(sh).max() + 1e-6) * shade
+    fields = np.dstack([z[..., 0] * amp_px, z[..., 1] * amp_px, sh]).astype(F32)
+
+    def f(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # node k of this grid sits at page px k*st
+        v = sample_coarse(fields, r / st * 1.0, 1)
+        return v[:, :2], v[:, 2]
+
+    return f
+
+
+def build_warp(page_size: tuple[int, int], out_size: tuple[int, int], hinv: np.ndarray | None,
+               page_fields: list[PageField], step: int) -> tuple[Warp, np.ndarray | None]:
+    """Compose a homography and page-space deformations into one :class:`Warp`.
+
+    Returns the warp and the shading offset on its coarse output grid (None if no fields).
+    """
+    if not page_fields:
+        return Warp(page_size, out_size, hinv, None, step), None
+    nodes = coarse_nodes(out_size, step)
+    ch, cw = nodes.shape[:2]
+    q = nodes.reshape(-1, 2)
+    r = q.copy() if hinv is None else _apply_h(hinv, q)
+    d = np.zeros_like(r)
+    s = np.zeros(len(r))
+    for f in page_fields:
+        dd, ss = f(r)
+        d += dd
+        s += ss
+    disp = limit_gradient(d.reshape(ch, cw, 2).astype(F32), step)
+    return Warp(page_size, out_size, hinv, disp, step), s.reshape(ch, cw).astype(F32)
+
+
+def _grid_step(u: float) -> int:
+    return max(2, int(round(4 * u)))
+
+
+# =============================================================================
+# geometric building blocks (each returns a Warp; public so tests can check each)
+# =============================================================================
+def rotation_warp(size: tuple[int, int], rng: np.random.Generator, max_deg: float = 2.0) -> Warp:
+    """Small rotation + scale + shift about the centre (a page on a scanner bed)."""
+    h, w = size
+    ang = rng.uniform(-max_deg, max_deg)
+    sc = rng.uniform(0.97, 1.02)
+    u = w / 2200
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), ang, sc)
+    m[:, 2] += rng.uniform(-12, 12, 2) * u
+    hf = np.vstack([m, [0, 0, 1]])
+    return Warp(size, size, np.linalg.inv(hf), None, _grid_step(u))
+
+
+def skew_warp(size: tuple[int, int], rng: np.random.Generator, max_deg: float = 1.0) -> Warp:
+    """Small shear and anisotropic scale (a sheet fed crooked through a scanner)."""
+    h, w = size
+    sx, sy = np.tan(np.radians(rng.uniform(-max_deg, max_deg, 2)))
+    a = np.array([[rng.uniform(0.98, 1.02), sx, 0], [sy, rng.uniform(0.98, 1.02), 0], [0, 0, 1.0]])
+    c = np.array([[1, 0, (w - 1) / 2], [0, 1, (h - 1) / 2], [0, 0, 1.0]])
+    hf = c @ a @ np.linalg.inv(c)
+    return Warp(size, size, np.linalg.inv(hf), None, _grid_step(w / 2200))
+
+
+def perspective_homography(size: tuple[int, int], rng: np.random.Generator, fill: tuple[float, float] = (0.82, 0.97),
+                           max_rot_deg: float = 5.0, jitter: float = 0.04,
+                           crop_p: float = 0.1) -> tuple[np.ndarray, tuple[int, int]]:
+    """Camera view of a page lying on a table: (Hinv output->page, output size)."""
+    h, w = size
+    ow = int(round(w * rng.uniform(1.0, 1.12)))
+    oh = int(round(h * rng.uniform(1.0, 1.15)))
+    s = rng.uniform(*fill) * min(ow / w, oh / h)
+    if rng.random() < crop_p:  # page larger than the frame: edges cut off
+        s = rng.uniform(1.0, 1.05) * min(ow / w, oh / h)
+    ang = np.radians(np.clip(rng.normal(0, max_rot_deg / 2), -max_rot_deg, max_rot_deg))
+    src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
+    cen = src.mean(0)
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    dst = (src - cen) @ rot.T * s
+    slack = np.array([ow, oh]) - (dst.max(0) - dst.min(0))
+    off = np.array([(ow - 1) / 2, (oh - 1) / 2]) + rng.uniform(-0.45, 0.45, 2) * np.maximum(slack, 0)
+    dst = dst + off
+    # keystone (camera tilt) + independent corner jitter
+    tilt = rng.normal(0, jitter / 2, 2) * w * s
+    dst[0, 0] += tilt[0]
+    dst[1, 0] -= tilt[0]
+    dst[0, 1] += tilt[1]
+    dst[3, 1] -= tilt[1]
+    dst += rng.uniform(-jitter, jitter, (4, 2)) * w * s / 2
+    hf = cv2.getPerspectiveTransform(src.astype(F32), dst.astype(F32)).astype(np.float64)
+    return np.linalg.inv(hf), (oh, ow)
+
+
+def perspective_warp(size: tuple[int, int], rng: np.random.Generator) -> Warp:
+    """Phone photo geometry: the page under a perspective view, output size differs from the page."""
+    hinv, out = perspective_homography(size, rng)
+    return Warp(size, out, hinv, None, _grid_step(size[1] / 2200))
+
+
+def curl_warp(size: tuple[int, int], rng: np.random.Generator, amp: float = 8.0) -> Warp:
+    """Non-rigid paper curl only (output size = input size)."""
+    u = size[1] / 2200
+    return build_warp(size, size, None, [curl_field(size, rng, amp * u)], _grid_step(u))[0]
+
+
+def crease_warp(size: tuple[int, int], rng: np.random.Generator, n: int = 3) -> Warp:
+    """Fold lines only."""
+    u = size[1] / 2200
+    return build_warp(size, size, None, [crease_field(size, rng, n, u)], _grid_step(u))[0]
+
+
+def wrinkle_warp(size: tuple[int, int], rng: np.random.Generator, amp: float = 3.0) -> Warp:
+    """Crumpled-paper wrinkles only."""
+    u = size[1] / 2200
+    return build_warp(size, size, None, [wrinkle_field(size, rng, amp * u, 90 * u, 0.1)], _grid_step(u))[0]
+
+
+def photo_warp(size: tuple[int, int], rng: np.random.Generator) -> Warp:
+    """Perspective + curl + creases + wrinkles, composed into one map."""
+    u = size[1] / 2200
+    hinv, out = perspective_homography(size, rng)
+    fields = [curl_field(size, rng, 6 * u), crease_field(size, rng, 2, u), wrinkle_field(size, rng, 2 * u, 80 * u, 0.1)]
+    return build_warp(size, out, hinv, fields, _grid_step(u))[0]
+
+
+#: Every geometric building block, by name: ``fn(size, rng) -> Warp``.
+GEOMETRIC_OPS: dict[str, Callable[[tuple[int, int], np.random.Generator], Warp]] = {
+    "rotation": rotation_warp,
+    "skew": skew_warp,
+    "perspective": perspective_warp,
+    "curl": curl_warp,
+    "crease": crease_warp,
+    "wrinkle": wrinkle_warp,
+    "photo": photo_warp,
+}
+
+
+# =============================================================================
+# photometric effects: multiplicative gain G and additive light A on a coarse
+# output grid, applied once at full resolution
+# =============================================================================
+class Light:
+    """Accumulates low-frequency lighting (gain ``G`` and additive ``A``, BGR) on a coarse grid."""
+
+    def __init__(self, size: tuple[int, int], step: int):
+        self.size = size
+        self.step = step
+        self.nodes = coarse_nodes(size, step).astype(F32)
+        ch, cw = self.nodes.shape[:2]
+        self.G = np.ones((ch, cw, 3), F32)
+        self.A: np.ndarray | None = None
+        h, w = size
+        self.rel = (self.nodes - np.array([w / 2, h / 2], F32)) / F32(max(h, w) / 2)  # ~[-1, 1]
+
+    def gain(self, g: np.ndarray | float) -> None:
+        g = np.asarray(g, F32)
+        self.G *= g[..., None] if g.ndim == 2 else g
+
+    def add(self, a: np.ndarray) -> None:
+        self.A = a.astype(F32) if self.A is None else self.A + a
+
+    def apply(self, img: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """img * G + A (+ noise) at full resolution, saturated to uint8."""
+        f = img.astype(F32)
+        cv2.multiply(f, upsample(self.G, self.size, self.step), dst=f)
+        if self.A is not None:
+            cv2.add(f, upsample(self.A, self.size, self.step), dst=f)
+        if noise is not None:
+            cv2.add(f, noise, dst=f)
+        np.maximum(f, 0, out=f)
+        return cv2.convertScaleAbs(f)
+
+
+def light_gradient(L: Light, rng: np.random.Generator, strength: float) -> None:
+    """Uneven illumination: a linear ramp in a random direction."""
+    d = rng.normal(0, 1, 2)
+    d /= np.linalg.norm(d) + 1e-9
+    L.gain(1 + strength * (L.rel @ d.astype(F32)) * 0.5 - strength * 0.25)
+
+
+def vignette(L: Light, rng: np.random.Generator, strength: float) -> None:
+    """Darker corners (phone lens)."""
+    c = rng.uniform(-0.2, 0.2, 2).astype(F32)
+    r2 = ((L.rel - c) ** 2).sum(-1)
+    L.gain(1 - strength * np.clip(r2 / 2, 0, 1.5))
+
+
+def shadow(L: Light, rng: np.random.Generator, strength: float) -> None:
+    """A soft-edged shadow (hand, phone) entering from one side."""
+    ch, cw = L.G.shape[:2]
+    m = np.zeros((ch, cw), np.uint8)
+    side = rng.integers(4)
+    k = rng.integers(3, 6)
+    depth = rng.uniform(0.15, 0.55)
+    t = np.sort(rng.uniform(-0.2, 1.2, 2))
+    if side in (0, 1):  # enters from left/right
+        x_in = depth * cw if side == 0 else (1 - depth) * cw
+        x_edge = -5 if side == 0 else cw + 5
+        pts = [[x_edge, t[0] * ch]] + [[x_in + rng.normal(0, 0.08) * cw, y] for y in
+                                        np.linspace(t[0], t[1], k) * ch] + [[x_edge, t[1] * ch]]
+    else:
+        y_in = depth * ch if side == 2 else (1 - depth) * ch
+        y_edge = -5 if side == 2 else ch + 5
+        pts = [[t[0] * cw, y_edge]] + [[x, y_in + rng.normal(0, 0.08) * ch] for x in
+                                        np.linspace(t[0], t[1], k) * cw] + [[t[1] * cw, y_edge]]
+    cv2.fillPoly(m, [np.array(pts, np.int32)], 255)
+    blur = max(cw, ch) * rng.uniform(0.02, 0.08)
+    mf = cv2.GaussianBlur(m.astype(F32) / 255, (0, 0), blur)
+    tint = np.array([1.0, 0.97, 0.94], F32)  # shadows are a touch blue
+    L.G *= (1 - strength * mf[..., None] * tint)
+
+
+def colour_cast(L: Light, rng: np.random.Generator, amount: float) -> None:
+    """White-balance error / paper tint: per-channel gains."""
+    g = 1 + rng.normal(0, amount, 3)
+    L.gain((g / g.max()).astype(F32))
+
+
+def paper_age(L: Light, rng: np.random.Generator, amount: float) -> None:
+    """Yellowed paper (less blue, a little less green)."""
+    a = rng.uniform(0.3, 1.0) * amount
+    L.gain(np.array([1 - a, 1 - 0.45 * a, 1 - 0.1 * a], F32))
+
+
+def glare(L: Light, rng: np.random.Generator, strength: float) -> None:
+    """Bright elliptical reflection (a screen or glossy paper) plus lifted blacks."""
+    c = rng.uniform(-0.7, 0.7, 2).astype(F32)
+    ax = rng.uniform(0.15, 0.6, 2).astype(F32)
+    th = rng.uniform(0, np.pi)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]], F32)
+    p = (L.rel - c) @ rot
+    e = np.exp(-(((p / ax) ** 2).sum(-1)))
+    a = (255 * strength * e)[..., None] * np.array([1.0, 0.98, 0.95], F32)
+    L.add(a + rng.uniform(5, 25))
+    L.gain(1 - 0.5 * strength * e)  # glare washes out contrast
+
+
+def stains(L: Light, rng: np.random.Generator, n: int) -> None:
+    """Coffee/water stains: irregular blobs with a darker tide-line rim, brownish-yellow."""
+    ch, cw = L.G.shape[:2]
+    for _ in range(n):
+        cx, cy = rng.uniform(0.05, 0.95) * cw, rng.uniform(0.05, 0.95) * ch
+        rad = rng.uniform(0.05, 0.22) * min(ch, cw)
+        x0, x1 = int(max(0, cx - 1.6 * rad)), int(min(cw, cx + 1.6 * rad))
+        y0, y1 = int(max(0, cy - 1.6 * rad)), int(min(ch, cy + 1.6 * rad))
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(F32)
+        rr = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / rad
+        wob = _smooth_noise((y1 - y0, x1 - x0), max(3.0, rad / 2.5), rng) * 0.22
+        t = rr + wob  # < 1 inside the stain
+        body = np.clip((1 - t) * 6, 0, 1)
+        rim = np.exp(-(((t - 0.97) / 0.05) ** 2))
+        colour = np.array([rng.uniform(0.35, 0.7), rng.uniform(0.65, 0.85), rng.uniform(0.85, 1.0)], F32)  # BGR brown
+        a = rng.uniform(0.25, 0.7)
+        amt = np.clip(a * (0.55 * body * (0.7 + 0.3 * _smooth_noise(body.shape, 6, rng)) + 0.9 * rim), 0, 1)
+        L.G[y0:y1, x0:x1] *= 1 - amt[..., None] * (1 - colour)
+
+
+def mould_halo(L: Light, rng: np.random.Generator, centers: np.ndarray, radii: np.ndarray) -> None:
+    """Diffuse greenish-grey discolouration around mould colonies."""
+    for (cx, cy), rad in zip(centers, radii):
+        d2 = ((L.nodes[..., 0] - cx) ** 2 + (L.nodes[..., 1] - cy) ** 2) / (1.3 * rad) ** 2
+        e = np.exp(-d2) * rng.uniform(0.1, 0.35)
+        L.G *= 1 - e[..., None] * np.array([0.25, 0.12, 0.3], F32)
+
+
+def moire_bands(L: Light, rng: np.random.Generator, strength: float) -> None:
+    """Low-frequency coloured bands: the beat of the screen pixel grid and the camera sensor grid."""
+    ch, cw = L.G.shape[:2]
+    freq = rng.uniform(3, 14)  # bands across the image
+    ang = rng.uniform(0, np.pi)
+    k = np.array([np.cos(ang), np.sin(ang)], F32) * freq * np.pi
+    bend = _smooth_noise((ch, cw), max(ch, cw) / 3, rng) * rng.uniform(0.5, 2.5)
+    ph = L.rel @ k + bend + F32(rng.uniform(0, 2 * np.pi))
+    shift = np.array([0.0, 2.1, 4.2], F32)  # per-channel phase: rainbow tint
+    L.G *= 1 + strength * np.cos(ph[..., None] + shift) * np.array([1.0, 0.8, 1.0], F32)
+
+
+# =============================================================================
+# full-resolution effects
+# =============================================================================
+def sensor_noise(size: tuple[int, int], rng: np.random.Generator, sigma: float, grain: int = 1,
+                 colour: bool = True) -> np.ndarray:
+    """Gaussian noise image (float32, BGR) of std ``sigma`` grey levels; ``grain`` > 1 makes it blotchy."""
+    h, w = size
+    gh, gw = -(-h // grain), -(-w // grain)
+    cv2.setRNGSeed(int(rng.integers(1, 2 ** 31 - 1)))  # cv2's generator is ~3x faster than numpy's
+    n = np.empty((gh, gw, 3 if colour else 1), F32)
+    cv2.randn(n, 0.0, float(sigma))
+    if grain > 1:
+        n = cv2.resize(n, (gw * grain, gh * grain), interpolation=cv2.INTER_LINEAR).reshape(gh * grain, gw * grain, -1)
+        n = n[:h, :w]
+    if not colour:
+        n = np.repeat(n.reshape(h, w, 1), 3, axis=2)
+    return np.ascontiguousarray(n)
+
+
+def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG recompression at ``quality`` (block artefacts, chroma smear)."""
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise EcgTraceError("JPEG encoding failed; check that the image is uint8 BGR")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (defocus, scanner optics); no-op below 0.2 px."""
+    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma >= 0.2 else img
+
+
+def motion_blur(img: np.ndarray, rng: np.random.Generator, length: float) -> np.ndarray:
+    """Short linear camera-shake blur of ``length`` px."""
+    n = int(max(3, round(length)) | 1)
+    k = np.zeros((n, n), F32)
+    ang = rng.uniform(0, np.pi)
+    c = (n - 1) / 2
+    cv2.line(k, (int(round(c - c * np.cos(ang))), int(round(c - c * np.sin(ang)))),
+             (int(round(c + c * np.cos(ang))), int(round(c + c * np.sin(ang)))), 1.0, 1)
+    return cv2.filter2D(img, -1, k / k.sum())
+
+
+def to_bw(img: np.ndarray, rng: np.random.Generator, threshold_p: float = 0.35) -> np.ndarray:
+    """Black-and-white scan: greyscale with a scanner tone curve, sometimes hard-thresholded."""
+    g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if rng.random() < threshold_p:
+        t = rng.uniform(130, 200)
+        lut = np.where(np.arange(256) < t, rng.uniform(0, 40), rng.uniform(235, 255))
+        # soften the edge a little so anti-aliased lines do not break up
+        lut = np.clip(lut + (np.arange(256) - t) * 0.0, 0, 255)
+    else:
+        lo, hi = rng.uniform(0, 40), rng.uniform(200, 250)
+        gamma = rng.uniform(0.7, 1.5)
+        lut = np.clip((np.arange(256) - lo) / (hi - lo), 0, 1) ** gamma * 255
+    g = cv2.LUT(g, lut.astype(np.uint8))
+    return cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
+
+
+def scanner_streaks(img: np.ndarray, rng: np.random.Generator, n: int, u: float) -> None:
+    """Thin lines along the scan direction (dust on the glass), drawn in place."""
+    h, w = img.shape[:2]
+    vertical = rng.random() < 0.5
+    for _ in range(n):
+        val = int(rng.uniform(0, 80)) if rng.random() < 0.5 else int(rng.uniform(200, 255))
+        th = max(1, int(round(rng.uniform(0.5, 2.0) * u)))
+        if vertical:
+            x = int(rng.integers(0, w))
+            cv2.line(img, (x, 0), (x + int(rng.integers(-2, 3)), h - 1), (val, val, val), th)
+        else:
+            y = int(rng.integers(0, h))
+            cv2.line(img, (0, y), (w - 1, y + int(rng.integers(-2, 3))), (val, val, val), th)
+
+
+def mould_spots(img: np.ndarray, rng: np.random.Generator, centers: np.ndarray, radii: np.ndarray, u: float) -> None:
+    """Clusters of dark green / black speckles (mould colonies), drawn in place with sub-pixel accuracy."""
+    palette = np.array([[25, 45, 25], [20, 20, 20], [40, 75, 45], [60, 95, 70], [35, 50, 60], [90, 120, 100]], F32)
+    for (cx, cy), rad in zip(centers, radii):
+        n_sub = int(rng.integers(2, 7))
+        subs = np.array([cx, cy]) + rng.normal(0, 0.45 * rad, (n_sub, 2))
+        n = int(rng.integers(60, 350))
+        which = rng.integers(0, n_sub, n)
+        spread = rng.uniform(0.15, 0.4) * rad
+        pts = subs[which] + rng.normal(0, 1, (n, 2)) * spread
+        sizes = np.clip(rng.gamma(1.5, 1.0, n) * 1.2 * u, 0.4 * u, 7 * u)
+        cols = palette[rng.integers(0, len(palette), n)] + rng.normal(0, 8, (n, 3))
+        for (x, y), s, col in zip(pts, sizes, cols):
+            c = tuple(int(v) for v in np.clip(col, 0, 255))
+            cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), max(1, int(round(s * 16))), c, -1,
+                       cv2.LINE_AA, 4)
+
+
+def screen_pixels(img: np.ndarray, rng: np.random.Generator, u: float) -> np.ndarray:
+    """Show the page on an LCD: RGB subpixel stripes and dark gaps at the screen pixel pitch (page space)."""
+    h, w = img.shape[:2]
+    pitch = rng.uniform(2.2, 4.0) * max(u, 0.5)
+    xs = np.arange(w, dtype=F32) / pitch
+    ys = np.arange(h, dtype=F32) / pitch
+    fx = xs - np.floor(xs)
+    fy = ys - np.floor(ys)
+    depth = rng.uniform(0.2, 0.45)
+    # subpixel order R, G, B from left to right; BGR channel index 2, 1, 0
+    col = np.empty((w, 3), F32)
+    for k, chn in enumerate((2, 1, 0)):
+        inside = (fx >= k / 3) & (fx < (k + 1) / 3)
+        col[:, chn] = np.where(inside, 1.0, 1 - depth)
+    row = np.where(fy < 0.85, 1.0, 1 - 0.6 * depth).astype(F32)
+    f = img.astype(F32)
+    f *= col[None, :, :] * (1.0 / (1 - depth * 2 / 3))  # keep mean brightness
+    f *= row[:, None, None]
+    # screens: white is slightly blue, colours more saturated
+    f *= np.array([1.0, 0.98, rng.uniform(0.9, 0.97)], F32)
+    return cv2.convertScaleAbs(np.maximum(f, 0))
+
+
+def table_background(size: tuple[int, int], rng: np.random.Generator, u: float, kind: str | None = None) -> np.ndarray:
+    """A surface under the page: wood, a desk, cloth or a dark room/screen bezel (uint8 BGR, full size)."""
+    h, w = size
+    kind = kind or str(rng.choice(["wood", "desk", "dark", "cloth"], p=[0.35, 0.35, 0.15, 0.15]))
+    step = 8
+    ch, cw = coarse_shape(size, step)
+    if kind == "wood":
+        base = np.array([rng.uniform(40, 90), rng.uniform(80, 130), rng.uniform(120, 180)], F32)
+        grain = _smooth_noise((ch, max(2, cw // 6)), 2, rng)
+        grain = cv2.resize(grain, (cw, ch), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            grain = cv2.resize(_smooth_noise((max(2, ch // 6), cw), 2, rng), (cw, ch))
+        tex = base * (1 + 0.15 * grain[..., None])
+    elif kind == "desk":
+        g = rng.uniform(90, 220)
+        base = np.array([g, g, g], F32) * (1 + rng.normal(0, 0.05, 3)).astype(F32)
+        tex = base * (1 + 0.04 * _smooth_noise((ch, cw), 20, rng)[..., None])
+    elif kind == "cloth":
+        base = rng.uniform(30, 200, 3).astype(F32)
+        tex = base * (1 + 0.1 * _smooth_noise((ch, cw), 6, rng)[..., None])
+    else:
+        base = np.array([rng.uniform(10, 40)] * 3, F32)
+        tex = base * (1 + 0.2 * _smooth_noise((ch, cw), 30, rng)[..., None])
+    # light falls off across the table
+    rel = coarse_nodes(size, step).astype(F32) / np.array([w, h], F32) - 0.5
+    d = rng.normal(0, 1, 2).astype(F32)
+    tex = tex * (1 + 0.3 * (rel @ d))[..., None]
+    full = upsample(np.clip(tex, 0, 255), size, step)
+    return cv2.convertScaleAbs(full)
+
+
+def corner_tears(size: tuple[int, int], rng: np.random.Generator, u: float, n: int) -> np.ndarray:
+    """Paper mask (255 = paper) with torn-off corners and nicks along the edges."""
+    h, w = size
+    m = np.full((h, w), 255, np.uint8)
+    for _ in range(n):
+        if rng.random() < 0.5:  # a torn corner
+            cx = 0 if rng.random() < 0.5 else w - 1
+            cy = 0 if rng.random() < 0.5 else h - 1
+            a, b = rng.uniform(0.02, 0.07) * w, rng.uniform(0.02, 0.07) * h
+            k = 8
+            t = np.linspace(0, 1, k)
+            # jagged line from (a, 0) to (0, b) relative to the corner
+            line = np.stack([a * (1 - t), b * t], 1) + rng.normal(0, 3 * u, (k, 2))
+            sx, sy = (1 if cx == 0 else -1), (1 if cy == 0 else -1)
+            pts = np.vstack([[0, 0], line]) * [sx, sy] + [cx, cy]
+        else:  # a nick on an edge
+            side = rng.integers(4)
+            L = rng.uniform(0.03, 0.1) * (w if side < 2 else h)
+            dpt = rng.uniform(0.01, 0.03) * min(h, w)
+            s0 = rng.uniform(0.1, 0.9) * (w if side < 2 else h)
+            t = np.linspace(0, 1, 7)
+            along = s0 + L * (t - 0.5)
+            across = dpt * np.sin(np.pi * t) + rng.normal(0, 2 * u, 7)
+            across[[0, -1]] = -2
+            if side == 0:
+                pts = np.stack([along, across], 1)
+            elif side == 1:
+                pts = np.stack([along, h - 1 - across], 1)
+            elif side == 2:
+                pts = np.stack([across, along], 1)
+            else:
+                pts = np.stack([w - 1 - across, along], 1)
+        cv2.fillPoly(m, [np.round(pts * 16).astype(np.int32)], 0, cv2.LINE_AA, 4)
+    return m
+
+
+# =============================================================================
+# variants
+# =============================================================================
+@dataclass
+class _Ctx:
+    image: np.ndarray
+    gt: GroundTruth | None
+    rg: np.random.Generator  # geometry
+    rp: np.random.Generator  # photometry
+    u: float
+    photometric: bool
+
+
+def _scan(ctx: _Ctx, bw: bool, mould: bool) -> tuple[np.ndarray, GroundTruth | None]:
+    size = ctx.image.shape[:2]
+    rg, rp, u = ctx.rg, ctx.rp, ctx.u
+    w0 = rotation_warp(size, rg, max_deg=2.0 if rg.random() < 0.8 else 4.0)
+    w1 = skew_warp(size, rg, 0.5)
+    hinv = w0.hinv @ w1.hinv  # skew first, then rotation
+    warp = Warp(size, size, hinv, None, _grid_step(u))
+    bed = tuple(float(v) for v in rg.uniform(225, 255) * np.ones(3))
+    img = warp.apply(ctx.image, fill=bed)
+    gt = warp.move(ctx.gt)
+    if not ctx.photometric:
+        return img, gt
+    L = Light(size, max(2, _grid_step(u) * 2))
+    paper_age(L, rp, 0.12 if mould else 0.05)
+    colour_cast(L, rp, 0.02)
+    light_gradient(L, rp, rp.uniform(0.0, 0.08))
+    if rp.random() < 0.5:  # broad streaks along the scan direction
+        ch, cw = L.G.shape[:2]
+        prof = 1 + 0.03 * _smooth_noise((1, cw), rp.uniform(1, 4), rp)
+        L.gain(np.repeat(prof, ch, axis=0))
+    centers = radii = None
+    if mould:
+        n = int(rp.integers(2, 7))
+        h, w = size
+        centers = np.stack([rp.uniform(0.03, 0.97, n) * w, rp.uniform(0.03, 0.97, n) * h], 1)
+        radii = rp.uniform(20, 130, n) * u
+        mould_halo(L, rp, centers, radii)
+    img = L.apply(img)
+    if mould:
+        mould_spots(img, rp, centers, radii, u)
+    if rp.random() < 0.4:
+        scanner_streaks(img, rp, int(rp.integers(1, 4)), u)
+    img = blur(img, rp.uniform(0.3, 0.9) * u * 2)
+    if bw:
+        img = to_bw(img, rp)
+    noise = sensor_noise(size, rp, rp.uniform(1.0, 4.0), grain=1, colour=not bw)
+    img = cv2.convertScaleAbs(np.maximum(img.astype(F32) + noise, 0))
+    if rp.random() < 0.7:
+        img = jpeg(img, int(rp.integers(65, 96)))
+    return img, gt
+
+
+def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
+    """Phone photos: 0005 print, 0006 screen, 0009 stained, 0010 damaged."""
+    size = ctx.image.shape[:2]
+    rg, rp, u = ctx.rg, ctx.rp, ctx.u
+    step = _grid_step(u)
+    if kind == "screen":
+        hinv, out = perspective_homography(size, rg, fill=(0.85, 0.98), max_rot_deg=4, jitter=0.05, crop_p=0.2)
+        fields = [curl_field(size, rg, 1.0 * u)]  # a slight lens distortion
+    else:
+        hinv, out = perspective_homography(size, rg)
+        fields = [curl_field(size, rg, rg.uniform(2, 10) * u)]
+        if kind == "stained":
+            fields.append(wrinkle_field(size, rg, rg.uniform(1.0, 3.0) * u, rg.uniform(120, 300) * u, 0.06))
+        if kind == "damaged":
+            fields.append(crease_field(size, rg, int(rg.integers(2, 6)), u))
+            fields.append(wrinkle_field(size, rg, rg.uniform(1.5, 3.5) * u, rg.uniform(40, 120) * u, 0.14))
+        elif rg.random() < 0.3:
+            fields.append(crease_field(size, rg, int(rg.integers(1, 3)), u))
+    warp, shade = build_warp(size, out, hinv, fields, step)
+    src = ctx.image
+    if kind == "screen" and ctx.photometric:
+        src = screen_pixels(src, rp, u)
+    tears = corner_tears(size, rg, u, int(rg.integers(1, 5))) if kind == "damaged" else None
+    bg = table_background(out, rp, u, kind="dark" if kind == "screen" else None)
+    img = warp.apply(src, fill=bg, src_mask=tears)
+    gt = warp.move(ctx.gt)
+    if not ctx.photometric:
+        return img, gt
+    L = Light(out, step)
+    if shade is not None:
+        L.gain(np.clip(1 + shade, 0.4, 1.6))
+    if kind == "screen":
+        moire_bands(L, rp, rp.uniform(0.03, 0.12))
+        if rp.random() < 0.8:
+            glare(L, rp, rp.uniform(0.05, 0.35))
+        colour_cast(L, rp, 0.04)
+    else:
+        paper_age(L, rp, 0.15 if kind in ("stained", "damaged") else 0.04)
+        colour_cast(L, rp, 0.05)
+        if rp.random() < 0.6:
+            shadow(L, rp, rp.uniform(0.15, 0.5))
+        if kind == "stained":
+            stains(L, rp, int(rp.integers(2, 7)))
+        if rp.random() < 0.2:
+            glare(L, rp, rp.uniform(0.03, 0.12))
+    light_gradient(L, rp, rp.uniform(0.05, 0.3))
+    vignette(L, rp, rp.uniform(0.0, 0.25))
+    noise = sensor_noise(out, rp, rp.uniform(2.0, 6.0), grain=2)
+    img = L.apply(img, noise)
+    if rp.random() < 0.25:
+        img = motion_blur(img, rp, rp.uniform(2, 4) * u)
+    img = blur(img, rp.uniform(0.4, 1.2) * u * 2)
+    img = jpeg(img, int(rp.integers(55, 93)))
+    return img, gt
+
+
+def _clean(ctx: _Ctx) -> tuple[np.ndarray, GroundTruth | None]:
+    return ctx.image, ctx.gt
+
+
+_RECIPES: dict[str, Callable[[_Ctx], tuple[np.ndarray, GroundTruth | None]]] = {
+    "0001": _clean,
+    "0003": lambda c: _scan(c, bw=False, mould=False),
+    "0004": lambda c: _scan(c, bw=True, mould=False),
+    "0005": lambda c: _photo(c, "print"),
+    "0006": lambda c: _photo(c, "screen"),
+    "0009": lambda c: _photo(c, "stained"),
+    "0010": lambda c: _photo(c, "damaged"),
+    "0011": lambda c: _scan(c, bw=False, mould=True),
+    "0012": lambda c: _scan(c, bw=True, mould=True),
+}
+
+
+def apply_orientation(image: np.ndarray, gt: GroundTruth | None, c: int) -> tuple[np.ndarray, GroundTruth | None]:
+    """Turn/flip an upright page into orientation class ``c`` and move its ground truth with it."""
+    size = image.shape[:2]
+    out = orient.orient_image(image, c)
+    if gt is None:
+        return out, None
+    new_size = orient.oriented_size(size, c)
+    return out, gt.transformed(lambda p: orient.orient_points(p, c, size), new_size, orientation=int(c))
+
+
+def apply_variant(image_bgr: np.ndarray, gt: GroundTruth | None, variant: str, rng: np.random.Generator | int | None,
+                  orientation: int | None = None, photometric: bool = True) -> tuple[np.ndarray, GroundTruth | None]:
+    """Make a clean rendered page look like competition variant ``variant``.
+
+    Args:
+        image_bgr: upright clean page, uint8 (h, w, 3) BGR.
+        gt: its ground truth (moved with every geometric step), or None.
+        variant: one of :data:`VARIANTS`.
+        rng: numpy Generator or seed; the same seed gives the same result.
+        orientation: class 0..7 applied last (None or 0 keeps the page upright).
+        photometric: False skips every non-geometric effect (the geometry is the same either way).
+
+    Returns:
+        (image uint8 BGR, ground truth with ``variant`` and ``orientation`` set).
+    """
+    if variant not in _RECIPES:
+        raise EcgTraceError(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    img = np.asarray(image_bgr)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise EcgTraceError(f"expected a uint8 BGR image (h, w, 3), got {img.dtype} {img.shape}; "
+                            "load it with cv2.imread")
+    if orientation is not None and not 0 <= int(orientation) < orient.N_ORIENTATIONS:
+        raise EcgTraceError(f"orientation must be 0..7, got {orientation}")
+    if gt is not None and tuple(gt.image_size) != img.shape[:2]:
+        raise EcgTraceError(f"ground truth is for a {gt.image_size} image but the image is {img.shape[:2]}; "
+                            "pass the GroundTruth rendered with this image")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    seeds = rng.integers(0, 2 ** 63 - 1, 2)
+    ctx = _Ctx(np.ascontiguousarray(img), gt, np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]),
+               img.shape[1] / 2200.0, photometric)
+    out, gt2 = _RECIPES[variant](ctx)
+    if gt2 is not None:
+        gt2 = replace(gt2, variant=variant)
+    if orientation:
+        out, gt2 = apply_orientation(out, gt2, int(orientation))
+    return np.ascontiguousarray(out), gt2
