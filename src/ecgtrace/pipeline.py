@@ -1,0 +1,270 @@
+"""Picture -> 12 lead signals: stage 0 (normalize) -> stage 1 (rectify) -> stage 2 (extract).
+
+``Pipeline(checkpoints_dir)`` loads whatever ``stage{K}_*.pth`` it finds there and
+uses each stage's classical path otherwise. ``Pipeline(...)(image, fs)`` returns a
+:class:`Result`: the signals as a competition-style table, what each stage found,
+and writers for CSV / WFDB / overlay / plot. ``ecgtrace.digitize`` is the one-line
+form.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from loguru import logger
+
+from ecgtrace import io, orient, paper
+from ecgtrace.errors import EcgTraceError
+from ecgtrace.paper import CANONICAL
+from ecgtrace.stages import trace_classical as tc
+from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
+from ecgtrace.stages.stage2 import Stage2, find_checkpoint
+
+#: Fewer leads than this with a readable trace means "this is not an ECG page we can read".
+MIN_LEADS_FOUND = 4
+
+
+# --------------------------------------------------------------------------- fallbacks
+class _IdentityStage0:
+    """Used only when ``ecgtrace.stages.stage0`` is not installed: assume an upright page, resize it."""
+
+    method = "identity"
+
+    def __call__(self, image_bgr: np.ndarray) -> NormalizedPage:
+        h, w = image_bgr.shape[:2]
+        H = np.diag([CANONICAL.width_px / w, CANONICAL.height_px / h, 1.0])
+        img = cv2.resize(image_bgr, (CANONICAL.width_px, CANONICAL.height_px), interpolation=cv2.INTER_AREA)
+        return NormalizedPage(image=img, homography=H, method="identity",
+                              message="stage 0 not available: page assumed upright and uncropped")
+
+
+class _IdentityStage1:
+    """Used only when ``ecgtrace.stages.stage1`` is not installed: the normalized page is taken as rectified."""
+
+    method = "identity"
+
+    def __call__(self, page_bgr: np.ndarray) -> RectifiedPage:
+        h, w = page_bgr.shape[:2]
+        xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        return RectifiedPage(image=page_bgr, map_xy=np.stack([xx, yy], axis=-1), method="identity",
+                             message="stage 1 not available: grid assumed straight")
+
+
+def _load_stage(k: int, checkpoints_dir: str | Path | None, device: str):
+    """Stage ``k`` inference object (model when a checkpoint is found, else its classical path)."""
+    ckpt = find_checkpoint(checkpoints_dir, k) if checkpoints_dir else None
+    if k == 2:
+        return Stage2(checkpoint=ckpt, device=device)
+    try:
+        module = __import__(f"ecgtrace.stages.stage{k}", fromlist=[f"Stage{k}"])
+    except ModuleNotFoundError as e:
+        if e.name != f"ecgtrace.stages.stage{k}":
+            raise
+        logger.warning(f"stage {k} is not installed; using an identity step")
+        return _IdentityStage0() if k == 0 else _IdentityStage1()
+    return getattr(module, f"Stage{k}")(checkpoint=ckpt, device=device)
+
+
+def _method(stage_obj: Any, out: Any) -> str:
+    return str(getattr(out, "method", None) or getattr(stage_obj, "method", "unknown"))
+
+
+# --------------------------------------------------------------------------- result
+def signals_frame(leads: dict[str, np.ndarray], fs: float) -> pd.DataFrame:
+    """Lead windows -> a 10 s table at ``fs`` (12 columns in paper.LEADS order, NaN outside each window,
+    competition style), indexed by time in seconds."""
+    n = int(round(paper.DURATION_S * fs))
+    cols = {}
+    for lead in paper.LEADS:
+        col = np.full(n, np.nan)
+        if lead in leads:
+            i0, i1 = tc.lead_indices(lead, fs, n)
+            v = np.asarray(leads[lead], dtype=np.float64)[: max(0, n - i0)]
+            col[i0:i0 + len(v)] = v
+        cols[lead] = col
+    df = pd.DataFrame(cols, columns=list(paper.LEADS))
+    df.index = pd.Index(np.arange(n) / float(fs), name="time_s")
+    return df
+
+
+@dataclass
+class Result:
+    """What :func:`ecgtrace.digitize` returns.
+
+    Attributes:
+        signals: 12 lead columns (paper.LEADS order) in mV, 10 s at ``fs``, NaN outside each
+            lead's window (lead II is the full rhythm strip); index = time in s.
+        fs: sampling rate in Hz.
+        report: what each stage found (orientation, confidences, grid error, per-lead quality,
+            method and time per stage); JSON-serialisable.
+        leads: the raw stage-2 output (each lead's own window, rectified-page traces).
+    """
+
+    signals: pd.DataFrame
+    fs: float
+    report: dict[str, Any]
+    leads: LeadSignals
+    image: np.ndarray | None = field(default=None, repr=False)
+    normalized: NormalizedPage | None = field(default=None, repr=False)
+    rectified: RectifiedPage | None = field(default=None, repr=False)
+    name: str = "ecg"
+    work_scale: float = 1.0  # original px -> working px (huge pictures are scaled down first)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write ``time_s`` + the 12 leads (mV) to a CSV file."""
+        return io.write_signals_csv(self.signals, path)
+
+    def to_wfdb(self, directory: str | Path, name: str | None = None) -> Path:
+        """Write a WFDB record ``directory/name.hea/.dat`` (missing samples outside the windows read as NaN)."""
+        return io.write_wfdb(self.signals, self.fs, directory, name or self.name,
+                             comments=[f"digitized by ecgtrace from {self.name}"])
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :attr:`report` as JSON."""
+        return io.write_json(self.report, path)
+
+    def plot(self, path: str | Path | None = None):
+        """A matplotlib figure of the 12 leads; saved to ``path`` when given."""
+        return io.plot_signals(self.signals, self.fs, path, title=f"{self.name} ({self.fs:g} Hz)")
+
+    def traces_original(self) -> dict[str, np.ndarray]:
+        """The stage-2 traces mapped back to original-photo px: rectified -> stage-1 map -> inverse stage-0
+        homography (-> undo the working downscale)."""
+        map_xy = self.rectified.map_xy if self.rectified is not None else None
+        hmat = self.normalized.homography if self.normalized is not None else None
+        out = {}
+        for key, pts in self.leads.traces_px.items():
+            out[key] = io.rectified_to_original(pts, map_xy, hmat) / self.work_scale
+        return out
+
+    def overlay(self, path: str | Path | None = None) -> np.ndarray:
+        """The extracted traces drawn on the original picture (BGR); written to ``path`` when given."""
+        if self.image is None:
+            raise EcgTraceError("this result keeps no picture to draw on; digitize the image again")
+        traces = self.traces_original()
+        labels = {}
+        for lead in paper.MARKERS:
+            row, col = paper.lead_row_col(lead)
+            key = tc.ROW_KEYS[row]
+            if key not in traces:
+                continue
+            x = CANONICAL.column_x(col) + 0.25 * CANONICAL.px_per_s
+            y = CANONICAL.baseline_y(row) - 1.4 * CANONICAL.px_per_mv
+            scale = self.rectified.image.shape[1] / CANONICAL.width_px if self.rectified is not None else 1.0
+            xy = self.traces_original_point((x * scale, y * scale))
+            text = "II (rhythm)" if lead == paper.RHYTHM_KEY else lead
+            flag = self.leads.quality.get(paper.RHYTHM_LEAD if lead == paper.RHYTHM_KEY else lead, "ok")
+            labels[text + ("" if flag == "ok" else " ?")] = (xy, key)
+        img = io.draw_overlay(self.image, traces, labels)
+        if path is not None:
+            io.write_image(img, path)
+        return img
+
+    def traces_original_point(self, xy: tuple[float, float]) -> np.ndarray:
+        map_xy = self.rectified.map_xy if self.rectified is not None else None
+        hmat = self.normalized.homography if self.normalized is not None else None
+        return io.rectified_to_original(np.array([xy]), map_xy, hmat)[0] / self.work_scale
+
+
+# --------------------------------------------------------------------------- pipeline
+class Pipeline:
+    """Stage 0 -> 1 -> 2 with models from ``checkpoints_dir`` where present, classical paths otherwise."""
+
+    def __init__(self, checkpoints_dir: str | Path | None = None, device: str = "cpu", einthoven: bool = False) -> None:
+        if checkpoints_dir is not None and not Path(checkpoints_dir).exists():
+            raise EcgTraceError(f"checkpoint folder {checkpoints_dir} not found; train with `ecgtrace train` "
+                                "or leave --checkpoints out to use the classical paths")
+        self.device = device
+        self.stage0 = _load_stage(0, checkpoints_dir, device)
+        self.stage1 = _load_stage(1, checkpoints_dir, device)
+        self.stage2 = _load_stage(2, checkpoints_dir, device)
+        self.stage2.einthoven = einthoven
+
+    def __call__(self, image: str | Path | np.ndarray, fs: float = 500.0, name: str | None = None,
+                 n_samples: dict[str, int] | None = None) -> Result:
+        """Digitize one picture (a path or a BGR array) at ``fs`` Hz."""
+        if not (isinstance(fs, (int, float)) and np.isfinite(fs) and 1.0 <= fs <= 100000):
+            raise EcgTraceError(f"sampling rate must be a number of Hz (e.g. 500), got {fs!r}")
+        timing: dict[str, float] = {}
+        t = time.perf_counter()
+        if isinstance(image, (str, Path)):
+            name = name or Path(image).stem
+            original = io.read_image(image)
+        else:
+            original = io.check_image(image, name or "image")
+        name = name or "ecg"
+        h, w = original.shape[:2]
+        work_scale = min(1.0, io.WORK_MAX_SIDE / max(h, w))
+        work = original if work_scale == 1.0 else cv2.resize(
+            original, (int(round(w * work_scale)), int(round(h * work_scale))), interpolation=cv2.INTER_AREA)
+        timing["load"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        norm = self.stage0(work)
+        timing["stage0"] = time.perf_counter() - t
+        warnings = []
+        if not getattr(norm, "ok", True):  # a weak stage 0 is not fatal: stage 2 decides whether traces exist
+            warnings.append(f"stage 0 unsure: {norm.message or 'no lead labels found'}")
+        t = time.perf_counter()
+        rect = self.stage1(norm.image)
+        timing["stage1"] = time.perf_counter() - t
+        if not getattr(rect, "ok", True):
+            warnings.append(f"stage 1 unsure: {rect.message or 'no grid found'}")
+        t = time.perf_counter()
+        leads = self.stage2(rect.image, fs, n_samples=n_samples)
+        timing["stage2"] = time.perf_counter() - t
+        found = sum(1 for q in leads.quality.values() if not q.startswith("no trace"))
+        if found < MIN_LEADS_FOUND:
+            raise StageError(f"found a trace for only {found} of 12 leads; this does not look like a readable "
+                             "12-lead ECG page" + (f" ({'; '.join(warnings)})" if warnings else ""))
+        df = signals_frame(leads.signals, fs)
+        report = {
+            "name": name,
+            "image_size": [int(w), int(h)],
+            "fs": float(fs),
+            "orientation": int(getattr(norm, "orientation", 0)),
+            "orientation_name": orient.describe(int(getattr(norm, "orientation", 0))),
+            "orientation_confidence": float(getattr(norm, "orientation_confidence", float("nan"))),
+            "markers_found": sorted(getattr(norm, "markers", {}) or {}),
+            "grid_error_px": _finite(getattr(rect, "grid_error_px", float("nan"))),
+            "grid_confidence": _finite(getattr(rect, "confidence", float("nan"))),
+            "lead_quality": dict(leads.quality),
+            "method": {"stage0": _method(self.stage0, norm), "stage1": _method(self.stage1, rect),
+                       "stage2": leads.method},
+            "messages": [m for m in (getattr(norm, "message", ""), getattr(rect, "message", "")) if m],
+            "warnings": warnings,
+            "timing_s": {k: round(v, 4) for k, v in timing.items()},
+            "work_scale": work_scale,
+        }
+        return Result(signals=df, fs=float(fs), report=report, leads=leads, image=original, normalized=norm,
+                      rectified=rect, name=name, work_scale=work_scale)
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+_DEFAULT: dict[tuple, Pipeline] = {}
+
+
+def digitize(image: str | Path | np.ndarray, fs: float = 500.0, checkpoints: str | Path | None = None,
+             device: str = "cpu") -> Result:
+    """Digitize one ECG picture: ``ecgtrace.digitize("photo.jpg").signals`` is a DataFrame of the 12 leads.
+
+    ``checkpoints``: a folder with ``stage{0,1,2}_*.pth``; without it the classical paths run.
+    The pipeline is built once per (checkpoints, device) and reused.
+    """
+    key = (str(checkpoints) if checkpoints else None, device)
+    if key not in _DEFAULT:
+        _DEFAULT[key] = Pipeline(checkpoints, device=device)
+    return _DEFAULT[key](image, fs=fs)
