@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from loguru import logger
+from scipy.ndimage import gaussian_filter1d
 from scipy.signal import resample_poly
 
 from ecgtrace.errors import EcgTraceError
@@ -207,7 +208,9 @@ def _parametric(rng: np.random.Generator, fs: float, duration: float, hr: float)
     pl_f, pl_a = rng.choice([50.0, 60.0]), rng.uniform(0.005, 0.03)
 
     def noise() -> np.ndarray:
-        x = noise_level * rng.standard_normal(n)
+        # muscle/electrode noise, band-limited to ~40 Hz so it looks the same at every fs
+        w = gaussian_filter1d(rng.standard_normal(n), sigma=max(0.5, fs / 250.0))
+        x = noise_level * w / (w.std() + 1e-12)
         if powerline and fs > 2 * pl_f:
             x = x + pl_a * np.sin(2 * math.pi * pl_f * t + rng.uniform(0, 2 * math.pi))
         return x

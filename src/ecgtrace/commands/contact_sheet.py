@@ -1,0 +1,109 @@
+"""``ecgtrace contact-sheet``: one synthetic ECG in every variant, tiled with captions."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ecgtrace.errors import EcgTraceError
+
+
+def register(subparsers) -> None:
+    """Add the ``contact-sheet`` subcommand."""
+    p = subparsers.add_parser(
+        "contact-sheet",
+        help="render one ECG in every variant and tile them into one PNG",
+        description="Render one synthetic ECG page in every image variant (0001 clean ... 0012 mouldy B/W scan) "
+                    "and tile them with captions, to compare by eye with real pictures.",
+    )
+    p.add_argument("--out", required=True, help="PNG file to write, e.g. outputs/contact_sheet.png")
+    p.add_argument("--seed", type=int, default=0, help="which synthetic ECG (default 0)")
+    p.add_argument("--variants", default=None, help="comma-separated variant codes (default: every available one)")
+    p.add_argument("--tile-width", type=int, default=880, dest="tile_width", help="width of each tile in px")
+    p.add_argument("--real", default=None,
+                   help="optional folder of real ECG pictures; up to 3 are added as a last row for comparison")
+    p.set_defaults(func=run)
+
+
+def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    bar = np.full((34, tile.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.62, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([bar, tile])
+
+
+def _fit(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Scale ``img`` into a w x h white box, keeping its aspect ratio (rotated variants fit too)."""
+    s = min(w / img.shape[1], h / img.shape[0])
+    small = cv2.resize(img, (max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),
+                       interpolation=cv2.INTER_AREA)
+    box = np.full((h, w, 3), 255, np.uint8)
+    y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+    box[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return box
+
+
+def make_sheet(seed: int = 0, variants=None, tile_width: int = 880, real: str | Path | None = None) -> np.ndarray:
+    """The contact sheet as a BGR image."""
+    from ecgtrace.data.synthetic import SyntheticPages, apply_variant, available_variants, check_variants
+
+    variants = check_variants(variants) if variants else available_variants()
+    pages = SyntheticPages(1, variants=variants, seed=seed)
+    image, gt, _, fs = pages.clean(0)
+    tile_h = int(round(tile_width * image.shape[0] / image.shape[1]))
+    try:
+        from ecgtrace.data.distort import VARIANT_INFO
+    except ModuleNotFoundError:
+        VARIANT_INFO = {"0001": "clean render"}
+    tiles = []
+    for v in variants:
+        img_v, _ = apply_variant(image.copy(), gt, v, pages.variant_rng(0, v))
+        tiles.append(_caption(_fit(img_v, tile_width, tile_h), f"{v}: {VARIANT_INFO.get(v, '')}"))
+    if real:
+        folder = Path(real)
+        if not folder.is_dir():
+            raise EcgTraceError(f"--real {folder} is not a folder of images")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[:3]
+        for p in files:
+            im = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if im is not None:
+                tiles.append(_caption(_fit(im, tile_width, tile_h), f"real: {p.name}"))
+    cols = 3
+    rows = math.ceil(len(tiles) / cols)
+    blank = np.full_like(tiles[0], 255)
+    tiles += [blank] * (rows * cols - len(tiles))
+    pad = 8
+    grid_rows = []
+    for r in range(rows):
+        row = []
+        for c in range(cols):
+            row += [tiles[r * cols + c], np.full((tiles[0].shape[0], pad, 3), 255, np.uint8)]
+        grid_rows += [np.hstack(row[:-1]), np.full((pad, cols * tile_width + (cols - 1) * pad, 3), 255, np.uint8)]
+    sheet = np.vstack(grid_rows[:-1])
+    head = np.full((44, sheet.shape[1], 3), 255, np.uint8)
+    cv2.putText(head, f"ecgtrace contact sheet: synthetic ECG seed {seed}, fs {fs:g} Hz, page {image.shape[1]}x"
+                f"{image.shape[0]}", (8, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
+    return np.vstack([head, sheet])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the sheet (atomically) and say where it went."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise EcgTraceError(f"--out {out} is a folder; pass a file name such as {out / 'contact_sheet.png'}")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise EcgTraceError(f"--out {out} must end in .png or .jpg")
+    if args.tile_width < 100:
+        raise EcgTraceError(f"--tile-width must be at least 100 px, got {args.tile_width}")
+    sheet = make_sheet(args.seed, args.variants, args.tile_width, args.real)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    if not cv2.imwrite(str(tmp), sheet):
+        raise EcgTraceError(f"could not write {out}; check the folder is writable")
+    os.replace(tmp, out)
+    print(f"wrote contact sheet {os.path.abspath(out)} ({sheet.shape[1]}x{sheet.shape[0]})")
+    return 0
