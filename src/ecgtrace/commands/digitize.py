@@ -1,0 +1,105 @@
+"""``ecgtrace digitize``: pictures of 12-lead ECGs -> signals (CSV, WFDB), a JSON report and an overlay each."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ecgtrace.errors import EcgTraceError
+
+EPILOG = """\
+For each picture NAME.png it writes, in --output:
+  NAME.csv           time_s + the 12 leads in mV (leads other than II only in their 2.5 s window)
+  NAME.hea/NAME.dat  the same as a WFDB record (wfdb.rdrecord reads it; missing samples are NaN)
+  NAME.json          what each stage found: orientation, confidence, grid error, per-lead quality,
+                     method and time per stage
+  NAME_overlay.png   the extracted traces drawn on the original picture
+
+A picture that cannot be read (empty, unreadable, too small or too large, not an ECG) is
+reported in one line and skipped; the rest of the batch is done.
+Exit status: 0 if at least one picture was digitized, 1 if all failed, 2 on bad arguments.
+"""
+
+
+def register(subparsers) -> None:
+    """Add the ``digitize`` subcommand."""
+    p = subparsers.add_parser(
+        "digitize",
+        help="turn ECG pictures into 12-lead signals (CSV, WFDB, JSON report, overlay)",
+        description="Digitize pictures of 12-lead paper ECGs: stage 0 (normalize) -> 1 (rectify) -> 2 (extract). "
+                    "Uses models from --checkpoints where present (stage{0,1,2}_*.pth), classical methods otherwise.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="picture files and/or folders of pictures")
+    p.add_argument("--output", "-o", required=True, help="output folder (created)")
+    p.add_argument("--fs", type=float, default=500.0, help="sampling rate of the output signals in Hz (default 500)")
+    p.add_argument("--checkpoints", default=None, help="folder with stage0/1/2 checkpoints (default: classical paths)")
+    p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
+    p.add_argument("--no-overlay", action="store_true", dest="no_overlay", help="skip the overlay pictures")
+    p.add_argument("--plot", action="store_true", help="also write NAME_plot.png (the 12 leads)")
+    p.set_defaults(func=run)
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    """Digitize every picture; report failures one line each; non-zero exit only if all failed."""
+    from tqdm import tqdm
+
+    from ecgtrace import io
+    from ecgtrace.pipeline import Pipeline
+
+    if not (args.fs > 0):
+        raise EcgTraceError(f"--fs must be a positive number of Hz, got {args.fs}")
+    paths = io.list_images(args.images)
+    if not paths:
+        raise EcgTraceError(f"no pictures found in {' '.join(args.images)} (looked for {', '.join(io.IMAGE_SUFFIXES)})")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = Pipeline(args.checkpoints, device=args.device, einthoven=args.einthoven)
+    debug = getattr(args, "debug", False) or bool(os.environ.get("ECGTRACE_DEBUG"))
+    used: set[str] = set()
+    done, failed = [], []
+    t0 = time.time()
+    bar = tqdm(paths, desc="digitizing", unit="img", disable=len(paths) < 2)
+    for path in bar:
+        name = _unique_name(path.stem, used)
+        try:
+            res = pipe(path, fs=args.fs, name=name)
+            res.to_csv(out / f"{name}.csv")
+            res.to_wfdb(out, name)
+            if not args.no_overlay:
+                res.overlay(out / f"{name}_overlay.png")
+            if args.plot:
+                res.plot(out / f"{name}_plot.png")
+            res.report["source"] = str(path)
+            res.to_json(out / f"{name}.json")
+            done.append((path, res))
+        except Exception as e:  # one bad picture never stops the batch
+            if debug:
+                raise
+            msg = str(e) if isinstance(e, EcgTraceError) else f"{type(e).__name__}: {e}"
+            failed.append((path, msg))
+            tqdm.write(f"skipped {path}: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+    bar.close()
+    print(f"digitized {len(done)} of {len(paths)} picture(s) in {time.time() - t0:.1f} s -> {out.resolve()}")
+    for path, res in done:
+        bad = [k for k, q in res.report["lead_quality"].items() if q != "ok"]
+        note = f"; check leads {', '.join(bad)}" if bad else ""
+        print(f"  {path.name}: {res.name}.csv/.hea/.json/_overlay.png "
+              f"({res.report['method']['stage0']}/{res.report['method']['stage1']}/{res.report['method']['stage2']}{note})")
+    for path, msg in failed:
+        print(f"  FAILED {path}: {msg.splitlines()[0] if msg else 'error'}")
+    return 0 if done else 1

@@ -1,0 +1,117 @@
+"""``ecgtrace predict``: digitize a competition-layout test split into a submission (``id,value``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecgtrace.errors import EcgTraceError
+
+
+def register(subparsers) -> None:
+    """Add the ``predict`` subcommand."""
+    p = subparsers.add_parser(
+        "predict",
+        help="digitize a test split (test.csv + test/{id}.png) into a submission file",
+        description="Read DATA/test.csv (id, lead, fs, number_of_rows) and the pictures DATA/{split}/{id}.png, "
+                    "digitize each one, and write a submission (id,value; .csv or .parquet) that `ecgtrace "
+                    "evaluate --pred FILE --truth DATA` scores. A picture that fails is reported and predicted "
+                    "as zeros (it still counts in the score).",
+    )
+    p.add_argument("--data", required=True, help="data-set folder holding test.csv and the test/ pictures")
+    p.add_argument("--split", default="test", help="split name: reads {split}.csv and {split}/{id}.png (default test)")
+    p.add_argument("--output", "-o", default="submission.csv", help="submission file, .csv or .parquet "
+                                                                    "(default submission.csv)")
+    p.add_argument("--checkpoints", default=None, help="folder with stage0/1/2 checkpoints (default: classical paths)")
+    p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class PredictOutcome:
+    submission: pd.DataFrame
+    n_images: int
+    failed: dict[str, str] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _find_image(folder: Path, image_id: str) -> Path | None:
+    for suf in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"):
+        p = folder / f"{image_id}{suf}"
+        if p.exists():
+            return p
+    return None
+
+
+def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path | None = None,
+                  device: str = "cpu", einthoven: bool = False, limit: int = 0, progress: bool = True) -> PredictOutcome:
+    """Digitize every image listed in ``DATA/{split}.csv``; returns the submission table and per-image reports."""
+    from tqdm import tqdm
+
+    from ecgtrace.pipeline import Pipeline
+    from ecgtrace.submission import build_submission, read_test_csv
+
+    data = Path(data)
+    table = data / f"{split}.csv"
+    if not table.exists():
+        raise EcgTraceError(f"{table} not found; --data must be a folder with {split}.csv and {split}/ "
+                            "(make one with `ecgtrace synth --out DIR --n-test 10`)")
+    test_df = read_test_csv(table)
+    ids = list(dict.fromkeys(test_df["id"].astype(str)))
+    if limit > 0:
+        ids = ids[:limit]
+        test_df = test_df[test_df["id"].astype(str).isin(ids)].reset_index(drop=True)
+    pipe = Pipeline(checkpoints, device=device, einthoven=einthoven)
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    out = PredictOutcome(submission=pd.DataFrame(), n_images=len(ids))
+    t0 = time.time()
+    for image_id in tqdm(ids, desc="predicting", unit="img", disable=not progress):
+        rows = test_df[test_df["id"].astype(str) == image_id]
+        fs = float(rows["fs"].iloc[0])
+        n_samples = {str(lead): int(n) for lead, n in zip(rows["lead"], rows["number_of_rows"])}
+        path = _find_image(data / split, image_id)
+        if path is None:
+            out.failed[image_id] = f"no picture {data / split / image_id}.png"
+            tqdm.write(f"skipped {image_id}: {out.failed[image_id]}", file=sys.stderr)
+            continue
+        try:
+            res = pipe(path, fs=fs, name=image_id, n_samples=n_samples)
+        except Exception as e:  # a failed image is predicted as zeros, never stops the run
+            out.failed[image_id] = str(e) if isinstance(e, EcgTraceError) else f"{type(e).__name__}: {e}"
+            tqdm.write(f"skipped {image_id}: {out.failed[image_id]}", file=sys.stderr)
+            continue
+        preds[image_id] = res.leads.signals
+        out.reports[image_id] = res.report
+    out.submission = build_submission(test_df, preds, missing="zeros")
+    out.seconds = time.time() - t0
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict, validate and write the submission."""
+    from ecgtrace.submission import read_test_csv, validate_submission, write_submission
+
+    outcome = predict_split(args.data, args.split, args.checkpoints, args.device, args.einthoven, args.limit)
+    test_df = read_test_csv(Path(args.data) / f"{args.split}.csv")
+    if args.limit > 0:
+        keep = list(dict.fromkeys(test_df["id"].astype(str)))[: args.limit]
+        test_df = test_df[test_df["id"].astype(str).isin(keep)]
+    rep = validate_submission(outcome.submission, test_df)
+    rep.raise_if_invalid("submission")
+    path = write_submission(outcome.submission, args.output)
+    ok = outcome.n_images - len(outcome.failed)
+    print(f"predicted {ok} of {outcome.n_images} image(s) in {outcome.seconds:.1f} s "
+          f"({outcome.seconds / max(1, outcome.n_images):.2f} s/image); {len(outcome.submission)} rows -> {path}")
+    for image_id, msg in outcome.failed.items():
+        print(f"  FAILED {image_id} (predicted as zeros): {msg.splitlines()[0] if msg else 'error'}")
+    print(f"score it with: ecgtrace evaluate --pred {path} --truth {args.data}")
+    return 0 if ok else 1
