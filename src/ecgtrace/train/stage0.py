@@ -134,6 +134,18 @@ def _variant_and_orient(image: np.ndarray, gt: Any, variant: str, rng: np.random
     return apply_variant(image, gt, variant, rng, orientation=int(c))
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    from loguru import logger
+
+    key = msg.split(" on record")[0]
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(msg)
+
+
 class Stage0Synthetic(torch.utils.data.Dataset):
     """Synthetic stage-0 items rendered on the fly.
 
@@ -182,7 +194,15 @@ class Stage0Synthetic(torch.utils.data.Dataset):
         variant = self.variants[int(rng.integers(len(self.variants)))]
         c = int(rng.integers(orient.N_ORIENTATIONS))
         image, gt, _, _ = self.pages().clean(rec)
-        image, gt = _variant_and_orient(image, gt, variant, rng, c)
+        try:
+            image, gt = _variant_and_orient(image, gt, variant, rng, c)
+        except Exception as e:  # noqa: BLE001 - one bad distortion must not end a long run
+            if variant == "0001":
+                raise
+            _warn_once(f"variant {variant} failed on record {rec} (seed {self.seed}): {type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:160]}; using the clean page for such items")
+            image, gt = _orient_page(image, gt, c)
+            variant = "0001"
         return image, gt, variant
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,334 @@
+"""Stage 0 inference: any ECG picture -> the upright page on the canonical 2200 x 1700 canvas.
+
+With a checkpoint: the network predicts the orientation class (8 = 4 rotations x
+flip) and a 14-class lead-label map; the centroids of the labels not in the
+first column (:data:`ecgtrace.paper.HOMOGRAPHY_MARKERS`) are matched to their
+canonical positions with a RANSAC homography, which already contains the
+orientation undo (label identities fix the direction), and the picture is warped
+to the canonical page. With fewer than 4 labels found it falls back to the
+orientation alone (``ok=False`` and a message say so).
+
+Without a checkpoint (``method="classical"``): the 4 rotations are told apart
+from the direction of the long trace rows (ink profiles) and from which edge
+the rhythm strip is near (the traces fill the lower 60 % of an upright page);
+a mirrored page cannot be told apart this way, and the page is only resized to
+the canonical size (no perspective correction).
+
+``NormalizedPage.homography`` always maps original-image px to canonical px.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ecgtrace import orient
+from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
+from ecgtrace.stages.base import NormalizedPage, StageError
+
+_PAGE_HW = CANONICAL.size  # (1700, 2200)
+#: RANSAC inlier threshold on the canonical page (px): ~1/3 of a label height.
+RANSAC_PX = 10.0
+MIN_MARKERS = 4
+
+
+# --- small geometry helpers -------------------------------------------------------------
+def resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 map of pixel centres under ``cv2.resize`` from (h, w) ``src_hw`` to ``dst_hw``."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def unorient_matrix(c: int, oriented_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 affine map: px of an image in orientation ``c`` -> px of the upright image."""
+    upright_hw = orient.oriented_size(oriented_hw, c)  # the swap is its own inverse
+    src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    dst = orient.unorient_points(src, c, upright_hw)
+    m = cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
+    return np.vstack([m, [0.0, 0.0, 1.0]])
+
+
+def apply_h(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 homography to (N, 2) points."""
+    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    return cv2.perspectiveTransform(p[None], h)[0] if len(p) else p
+
+
+def _flip_class_map() -> np.ndarray:
+    """``m[c]``: the orientation class of a left-right mirrored image of a page in class ``c``."""
+    probe = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    views = [orient.orient_image(probe, c) for c in range(orient.N_ORIENTATIONS)]
+    out = np.zeros(orient.N_ORIENTATIONS, dtype=np.int64)
+    for c, v in enumerate(views):
+        mirrored = np.ascontiguousarray(v[:, ::-1])
+        out[c] = next(k for k, w in enumerate(views) if w.shape == mirrored.shape and np.array_equal(w, mirrored))
+    return out
+
+
+FLIP_CLASS = _flip_class_map()
+
+
+def check_image(image_bgr: Any) -> np.ndarray:
+    """A BGR uint8 (h, w, 3) copy of the input, or StageError saying what is wrong."""
+    if not isinstance(image_bgr, np.ndarray):
+        raise StageError(f"expected an image array (cv2.imread), got {type(image_bgr).__name__}")
+    img = image_bgr
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise StageError(f"expected a colour or grey image, got an array of shape {image_bgr.shape}")
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating) and np.nanmax(img) <= 1.0:
+            img = np.clip(np.nan_to_num(img) * 255.0, 0, 255)
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if min(img.shape[:2]) < 64:
+        raise StageError(f"image is {img.shape[1]}x{img.shape[0]} px, too small to hold a readable ECG; "
+                         "use a picture at least ~600 px wide")
+    if float(img.std()) < 2.0:
+        raise StageError("image is blank (a single colour); check the file")
+    return np.ascontiguousarray(img)
+
+
+# --- classical orientation -----------------------------------------------------------------
+def _ink_mask(image_bgr: np.ndarray, max_side: int = 900) -> np.ndarray:
+    """Dark, low-saturation strokes (traces, text) on a downscaled copy; grid colours mostly drop out."""
+    h, w = image_bgr.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    small = cv2.resize(image_bgr, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+    v = hsv[..., 2].astype(np.float32)
+    sat = hsv[..., 1].astype(np.float32)
+    bg = cv2.medianBlur(small, 31 if min(small.shape[:2]) > 62 else 3)
+    bgv = cv2.cvtColor(bg, cv2.COLOR_BGR2HSV)[..., 2].astype(np.float32)
+    dark = (bgv - v) > np.maximum(40.0, 0.25 * bgv)  # much darker than its surroundings
+    ink = dark & (sat < 110)  # red/pink/blue grids are saturated; traces are black/grey
+    return ink.astype(np.uint8)
+
+
+def _peakiness(profile: np.ndarray, window: int) -> float:
+    """How much a 1-D ink profile concentrates into bands (trace rows), scale-free."""
+    if profile.sum() <= 0:
+        return 0.0
+    k = max(3, window | 1)
+    sm = np.convolve(profile.astype(np.float64), np.ones(k) / k, mode="same")
+    return float(sm.std() / (sm.mean() + 1e-9))
+
+
+def classical_orientation(image_bgr: np.ndarray) -> tuple[int, float, dict[str, float]]:
+    """Rotation class 0..3 of a page from ink profiles (no flips), a confidence in 0..1, and the cues.
+
+    Upright pages have their trace rows horizontal (a banded row profile) and
+    their traces in the lower ~60 % (header/empty band on top, rhythm strip
+    near the bottom edge).
+    """
+    ink = _ink_mask(image_bgr)
+    h, w = ink.shape
+    rows, cols = ink.sum(1), ink.sum(0)
+    frac = float(ink.mean())
+    pr = _peakiness(rows, h // 60)
+    pc = _peakiness(cols, w // 60)
+    horizontal = pr >= pc
+    prof = rows if horizontal else cols
+    n = len(prof)
+    pos = (np.arange(n) + 0.5) / n
+    centre = float((prof * pos).sum() / max(prof.sum(), 1e-9))
+    # upright: ink centre ~0.65 of the way down; rotated 180: ~0.35
+    if horizontal:
+        c = 0 if centre >= 0.5 else 2
+    else:  # rows run vertically; the bottom of the page is on the left for rot90cw
+        c = 1 if centre < 0.5 else 3
+    ratio = max(pr, pc) / (min(pr, pc) + 1e-9)
+    conf = float(np.clip((ratio - 1.0), 0.0, 1.0) * np.clip(abs(centre - 0.5) / 0.1, 0.0, 1.0))
+    return c, conf, {"row_peakiness": pr, "col_peakiness": pc, "ink_centre": centre, "ink_fraction": frac}
+
+
+# --- marker decoding ---------------------------------------------------------------------------
+def decode_markers(prob: np.ndarray, min_pixels: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Per label class: centroid (prob-weighted) of its strongest connected component.
+
+    Args:
+        prob: (14, h, w) softmax probabilities.
+    Returns:
+        (13, 2) centres in prob-map px (NaN if not found) and (13,) confidences (mean prob in the component).
+    """
+    lab = prob.argmax(0)
+    k_n = prob.shape[0] - 1
+    cents = np.full((k_n, 2), np.nan)
+    conf = np.zeros(k_n)
+    for k in range(1, prob.shape[0]):
+        m = (lab == k).astype(np.uint8)
+        if m.sum() < min_pixels:
+            continue
+        n, cc = cv2.connectedComponents(m, connectivity=8)
+        pk = prob[k]
+        best, best_mass = -1, 0.0
+        for j in range(1, n):
+            sel = cc == j
+            if sel.sum() < min_pixels:
+                continue
+            mass = float(pk[sel].sum())
+            if mass > best_mass:
+                best, best_mass = j, mass
+        if best < 0:
+            continue
+        ys, xs = np.nonzero(cc == best)
+        wts = pk[ys, xs]
+        cents[k - 1] = [(xs * wts).sum() / wts.sum(), (ys * wts).sum() / wts.sum()]
+        conf[k - 1] = float(wts.mean())
+    return cents, conf
+
+
+def orientation_of_homography(h: np.ndarray, image_hw: tuple[int, int]) -> int:
+    """The orientation class whose undo is closest to the rotation/flip part of ``h`` (orig px -> canonical)."""
+    cy, cx = image_hw[0] / 2.0, image_hw[1] / 2.0
+    p = apply_h(h, np.array([[cx, cy], [cx + 10.0, cy], [cx, cy + 10.0]]))
+    ex, ey = p[1] - p[0], p[2] - p[0]  # where the image's +x and +y axes point on the upright page
+    best, best_score = 0, -np.inf
+    for c in range(orient.N_ORIENTATIONS):
+        m = unorient_matrix(c, image_hw)[:2, :2]
+        a, b = m[:, 0], m[:, 1]
+        score = float(ex @ a / (np.linalg.norm(ex) + 1e-9) + ey @ b / (np.linalg.norm(ey) + 1e-9))
+        if score > best_score:
+            best, best_score = c, score
+    return best
+
+
+class Stage0:
+    """Normalize an ECG picture: upright, on the canonical page.
+
+    Args:
+        checkpoint: a stage-0 ``.pth`` from ``ecgtrace train --stage 0``; None = classical path.
+        device: torch device for the network.
+        flip_tta: also run the mirrored image and average (slower, a little more robust).
+    """
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", flip_tta: bool = False) -> None:
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.device = device
+        self.flip_tta = bool(flip_tta)
+        self.model = None
+        self.input_size: tuple[int, int] = (1152, 1440)
+        if self.checkpoint:
+            from ecgtrace.train.checkpoint import config_from_checkpoint, load_model
+
+            self.model, ckpt = load_model(self.checkpoint, device)
+            if int(ckpt.get("stage", 0)) != 0:
+                raise StageError(f"{self.checkpoint} is a stage {ckpt.get('stage')} checkpoint; "
+                                 "give a stage 0 checkpoint (outputs/stage0_checkpoints/stage0_best.pth)")
+            cfg = config_from_checkpoint(ckpt)
+            self.input_size = tuple(int(v) for v in cfg.MODEL.INPUT_SIZE)
+            self.epoch = int(ckpt.get("epoch", 0))
+
+    # -- network ------------------------------------------------------------------------------
+    def predict(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Orientation probabilities (8,) and marker probabilities (14, h, w) at the network input size."""
+        import torch
+
+        from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
+        from ecgtrace.train.augment import to_chw
+
+        h, w = self.input_size
+        x = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)
+        batch = [to_chw(x)]
+        if self.flip_tta:
+            batch.append(to_chw(np.ascontiguousarray(x[:, ::-1])))
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.stack(batch)).to(self.device))
+        po = out[ORIENT_HEAD].float().softmax(1).cpu().numpy()
+        pm = out[MARKER_HEAD].float().softmax(1).cpu().numpy()
+        p_or, p_mk = po[0], pm[0]
+        if self.flip_tta:
+            p_or = 0.5 * (p_or + po[1][FLIP_CLASS])  # class c of the image is class FLIP_CLASS[c] mirrored
+            p_mk = 0.5 * (p_mk + pm[1][:, :, ::-1])
+        return p_or, p_mk
+
+    def __call__(self, image_bgr: np.ndarray) -> NormalizedPage:
+        """Normalize one picture (BGR uint8); see the module docstring."""
+        img = check_image(image_bgr)
+        if self.model is None:
+            return self._classical(img)
+        return self._learned(img)
+
+    def _learned(self, img: np.ndarray) -> NormalizedPage:
+        hw = img.shape[:2]
+        p_or, p_mk = self.predict(img)
+        c = int(p_or.argmax())
+        conf = float(p_or[c])
+        cents, mconf = decode_markers(p_mk)
+        # prob-map px -> original px
+        to_orig = np.linalg.inv(resize_matrix(hw, p_mk.shape[1:]))
+        found = np.isfinite(cents).all(1)
+        pts = np.full_like(cents, np.nan)
+        pts[found] = apply_h(to_orig, cents[found])
+        markers = {m: pts[i] for i, m in enumerate(MARKERS) if found[i]}
+        use = [MARKERS.index(m) for m in HOMOGRAPHY_MARKERS if found[MARKERS.index(m)]]
+        if len(use) < MIN_MARKERS:  # too few reliable labels: take the first-column ones too
+            use = [i for i in range(len(MARKERS)) if found[i]]
+        hom, message, ok = None, "", True
+        if len(use) >= MIN_MARKERS:
+            hom, inl = cv2.findHomography(pts[use], CANONICAL.label_centers[use], cv2.RANSAC, RANSAC_PX)
+            n_in = int(inl.sum()) if inl is not None else 0
+            if hom is None or n_in < MIN_MARKERS or not _sane(hom, hw):
+                hom, message = None, f"homography from {len(use)} labels was degenerate"
+            else:
+                c_h = orientation_of_homography(hom, hw)
+                if c_h != c:
+                    message = (f"orientation head says {orient.describe(c)} but the labels say "
+                               f"{orient.describe(c_h)}; using the labels")
+                    c = c_h
+        else:
+            message = f"only {len(use)} lead labels found (need {MIN_MARKERS})"
+        if len(markers) < 2 and conf < 0.5:
+            raise StageError("no ECG page found in this image (no lead labels, unsure orientation); "
+                             "check that it is a 12-lead ECG picture")
+        if hom is None:
+            ok = False
+            hom = resize_matrix(orient.oriented_size(hw, c), _PAGE_HW) @ unorient_matrix(c, hw)
+            message += "; fell back to undoing the orientation and resizing (no perspective correction)"
+        warped = cv2.warpPerspective(img, hom, (_PAGE_HW[1], _PAGE_HW[0]), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+        return NormalizedPage(image=warped, homography=hom, orientation=c, orientation_confidence=conf,
+                              markers=markers, method="model", ok=ok, message=message.strip("; "))
+
+    def _classical(self, img: np.ndarray) -> NormalizedPage:
+        hw = img.shape[:2]
+        c, conf, cues = classical_orientation(img)
+        if cues["ink_fraction"] < 1e-4:
+            raise StageError("no dark strokes in this image (no ECG traces); check that it is an ECG picture")
+        hom = resize_matrix(orient.oriented_size(hw, c), _PAGE_HW) @ unorient_matrix(c, hw)
+        warped = cv2.warpPerspective(img, hom, (_PAGE_HW[1], _PAGE_HW[0]), flags=cv2.INTER_AREA
+                                     if max(hw) > max(_PAGE_HW) else cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE)
+        msg = ("classical: rotation from trace-row direction and rhythm-strip side; mirror images and "
+               "perspective are not corrected")
+        return NormalizedPage(image=warped, homography=hom, orientation=c, orientation_confidence=conf,
+                              markers={}, method="classical", ok=conf > 0.2, message=msg)
+
+
+def _sane(h: np.ndarray, image_hw: tuple[int, int]) -> bool:
+    """A usable page homography: finite, orientation-preserving or mirrored but not folded, sensible scale."""
+    if not np.isfinite(h).all():
+        return False
+    corners = np.array([[0, 0], [_PAGE_HW[1] - 1, 0], [_PAGE_HW[1] - 1, _PAGE_HW[0] - 1], [0, _PAGE_HW[0] - 1]],
+                       dtype=np.float64)
+    try:
+        back = apply_h(np.linalg.inv(h), corners)  # canonical page corners in the picture
+    except np.linalg.LinAlgError:
+        return False
+    if not np.isfinite(back).all():
+        return False
+    area = abs(cv2.contourArea(back.astype(np.float32)))
+    img_area = float(image_hw[0] * image_hw[1])
+    if not (0.02 * img_area < area < 25.0 * img_area):
+        return False
+    return bool(cv2.isContourConvex(back.astype(np.float32).reshape(-1, 1, 2)))
+
+
+def expected_row_fractions() -> np.ndarray:
+    """Fractions of the page height (from the top) of the four trace baselines (for tests/diagnostics)."""
+    return 1.0 - np.asarray(ROW_BASELINES_MV) / CANONICAL.height_mv
