@@ -44,7 +44,7 @@ def make_frames(n_images: int, fs: int, seed: int = 0) -> tuple[pd.DataFrame, pd
         rows = pa.array(np.tile(np.arange(n), n_images).astype(str))
         ids.append(pc.binary_join_element_wise(img_rep, rows, pa.array([lead] * (n_images * n)), "_"))
         base = np.cumsum(rng.normal(0, 0.05, size=(n_images, n + 40)), axis=1)  # random-walk "signals"
-        shift = rng.integers(-30, 31)
+        shift = rng.integers(-20, 21)  # within the 40-sample margin
         truth.append(base[:, 20:20 + n].ravel())
         pred.append((base[:, 20 + shift:20 + shift + n] + rng.normal(0, 0.02, size=(n_images, n)) + 0.1).ravel())
     ids_a = pa.chunked_array(ids)
