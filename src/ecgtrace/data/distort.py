@@ -53,21 +53,26 @@ POINT_TOL_PX = 0.01
 
 
 # =============================================================================
-# coarse grids: node k sits at pixel k*step + (step-1)/2, so that an integer
-# factor cv2.resize (INTER_LINEAR, half-pixel centres) interpolates exactly the
-# bilinear function that _sample_coarse evaluates for points.
+# coarse grids: node k sits at pixel k*step + (step-1)/2 for k = -MARGIN ..
+# ceil(size/step) - 1 + MARGIN, so that an integer-factor cv2.resize
+# (INTER_LINEAR, half-pixel centres) interpolates, at every pixel of the image,
+# exactly the bilinear function that sample_coarse evaluates for points; the
+# extra node on each side means no pixel of the image is clamped.
 # =============================================================================
+MARGIN = 1
+
+
 def coarse_shape(size: tuple[int, int], step: int) -> tuple[int, int]:
-    """Shape (ch, cw) of the coarse grid covering an image of ``size`` = (h, w)."""
+    """Shape (ch, cw) of the coarse grid covering an image of ``size`` = (h, w), margin included."""
     h, w = size
-    return -(-h // step), -(-w // step)
+    return -(-h // step) + 2 * MARGIN, -(-w // step) + 2 * MARGIN
 
 
 def coarse_nodes(size: tuple[int, int], step: int) -> np.ndarray:
     """(ch, cw, 2) float64 pixel positions (x, y) of the coarse grid nodes."""
     ch, cw = coarse_shape(size, step)
-    xs = np.arange(cw) * step + (step - 1) / 2.0
-    ys = np.arange(ch) * step + (step - 1) / 2.0
+    xs = (np.arange(cw) - MARGIN) * step + (step - 1) / 2.0
+    ys = (np.arange(ch) - MARGIN) * step + (step - 1) / 2.0
     return np.stack(np.meshgrid(xs, ys), axis=-1)
 
 
@@ -75,17 +80,17 @@ def upsample(coarse: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray
     """Bilinear upsampling of a coarse grid to full ``size`` (float32, channels kept)."""
     h, w = size
     ch, cw = coarse.shape[:2]
-    if step == 1:
-        return np.ascontiguousarray(coarse[:h, :w], dtype=F32)
-    out = cv2.resize(np.ascontiguousarray(coarse, dtype=F32), (cw * step, ch * step), interpolation=cv2.INTER_LINEAR)
-    return out[:h, :w]
+    c = np.ascontiguousarray(coarse, dtype=F32)
+    out = c if step == 1 else cv2.resize(c, (cw * step, ch * step), interpolation=cv2.INTER_LINEAR)
+    o = MARGIN * step
+    return out[o:o + h, o:o + w]
 
 
 def sample_coarse(coarse: np.ndarray, pts: np.ndarray, step: int) -> np.ndarray:
     """Bilinear value of a coarse grid at pixel points (N, 2), clamped at the border, float64."""
     ch, cw = coarse.shape[:2]
-    u = np.clip((pts[:, 0] - (step - 1) / 2.0) / step, 0, cw - 1)
-    v = np.clip((pts[:, 1] - (step - 1) / 2.0) / step, 0, ch - 1)
+    u = np.clip((pts[:, 0] - (step - 1) / 2.0) / step + MARGIN, 0, cw - 1)
+    v = np.clip((pts[:, 1] - (step - 1) / 2.0) / step + MARGIN, 0, ch - 1)
     u = np.nan_to_num(u)
     v = np.nan_to_num(v)
     i0 = np.minimum(np.floor(v).astype(np.int64), max(ch - 2, 0))
@@ -118,72 +123,87 @@ def _apply_h(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
 class Warp:
     """Backward map ``src = Hinv(q) + D(q)`` from output pixels ``q`` to input pixels.
 
+    ``Hinv`` is a homography, ``D`` a smooth displacement on a coarse output
+    grid (bilinear). A pure homography (``disp`` is None) is drawn with
+    ``cv2.warpPerspective``; otherwise the map ``Hinv + D`` is formed on the
+    coarse grid and drawn with one ``cv2.remap`` (the homography, interpolated
+    over 8 px cells, differs from the exact one by ~1e-3 px).
+
     Attributes:
         in_size: (h, w) of the input image.
         out_size: (h, w) of the output image.
-        hinv: 3x3 homography output px -> input px, or None for the identity.
-        disp: (ch, cw, 2) backward displacement in input px on the coarse output grid, or None.
-        step: coarse grid spacing of ``disp`` in output px.
+        hinv: 3x3 homography output px -> input px (None = identity).
+        disp: (ch, cw, 2) float32 backward displacement (input px) on the coarse output grid, or None.
+        step: coarse grid spacing in output px (see :func:`coarse_nodes`).
     """
 
     in_size: tuple[int, int]
     out_size: tuple[int, int]
     hinv: np.ndarray | None = None
     disp: np.ndarray | None = None
-    step: int = 4
+    step: int = 8
 
     @property
     def h(self) -> np.ndarray | None:
         """Forward homography input px -> output px."""
         return None if self.hinv is None else np.linalg.inv(self.hinv)
 
+    def _hinv(self, q: np.ndarray) -> np.ndarray:
+        return q.copy() if self.hinv is None else _apply_h(self.hinv, q)
+
     def backward(self, q: np.ndarray) -> np.ndarray:
         """Output px (N, 2) -> input px (N, 2)."""
         q = np.asarray(q, dtype=np.float64).reshape(-1, 2)
-        p = q.copy() if self.hinv is None else _apply_h(self.hinv, q)
+        p = self._hinv(q)
         if self.disp is not None:
             p += sample_coarse(self.disp, q, self.step)
         return p
 
     def forward(self, p: np.ndarray) -> np.ndarray:
-        """Input px (N, 2) -> output px (N, 2): the exact inverse of :meth:`backward`.
+        """Input px (N, 2) -> output px (N, 2): the inverse of :meth:`backward`.
 
-        Fixed point ``q <- H(p - D(q))``; converges because ``|grad D|`` is kept small.
+        Fixed point ``q <- H(p - D(q))`` until ``|backward(q) - p| < POINT_TOL_PX``;
+        it converges because ``|grad D|`` is kept small (:func:`limit_gradient`).
         """
         p = np.asarray(p, dtype=np.float64).reshape(-1, 2)
         h = self.h
         q = p.copy() if h is None else _apply_h(h, p)
         if self.disp is None or len(p) == 0:
             return q
-        for _ in range(200):
+        for _ in range(100):
             d = sample_coarse(self.disp, q, self.step)
-            q_new = p - d if h is None else _apply_h(h, p - d)
-            q = q_new
+            q = p - d if h is None else _apply_h(h, p - d)
             res = self.backward(q) - p
             err = np.abs(res[np.isfinite(res).all(axis=1)])
             if err.size == 0 or err.max() < POINT_TOL_PX:
                 break
         return q
 
-    def maps(self) -> tuple[np.ndarray, np.ndarray]:
-        """Full-resolution float32 remap maps (X, Y) of the output image."""
-        h, w = self.out_size
-        xs = np.arange(w, dtype=np.float64)
-        ys = np.arange(h, dtype=np.float64)
-        if self.hinv is None:
-            mx = np.broadcast_to(xs.astype(F32)[None, :], (h, w))
-            my = np.broadcast_to(ys.astype(F32)[:, None], (h, w))
-        else:
-            a = self.hinv
-            # separable pieces in float64, full-size arithmetic in float32 (1e-4 px)
-            den = (a[2, 0] * xs + a[2, 2]).astype(F32)[None, :] + (a[2, 1] * ys).astype(F32)[:, None]
-            mx = ((a[0, 0] * xs + a[0, 2]).astype(F32)[None, :] + (a[0, 1] * ys).astype(F32)[:, None]) / den
-            my = ((a[1, 0] * xs + a[1, 2]).astype(F32)[None, :] + (a[1, 1] * ys).astype(F32)[:, None]) / den
+    def coarse_map(self) -> np.ndarray | None:
+        """(ch, cw, 2) float32 source position of every coarse node (None for a pure homography)."""
+        if self.disp is None:
+            return None
+        nodes = coarse_nodes(self.out_size, self.step)
+        src = self._hinv(nodes.reshape(-1, 2)).reshape(nodes.shape)
+        return (src + self.disp).astype(F32)
+
+    def maps(self) -> np.ndarray:
+        """Full-resolution (h, w, 2) float32 map of source positions (for checks; :meth:`apply` is faster)."""
         if self.disp is not None:
-            d = upsample(self.disp, self.out_size, self.step)
-            mx = mx + d[..., 0]
-            my = my + d[..., 1]
-        return np.ascontiguousarray(mx, dtype=F32), np.ascontiguousarray(my, dtype=F32)
+            return upsample(self.coarse_map(), self.out_size, self.step)
+        h, w = self.out_size
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+        q = np.stack([xs.ravel(), ys.ravel()], 1)
+        return self._hinv(q).reshape(h, w, 2).astype(F32)
+
+    def _resample(self, image: np.ndarray, full: np.ndarray | None, border: int,
+                  value: tuple[float, ...] | float) -> np.ndarray:
+        h, w = self.out_size
+        if full is None:
+            m = np.eye(3) if self.hinv is None else self.hinv
+            return cv2.warpPerspective(image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                       borderMode=border, borderValue=value)
+        return cv2.remap(image, full, None, cv2.INTER_LINEAR, borderMode=border, borderValue=value)
 
     def apply(self, image: np.ndarray, fill: tuple[float, float, float] | np.ndarray = (255, 255, 255),
               src_mask: np.ndarray | None = None) -> np.ndarray:
@@ -192,21 +212,20 @@ class Warp:
         ``fill`` is a BGR colour or a full-size uint8 background image (a table, a screen bezel).
         ``src_mask`` (uint8, input size, 255 = paper) cuts holes (tears) in the paper.
         """
-        mx, my = self.maps()
+        full = None if self.disp is None else upsample(self.coarse_map(), self.out_size, self.step)
         if isinstance(fill, np.ndarray) or src_mask is not None:
-            out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            out = self._resample(image, full, cv2.BORDER_REPLICATE, 0)
             if src_mask is None:
                 src_mask = np.full(image.shape[:2], 255, np.uint8)
-            m = cv2.remap(src_mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            m = self._resample(src_mask, full, cv2.BORDER_CONSTANT, 0)
             if isinstance(fill, np.ndarray):
                 bg = fill
             else:
                 bg = np.empty_like(out)
                 bg[:] = np.asarray(fill, dtype=np.uint8)
-            wm = m.astype(F32) * (1.0 / 255.0)
+            wm = m.astype(F32) * F32(1.0 / 255.0)
             return cv2.blendLinear(out, bg, wm, 1.0 - wm)
-        fv = tuple(float(v) for v in fill)
-        return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fv)
+        return self._resample(image, full, cv2.BORDER_CONSTANT, tuple(float(v) for v in fill))
 
     def move(self, gt: GroundTruth | None, **changes) -> GroundTruth | None:
         """Move every ground-truth point with this warp."""
@@ -222,18 +241,19 @@ def limit_gradient(disp: np.ndarray, step: int, max_grad: float = MAX_DISP_GRAD)
     gx = np.diff(disp, axis=1)[:-1] / step
     gy = np.diff(disp, axis=0)[:, :-1] / step
     g = float(np.sqrt((gx ** 2).sum(-1) + (gy ** 2).sum(-1)).max())
-    return disp * (max_grad / g) if g > max_grad else disp
+    return disp * F32(max_grad / g) if g > max_grad else disp
 
 
 # =============================================================================
-# page-space deformations: functions of page points r (N, 2) returning a
-# backward displacement (N, 2) and a shading offset (N,) (0 = unchanged)
+# page-space deformations: callables of page points r (N, 2) float32 returning
+# a backward displacement (N, 2) and a shading offset (N,) (0 = unchanged).
+# Plain element-wise float32 arithmetic: tiny matmuls are slow on busy machines.
 # =============================================================================
 PageField = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def curl_field(page_size: tuple[int, int], rng: np.random.Generator, amp_px: float) -> PageField:
-    """Gentle paper curl: a few page-sized sine modes, amplitude ``amp_px``."""
+    """Gentle paper curl: a few page-sized sine modes, amplitude ``amp_px``, with the matching shading."""
     h, w = page_size
     n = 3
     k = rng.uniform(0.3, 1.2, (n, 2)) * rng.choice([-1, 1], (n, 2)) / np.array([w, h])
@@ -242,19 +262,25 @@ def curl_field(page_size: tuple[int, int], rng: np.random.Generator, amp_px: flo
     vec *= amp_px / np.sqrt(n) / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
     light = rng.normal(0, 1, 2)
     light /= np.linalg.norm(light) + 1e-9
-    shade_amp = rng.uniform(0.01, 0.05)
+    shade_amp = rng.uniform(0.01, 0.05) * min(w, h)
 
     def f(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        arg = 2 * np.pi * (r @ k.T) + phase  # (N, n)
-        d = np.sin(arg) @ vec
-        s = shade_amp * (np.cos(arg) * (k @ light)[None, :] * min(w, h)).sum(1)
+        x, y = r[:, 0], r[:, 1]
+        d = np.zeros_like(r)
+        s = np.zeros(len(r), F32)
+        for i in range(n):
+            arg = F32(2 * np.pi * k[i, 0]) * x + F32(2 * np.pi * k[i, 1]) * y + F32(phase[i])
+            sn = np.sin(arg)
+            d[:, 0] += F32(vec[i, 0]) * sn
+            d[:, 1] += F32(vec[i, 1]) * sn
+            s += F32(shade_amp * (k[i] @ light)) * np.cos(arg)
         return d, s
 
     return f
 
 
 def crease_field(page_size: tuple[int, int], rng: np.random.Generator, n_creases: int, u: float) -> PageField:
-    """Fold lines: the paper shifts by a few px across each fold; bright/dark lines and a lit side."""
+    """Fold lines: the paper shifts by a few px across each fold; a dark groove, a highlight and a lit side."""
     h, w = page_size
     lines = []
     for _ in range(n_creases):
@@ -267,19 +293,22 @@ def crease_field(page_size: tuple[int, int], rng: np.random.Generator, n_creases
             ang = rng.uniform(0, np.pi)
             c0 = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
         n = np.array([np.cos(ang), np.sin(ang)])  # normal of the fold line
-        lines.append(dict(n=n, c=float(n @ c0), amp=rng.uniform(0.8, 2.5) * u, width=rng.uniform(8, 14) * u,
-                          side=rng.uniform(0.02, 0.08) * rng.choice([-1, 1]), dark=rng.uniform(0.06, 0.2),
-                          bright=rng.uniform(0.0, 0.12), lw=rng.uniform(1.5, 3.0) * u))
+        lines.append(dict(n=n.astype(F32), c=F32(n @ c0), amp=F32(rng.uniform(0.8, 2.5) * u),
+                          width=F32(rng.uniform(10, 16) * u), side=F32(rng.uniform(0.02, 0.08) * rng.choice([-1, 1])),
+                          dark=F32(rng.uniform(0.08, 0.25)), bright=F32(rng.uniform(0.0, 0.12)),
+                          lw=F32(max(rng.uniform(2.0, 4.0) * u, 1.0))))
 
     def f(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = np.zeros_like(r)
-        s = np.zeros(len(r))
+        s = np.zeros(len(r), F32)
         for L in lines:
-            t = r @ L["n"] - L["c"]
-            d += (L["amp"] * np.tanh(t / L["width"]))[:, None] * L["n"][None, :]
+            t = r[:, 0] * L["n"][0] + r[:, 1] * L["n"][1] - L["c"]
+            step = L["amp"] * np.tanh(t / L["width"])
+            d[:, 0] += step * L["n"][0]
+            d[:, 1] += step * L["n"][1]
             s += L["side"] * np.tanh(t / (3 * L["width"]))
-            s -= L["dark"] * np.exp(-((t / L["lw"]) ** 2))
-            s += L["bright"] * np.exp(-(((t - 2 * L["lw"]) / (1.5 * L["lw"])) ** 2))
+            s -= L["dark"] * np.exp(-np.square(t / L["lw"]))
+            s += L["bright"] * np.exp(-np.square((t - 2 * L["lw"]) / (1.5 * L["lw"])))
         return d, s
 
     return f
@@ -298,23 +327,35 @@ def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator,
 
 
 def wrinkle_field(page_size: tuple[int, int], rng: np.random.Generator, amp_px: float, cell_px: float,
-                  shade: float) -> PageField:
-    """Crumpled paper: smooth random displacement of feature size ``cell_px`` and matching shading."""
+                  shade: float, ridged: bool = False) -> PageField:
+    """Crumpled / cockled paper: smooth random displacement of feature size ``cell_px`` and matching shading.
+
+    ``ridged`` folds the height field (|noise|) so the shading shows sharp crumple ridges.
+    """
     h, w = page_size
-    st = max(2.0, cell_px / 6)  # sample the random field on a page grid this fine
+    st = max(1.0, cell_px / 8)  # sample the random fields on a page grid this fine
     gh, gw = int(h / st) + 2, int(w / st) + 2
     z = _smooth_noise((gh, gw), cell_px / st, rng, channels=3)  # dx, dy, height
-    hx = cv2.Sobel(z[..., 2], cv2.CV_32F, 1, 0, ksize=3) / 8
-    hy = cv2.Sobel(z[..., 2], cv2.CV_32F, 0, 1, ksize=3) / 8
+    height = z[..., 2]
+    if ridged:
+        h2 = _smooth_noise((gh, gw), cell_px / st / 2.3, rng)
+        height = -np.abs(height) - 0.5 * np.abs(h2)
+    hx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3)
+    hy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3)
     light = rng.normal(0, 1, 2)
     light /= np.linalg.norm(light) + 1e-9
-    sh = hx * light[0] + hy * light[1]
-    sh = sh / (np.abs(sh).max() + 1e-6) * shade
-    fields = np.dstack([z[..., 0] * amp_px, z[..., 1] * amp_px, sh]).astype(F32)
+    sh = hx * F32(light[0]) + hy * F32(light[1])
+    sh *= F32(shade) / (np.percentile(np.abs(sh), 99) + 1e-6)
+    fields = np.dstack([z[..., 0] * F32(amp_px), z[..., 1] * F32(amp_px), sh]).astype(F32)
+    inv = F32(1.0 / st)
 
     def f(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # node k of this grid sits at page px k*st
-        v = sample_coarse(fields, r / st * 1.0, 1)
+        # node k of the field sits at page px k * st
+        n = len(r)
+        m = np.zeros((-(-n // 1024) * 1024, 2), F32)  # remap wants < 32767 rows: fold into 1024 columns
+        m[:n] = r * inv
+        v = cv2.remap(fields, m.reshape(-1, 1024, 2), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        v = v.reshape(-1, 3)[:n]
         return v[:, :2], v[:, 2]
 
     return f
@@ -324,26 +365,29 @@ def build_warp(page_size: tuple[int, int], out_size: tuple[int, int], hinv: np.n
                page_fields: list[PageField], step: int) -> tuple[Warp, np.ndarray | None]:
     """Compose a homography and page-space deformations into one :class:`Warp`.
 
-    Returns the warp and the shading offset on its coarse output grid (None if no fields).
+    The fields are evaluated where each coarse output node lands on the page
+    (``r = Hinv(q)``); the warp's grid is ``Hinv(q) + sum of displacements``.
+    Returns the warp and the summed shading offset on the same coarse grid (None if no fields).
     """
     if not page_fields:
         return Warp(page_size, out_size, hinv, None, step), None
     nodes = coarse_nodes(out_size, step)
     ch, cw = nodes.shape[:2]
     q = nodes.reshape(-1, 2)
-    r = q.copy() if hinv is None else _apply_h(hinv, q)
+    r = (q.copy() if hinv is None else _apply_h(hinv, q)).astype(F32)
     d = np.zeros_like(r)
-    s = np.zeros(len(r))
+    s = np.zeros(len(r), F32)
     for f in page_fields:
         dd, ss = f(r)
         d += dd
         s += ss
-    disp = limit_gradient(d.reshape(ch, cw, 2).astype(F32), step)
-    return Warp(page_size, out_size, hinv, disp, step), s.reshape(ch, cw).astype(F32)
+    disp = limit_gradient(d.reshape(ch, cw, 2), step)
+    return Warp(page_size, out_size, hinv, disp, step), s.reshape(ch, cw)
 
 
-def _grid_step(u: float) -> int:
-    return max(2, int(round(4 * u)))
+def _grid_step(u: float, fine: bool = False) -> int:
+    """Coarse grid spacing: 8 px on the canonical page (4 px where thin crease shading must show)."""
+    return max(2, int(round((4 if fine else 8) * u)))
 
 
 # =============================================================================
@@ -384,8 +428,9 @@ def perspective_homography(size: tuple[int, int], rng: np.random.Generator, fill
     ang = np.radians(np.clip(rng.normal(0, max_rot_deg / 2), -max_rot_deg, max_rot_deg))
     src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
     cen = src.mean(0)
-    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-    dst = (src - cen) @ rot.T * s
+    ca, sa = np.cos(ang), np.sin(ang)
+    rel = src - cen
+    dst = np.stack([ca * rel[:, 0] - sa * rel[:, 1], sa * rel[:, 0] + ca * rel[:, 1]], 1) * s
     slack = np.array([ow, oh]) - (dst.max(0) - dst.min(0))
     off = np.array([(ow - 1) / 2, (oh - 1) / 2]) + rng.uniform(-0.45, 0.45, 2) * np.maximum(slack, 0)
     dst = dst + off
@@ -415,13 +460,14 @@ def curl_warp(size: tuple[int, int], rng: np.random.Generator, amp: float = 8.0)
 def crease_warp(size: tuple[int, int], rng: np.random.Generator, n: int = 3) -> Warp:
     """Fold lines only."""
     u = size[1] / 2200
-    return build_warp(size, size, None, [crease_field(size, rng, n, u)], _grid_step(u))[0]
+    return build_warp(size, size, None, [crease_field(size, rng, n, u)], _grid_step(u, fine=True))[0]
 
 
 def wrinkle_warp(size: tuple[int, int], rng: np.random.Generator, amp: float = 3.0) -> Warp:
     """Crumpled-paper wrinkles only."""
     u = size[1] / 2200
-    return build_warp(size, size, None, [wrinkle_field(size, rng, amp * u, 90 * u, 0.1)], _grid_step(u))[0]
+    return build_warp(size, size, None, [wrinkle_field(size, rng, amp * u, 90 * u, 0.1, ridged=True)],
+                      _grid_step(u))[0]
 
 
 def photo_warp(size: tuple[int, int], rng: np.random.Generator) -> Warp:
@@ -429,7 +475,7 @@ def photo_warp(size: tuple[int, int], rng: np.random.Generator) -> Warp:
     u = size[1] / 2200
     hinv, out = perspective_homography(size, rng)
     fields = [curl_field(size, rng, 6 * u), crease_field(size, rng, 2, u), wrinkle_field(size, rng, 2 * u, 80 * u, 0.1)]
-    return build_warp(size, out, hinv, fields, _grid_step(u))[0]
+    return build_warp(size, out, hinv, fields, _grid_step(u, fine=True))[0]
 
 
 #: Every geometric building block, by name: ``fn(size, rng) -> Warp``.
@@ -459,7 +505,8 @@ class Light:
         self.G = np.ones((ch, cw, 3), F32)
         self.A: np.ndarray | None = None
         h, w = size
-        self.rel = (self.nodes - np.array([w / 2, h / 2], F32)) / F32(max(h, w) / 2)  # ~[-1, 1]
+        rel = (self.nodes - np.array([w / 2, h / 2], F32)) / F32(max(h, w) / 2)  # ~[-1, 1]
+        self.rx, self.ry = rel[..., 0], rel[..., 1]
 
     def gain(self, g: np.ndarray | float) -> None:
         g = np.asarray(g, F32)
@@ -476,22 +523,25 @@ class Light:
             cv2.add(f, upsample(self.A, self.size, self.step), dst=f)
         if noise is not None:
             cv2.add(f, noise, dst=f)
-        np.maximum(f, 0, out=f)
-        return cv2.convertScaleAbs(f)
+        return cv2.convertScaleAbs(cv2.max(f, 0.0))
+
+
+def _unit(rng: np.random.Generator) -> tuple[F32, F32]:
+    a = rng.uniform(0, 2 * np.pi)
+    return F32(np.cos(a)), F32(np.sin(a))
 
 
 def light_gradient(L: Light, rng: np.random.Generator, strength: float) -> None:
     """Uneven illumination: a linear ramp in a random direction."""
-    d = rng.normal(0, 1, 2)
-    d /= np.linalg.norm(d) + 1e-9
-    L.gain(1 + strength * (L.rel @ d.astype(F32)) * 0.5 - strength * 0.25)
+    dx, dy = _unit(rng)
+    L.gain(1 + F32(strength * 0.5) * (L.rx * dx + L.ry * dy) - F32(strength * 0.25))
 
 
 def vignette(L: Light, rng: np.random.Generator, strength: float) -> None:
     """Darker corners (phone lens)."""
-    c = rng.uniform(-0.2, 0.2, 2).astype(F32)
-    r2 = ((L.rel - c) ** 2).sum(-1)
-    L.gain(1 - strength * np.clip(r2 / 2, 0, 1.5))
+    cx, cy = rng.uniform(-0.2, 0.2, 2).astype(F32)
+    r2 = np.square(L.rx - cx) + np.square(L.ry - cy)
+    L.gain(1 - F32(strength) * np.clip(r2 * F32(0.5), 0, 1.5))
 
 
 def shadow(L: Light, rng: np.random.Generator, strength: float) -> None:
@@ -513,10 +563,10 @@ def shadow(L: Light, rng: np.random.Generator, strength: float) -> None:
         pts = [[t[0] * cw, y_edge]] + [[x, y_in + rng.normal(0, 0.08) * ch] for x in
                                         np.linspace(t[0], t[1], k) * cw] + [[t[1] * cw, y_edge]]
     cv2.fillPoly(m, [np.array(pts, np.int32)], 255)
-    blur = max(cw, ch) * rng.uniform(0.02, 0.08)
-    mf = cv2.GaussianBlur(m.astype(F32) / 255, (0, 0), blur)
+    blur_px = max(cw, ch) * rng.uniform(0.02, 0.08)
+    mf = cv2.GaussianBlur(m.astype(F32) * F32(1 / 255), (0, 0), blur_px)
     tint = np.array([1.0, 0.97, 0.94], F32)  # shadows are a touch blue
-    L.G *= (1 - strength * mf[..., None] * tint)
+    L.G *= 1 - F32(strength) * mf[..., None] * tint
 
 
 def colour_cast(L: Light, rng: np.random.Generator, amount: float) -> None:
@@ -533,15 +583,15 @@ def paper_age(L: Light, rng: np.random.Generator, amount: float) -> None:
 
 def glare(L: Light, rng: np.random.Generator, strength: float) -> None:
     """Bright elliptical reflection (a screen or glossy paper) plus lifted blacks."""
-    c = rng.uniform(-0.7, 0.7, 2).astype(F32)
-    ax = rng.uniform(0.15, 0.6, 2).astype(F32)
-    th = rng.uniform(0, np.pi)
-    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]], F32)
-    p = (L.rel - c) @ rot
-    e = np.exp(-(((p / ax) ** 2).sum(-1)))
-    a = (255 * strength * e)[..., None] * np.array([1.0, 0.98, 0.95], F32)
-    L.add(a + rng.uniform(5, 25))
-    L.gain(1 - 0.5 * strength * e)  # glare washes out contrast
+    cx, cy = rng.uniform(-0.7, 0.7, 2).astype(F32)
+    ax, ay = rng.uniform(0.15, 0.6, 2).astype(F32)
+    c, s = _unit(rng)
+    px = (L.rx - cx) * c + (L.ry - cy) * s
+    py = -(L.rx - cx) * s + (L.ry - cy) * c
+    e = np.exp(-(np.square(px / ax) + np.square(py / ay)))
+    a = (F32(255 * strength) * e)[..., None] * np.array([1.0, 0.98, 0.95], F32)
+    L.add(a + F32(rng.uniform(5, 25)))
+    L.gain(1 - F32(0.5 * strength) * e)  # glare washes out contrast
 
 
 def stains(L: Light, rng: np.random.Generator, n: int) -> None:
@@ -555,35 +605,34 @@ def stains(L: Light, rng: np.random.Generator, n: int) -> None:
         if x1 - x0 < 4 or y1 - y0 < 4:
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(F32)
-        rr = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / rad
-        wob = _smooth_noise((y1 - y0, x1 - x0), max(3.0, rad / 2.5), rng) * 0.22
-        t = rr + wob  # < 1 inside the stain
+        rr = np.sqrt(np.square(xx - F32(cx)) + np.square(yy - F32(cy))) / F32(rad)
+        t = rr + _smooth_noise((y1 - y0, x1 - x0), max(3.0, rad / 2.5), rng) * F32(0.2)  # < 1 inside
         body = np.clip((1 - t) * 6, 0, 1)
-        rim = np.exp(-(((t - 0.97) / 0.05) ** 2))
-        colour = np.array([rng.uniform(0.35, 0.7), rng.uniform(0.65, 0.85), rng.uniform(0.85, 1.0)], F32)  # BGR brown
-        a = rng.uniform(0.25, 0.7)
-        amt = np.clip(a * (0.55 * body * (0.7 + 0.3 * _smooth_noise(body.shape, 6, rng)) + 0.9 * rim), 0, 1)
+        rim = np.exp(-np.square((t - F32(0.97)) / F32(0.05)))
+        colour = np.array([rng.uniform(0.5, 0.8), rng.uniform(0.72, 0.9), rng.uniform(0.88, 1.0)], F32)  # BGR brown
+        a = F32(rng.uniform(0.25, 0.6))
+        tex = F32(0.7) + F32(0.3) * _smooth_noise(body.shape, 6, rng)
+        amt = np.clip(a * (F32(0.55) * body * tex + F32(0.9) * rim), 0, 1)
         L.G[y0:y1, x0:x1] *= 1 - amt[..., None] * (1 - colour)
 
 
 def mould_halo(L: Light, rng: np.random.Generator, centers: np.ndarray, radii: np.ndarray) -> None:
     """Diffuse greenish-grey discolouration around mould colonies."""
     for (cx, cy), rad in zip(centers, radii):
-        d2 = ((L.nodes[..., 0] - cx) ** 2 + (L.nodes[..., 1] - cy) ** 2) / (1.3 * rad) ** 2
-        e = np.exp(-d2) * rng.uniform(0.1, 0.35)
-        L.G *= 1 - e[..., None] * np.array([0.25, 0.12, 0.3], F32)
+        d2 = (np.square(L.nodes[..., 0] - F32(cx)) + np.square(L.nodes[..., 1] - F32(cy))) / F32((1.4 * rad) ** 2)
+        e = np.exp(-d2) * F32(rng.uniform(0.1, 0.35))
+        L.G *= 1 - e[..., None] * np.array([0.3, 0.15, 0.35], F32)
 
 
 def moire_bands(L: Light, rng: np.random.Generator, strength: float) -> None:
     """Low-frequency coloured bands: the beat of the screen pixel grid and the camera sensor grid."""
     ch, cw = L.G.shape[:2]
-    freq = rng.uniform(3, 14)  # bands across the image
-    ang = rng.uniform(0, np.pi)
-    k = np.array([np.cos(ang), np.sin(ang)], F32) * freq * np.pi
-    bend = _smooth_noise((ch, cw), max(ch, cw) / 3, rng) * rng.uniform(0.5, 2.5)
-    ph = L.rel @ k + bend + F32(rng.uniform(0, 2 * np.pi))
+    freq = F32(rng.uniform(6, 25) * np.pi)  # bands across the image
+    c, s = _unit(rng)
+    bend = _smooth_noise((ch, cw), max(ch, cw) / 3, rng) * F32(rng.uniform(1.0, 4.0))
+    ph = (L.rx * c + L.ry * s) * freq + bend + F32(rng.uniform(0, 2 * np.pi))
     shift = np.array([0.0, 2.1, 4.2], F32)  # per-channel phase: rainbow tint
-    L.G *= 1 + strength * np.cos(ph[..., None] + shift) * np.array([1.0, 0.8, 1.0], F32)
+    L.G *= 1 + F32(strength) * np.cos(ph[..., None] + shift) * np.array([1.0, 0.8, 1.0], F32)
 
 
 # =============================================================================
@@ -726,8 +775,8 @@ def table_background(size: tuple[int, int], rng: np.random.Generator, u: float, 
         tex = base * (1 + 0.2 * _smooth_noise((ch, cw), 30, rng)[..., None])
     # light falls off across the table
     rel = coarse_nodes(size, step).astype(F32) / np.array([w, h], F32) - 0.5
-    d = rng.normal(0, 1, 2).astype(F32)
-    tex = tex * (1 + 0.3 * (rel @ d))[..., None]
+    dx, dy = _unit(rng)
+    tex = tex * (1 + F32(0.3) * (rel[..., 0] * dx + rel[..., 1] * dy))[..., None]
     full = upsample(np.clip(tex, 0, 255), size, step)
     return cv2.convertScaleAbs(full)
 
@@ -793,13 +842,14 @@ def _scan(ctx: _Ctx, bw: bool, mould: bool) -> tuple[np.ndarray, GroundTruth | N
     gt = warp.move(ctx.gt)
     if not ctx.photometric:
         return img, gt
-    L = Light(size, max(2, _grid_step(u) * 2))
+    img = blur(img, rp.uniform(0.2, 0.5) * u * 2)
+    L = Light(size, _grid_step(u))
     paper_age(L, rp, 0.12 if mould else 0.05)
     colour_cast(L, rp, 0.02)
     light_gradient(L, rp, rp.uniform(0.0, 0.08))
     if rp.random() < 0.5:  # broad streaks along the scan direction
         ch, cw = L.G.shape[:2]
-        prof = 1 + 0.03 * _smooth_noise((1, cw), rp.uniform(1, 4), rp)
+        prof = 1 + F32(0.015) * _smooth_noise((1, cw), rp.uniform(2, 8), rp)
         L.gain(np.repeat(prof, ch, axis=0))
     centers = radii = None
     if mould:
@@ -808,16 +858,13 @@ def _scan(ctx: _Ctx, bw: bool, mould: bool) -> tuple[np.ndarray, GroundTruth | N
         centers = np.stack([rp.uniform(0.03, 0.97, n) * w, rp.uniform(0.03, 0.97, n) * h], 1)
         radii = rp.uniform(20, 130, n) * u
         mould_halo(L, rp, centers, radii)
-    img = L.apply(img)
+    img = L.apply(img, sensor_noise(size, rp, rp.uniform(1.0, 4.0), grain=1, colour=not bw))
     if mould:
         mould_spots(img, rp, centers, radii, u)
-    if rp.random() < 0.4:
-        scanner_streaks(img, rp, int(rp.integers(1, 4)), u)
-    img = blur(img, rp.uniform(0.3, 0.9) * u * 2)
+    if rp.random() < 0.3:
+        scanner_streaks(img, rp, int(rp.integers(1, 3)), u)
     if bw:
         img = to_bw(img, rp)
-    noise = sensor_noise(size, rp, rp.uniform(1.0, 4.0), grain=1, colour=not bw)
-    img = cv2.convertScaleAbs(np.maximum(img.astype(F32) + noise, 0))
     if rp.random() < 0.7:
         img = jpeg(img, int(rp.integers(65, 96)))
     return img, gt
@@ -827,7 +874,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
     """Phone photos: 0005 print, 0006 screen, 0009 stained, 0010 damaged."""
     size = ctx.image.shape[:2]
     rg, rp, u = ctx.rg, ctx.rp, ctx.u
-    step = _grid_step(u)
+    step = _grid_step(u, fine=kind == "damaged")
     if kind == "screen":
         hinv, out = perspective_homography(size, rg, fill=(0.85, 0.98), max_rot_deg=4, jitter=0.05, crop_p=0.2)
         fields = [curl_field(size, rg, 1.0 * u)]  # a slight lens distortion
@@ -838,7 +885,8 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
             fields.append(wrinkle_field(size, rg, rg.uniform(1.0, 3.0) * u, rg.uniform(120, 300) * u, 0.06))
         if kind == "damaged":
             fields.append(crease_field(size, rg, int(rg.integers(2, 6)), u))
-            fields.append(wrinkle_field(size, rg, rg.uniform(1.5, 3.5) * u, rg.uniform(40, 120) * u, 0.14))
+            fields.append(wrinkle_field(size, rg, rg.uniform(1.5, 3.5) * u, rg.uniform(60, 160) * u,
+                                        rg.uniform(0.08, 0.2), ridged=True))
         elif rg.random() < 0.3:
             fields.append(crease_field(size, rg, int(rg.integers(1, 3)), u))
     warp, shade = build_warp(size, out, hinv, fields, step)
@@ -874,7 +922,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
     img = L.apply(img, noise)
     if rp.random() < 0.25:
         img = motion_blur(img, rp, rp.uniform(2, 4) * u)
-    img = blur(img, rp.uniform(0.4, 1.2) * u * 2)
+    img = blur(img, rp.uniform(0.25, 0.7) * u * 2)
     img = jpeg(img, int(rp.integers(55, 93)))
     return img, gt
 
