@@ -102,24 +102,47 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     sat = (mx - mn) / np.maximum(mx, 1.0)
     score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
     # grey/B&W grids survive the colour test; on a rectified page their lines are axis-aligned.
-    # The median down each pixel column (the trace covers a small part of it) is a vertical
-    # line's own ink level; for horizontal lines use the right margin, past 10 s, where no trace
-    # runs (a flat trace fills most of its own pixel row). Normalise that level away, keeping
-    # full ink where the trace crosses a line.
+    # Vertical lines: the median down each pixel column (the trace covers a small part of it)
+    # is the line's own ink; columns with a visible line are in-painted from the nearest clean
+    # columns either side (a black grid is as dark as the trace, no contrast can split them).
+    # Horizontal lines: their level is read in the right margin, past 10 s, where no trace runs
+    # (a flat trace fills most of its own pixel row), and subtracted.
     w = score.shape[1]
     page = CANONICAL.scaled_to(w)
+    score = _remove_lines(score, np.median(score, axis=0))
     xr = int(np.ceil(float(page.time_to_x(paper.DURATION_S)) + 0.5 * page.px_per_mm))
-    g = np.median(score, axis=0)[None, :]
     if w - xr >= 8:
-        g = g + np.median(score[:, xr:], axis=1)[:, None]
-    g = np.minimum(g, 0.9)
-    score = np.clip((score - g) / (1.0 - g), 0.0, 1.0)
+        score = _remove_lines(score.T, np.median(score[:, xr:], axis=1)).T
+    score = np.clip(score, 0.0, 1.0)
     # robust stretch: the floor sits above paper and most grid, the top at solid ink
     lo = float(np.percentile(score, 80))
     hi = float(np.percentile(score, 99.7))
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
     return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32)
+
+
+def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = 0.2) -> np.ndarray:
+    """Remove axis-aligned grid lines of known per-column ink ``level`` from ``score`` (H, W).
+
+    Faint levels are subtracted; columns holding a visible line are in-painted from the
+    nearest clean columns either side, so a trace crossing the line keeps its ink.
+    """
+    w = score.shape[1]
+    bad = level >= visible
+    out = score - np.where(bad, 0.0, level)[None, :]
+    if not bad.any() or bad.all():
+        return out
+    idx = np.arange(w)
+    left = np.maximum.accumulate(np.where(~bad, idx, -1))
+    right = np.minimum.accumulate(np.where(~bad, idx, w)[::-1])[::-1]
+    cols = np.where(bad)[0]
+    lc, rc = left[cols], right[cols]
+    lc = np.where(lc < 0, rc, lc)
+    rc = np.where(rc >= w, lc, rc)
+    f = np.where(rc > lc, (cols - lc) / np.maximum(rc - lc, 1), 0.5)[None, :]
+    out[:, cols] = (1 - f) * out[:, lc] + f * out[:, rc]
+    return out
 
 
 def mask_furniture(prob: np.ndarray, page: Page, params: ClassicalParams | None = None) -> np.ndarray:
