@@ -6,9 +6,10 @@ __version__ = "0.1.0"
 
 from ecgtrace.errors import EcgTraceError
 
-__all__ = ["EcgTraceError", "__version__", "digitize", "Result", "Pipeline"]
+__all__ = ["EcgTraceError", "__version__", "digitize", "Result", "Pipeline", "ECGModelLoader"]
 
-_LAZY = {"digitize": "ecgtrace.pipeline", "Result": "ecgtrace.pipeline", "Pipeline": "ecgtrace.pipeline"}
+_LAZY = {"digitize": "ecgtrace.pipeline", "Result": "ecgtrace.pipeline", "Pipeline": "ecgtrace.pipeline",
+         "ECGModelLoader": "ecgtrace.stages.stage0"}
 
 
 def __getattr__(name: str):

@@ -332,3 +332,107 @@ def _sane(h: np.ndarray, image_hw: tuple[int, int]) -> bool:
 def expected_row_fractions() -> np.ndarray:
     """Fractions of the page height (from the top) of the four trace baselines (for tests/diagnostics)."""
     return 1.0 - np.asarray(ROW_BASELINES_MV) / CANONICAL.height_mv
+
+
+# --- the seed guide's loader API -------------------------------------------------------------
+class ECGModelLoader:
+    """Load a stage-0 checkpoint and run it on picture files (the API the seed guide documents).
+
+    ``ECGModelLoader(path, device).load_model()`` -> ``(model, config_dict)``;
+    ``.inference(image_path)`` -> dict with ``orientation_class``, ``orientation_confidence``,
+    ``markers`` ({label: [x, y]} in picture px), ``homography`` (3x3, picture px -> canonical px),
+    ``normalized_image`` (BGR 1700x2200), plus ``orientation_name``, ``method``, ``ok``, ``message``.
+    ``path=None`` uses the classical path (no network).
+    """
+
+    def __init__(self, checkpoint_path: str | Path | None, device: str = "cpu", flip_tta: bool = False) -> None:
+        self.checkpoint_path = str(checkpoint_path) if checkpoint_path else None
+        self.device = _usable_device(device)
+        self.flip_tta = flip_tta
+        self._stage: Stage0 | None = None
+        self.config: dict[str, Any] = {}
+
+    def load_model(self) -> tuple[Any, dict[str, Any]]:
+        """Build the network and load the weights; returns (model in eval mode, training config dict)."""
+        if self._stage is None:
+            self._stage = Stage0(self.checkpoint_path, device=self.device, flip_tta=self.flip_tta)
+            if self.checkpoint_path:
+                from ecgtrace.train.checkpoint import load_checkpoint
+
+                self.config = dict(load_checkpoint(self.checkpoint_path).get("config") or {})
+        return self._stage.model, self.config
+
+    def inference(self, image_path: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
+        """Run stage 0 on a picture file; with ``output_dir`` also write marker_prediction.jpg + normalized.png."""
+        p = Path(image_path)
+        if not p.is_file():
+            raise StageError(f"image {p} not found")
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise StageError(f"cannot read {p} as an image (damaged file or unsupported format)")
+        self.load_model()
+        page = self._stage(img)
+        res = {
+            "orientation_class": int(page.orientation),
+            "orientation_name": orient.describe(page.orientation),
+            "orientation_confidence": float(page.orientation_confidence),
+            "markers": {k: [float(v[0]), float(v[1])] for k, v in page.markers.items()},
+            "homography": page.homography,
+            "normalized_image": page.image,
+            "method": page.method,
+            "ok": page.ok,
+            "message": page.message,
+        }
+        if output_dir is not None:
+            out = Path(output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            _write_image(out / "marker_prediction.jpg", draw_markers(img, page))
+            _write_image(out / "normalized.png", page.image)
+        return res
+
+
+def _usable_device(device: str) -> str:
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            from loguru import logger
+
+            logger.warning(f"device {device} requested but no GPU is visible; using cpu")
+            return "cpu"
+    return str(device)
+
+
+def _write_image(path: Path, img: np.ndarray) -> None:
+    """Write atomically (temp file + os.replace) so no half-written picture is left behind."""
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    if not cv2.imwrite(str(tmp), img):
+        raise StageError(f"cannot write {path}; check the folder is writable")
+    os.replace(tmp, path)
+
+
+def draw_markers(img: np.ndarray, page: NormalizedPage) -> np.ndarray:
+    """The picture with each found lead label (circle + name) and the orientation written on it."""
+    out = img.copy()
+    s = max(1.0, max(img.shape[:2]) / 1200.0)
+    colours = [tuple(int(c) for c in cv2.applyColorMap(np.uint8([[int(255 * i / 12)]]), cv2.COLORMAP_JET)[0, 0])
+               for i in range(len(MARKERS))]
+    for name, (x, y) in page.markers.items():
+        col = colours[MARKERS.index(name)]
+        cv2.circle(out, (int(round(x)), int(round(y))), int(10 * s), col, max(1, int(2 * s)), cv2.LINE_AA)
+        cv2.putText(out, name, (int(x + 12 * s), int(y - 8 * s)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * s, col,
+                    max(1, int(1.5 * s)), cv2.LINE_AA)
+    if page.homography is not None:  # outline of the canonical page as found in the picture
+        h, w = _PAGE_HW
+        try:
+            corners = apply_h(np.linalg.inv(page.homography), np.array([[0, 0], [w - 1, 0], [w - 1, h - 1],
+                                                                         [0, h - 1]], dtype=np.float64))
+            cv2.polylines(out, [corners.astype(np.int32)], True, (0, 200, 0), max(1, int(2 * s)), cv2.LINE_AA)
+        except np.linalg.LinAlgError:
+            pass
+    text = f"{orient.describe(page.orientation)} ({page.orientation_confidence:.2f}) [{page.method}]"
+    cv2.putText(out, text, (int(10 * s), int(30 * s)), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * s, (0, 0, 255),
+                max(1, int(2 * s)), cv2.LINE_AA)
+    return out
