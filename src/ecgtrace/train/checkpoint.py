@@ -128,6 +128,13 @@ def diagnose_load_error(path: Path, err: BaseException) -> str:
     msg = f"{type(err).__name__}: {err}".splitlines()[0]
     if size == 0:
         return f"{path} is empty (0 bytes): the save was interrupted or the copy failed; use another checkpoint"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"{path} cannot be read ({e}); check the file permissions"
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        return f"{path} is not a torch checkpoint (it starts with {head!r}); give a .pth written by `ecgtrace train`"
     if "central directory" in msg or "failed reading zip" in msg or isinstance(err, (EOFError, zipfile.BadZipFile)):
         return (f"{path} is truncated or corrupt ({size:,} bytes; {msg[:120]}); the copy or save did not finish: "
                 "copy it again or use an earlier stage*_epoch_*.pth")
