@@ -252,6 +252,31 @@ def _runs(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> 
     return ya, yb
 
 
+def thin(mask: np.ndarray, max_iter: int = 20) -> np.ndarray:
+    """Zhang-Suen thinning of a boolean mask (vectorised): a 1-px 8-connected centre line."""
+    m = np.pad(mask.astype(bool), 1)
+    for _ in range(max_iter):
+        changed = False
+        for step in (0, 1):
+            p2, p3, p4 = m[:-2, 1:-1], m[:-2, 2:], m[1:-1, 2:]
+            p5, p6, p7 = m[2:, 2:], m[2:, 1:-1], m[2:, :-2]
+            p8, p9 = m[1:-1, :-2], m[:-2, :-2]
+            nb = [p2, p3, p4, p5, p6, p7, p8, p9]
+            b = sum(x.astype(np.uint8) for x in nb)
+            a = sum(((~nb[i]) & nb[(i + 1) % 8]).astype(np.uint8) for i in range(8))
+            if step == 0:
+                c = ~(p2 & p4 & p6) & ~(p4 & p6 & p8)
+            else:
+                c = ~(p2 & p4 & p8) & ~(p2 & p6 & p8)
+            kill = m[1:-1, 1:-1] & (b >= 2) & (b <= 6) & (a == 1) & c
+            if kill.any():
+                m[1:-1, 1:-1] &= ~kill
+                changed = True
+        if not changed:
+            break
+    return m[1:-1, 1:-1]
+
+
 def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int) -> np.ndarray:
     """One float y per column of the trace centre line at the column's centre time.
 
@@ -276,6 +301,21 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     peak = (mp > mid) & (mn > mid)  # image y grows downwards: a peak has larger y either side
     trough = (mp < mid) & (mn < mid)
     y = np.where(peak, ya + hw, np.where(trough, yb - hw, mid))
+    # where a skeleton exists inside the run, its extent is the centre line's own span in this
+    # column (the line width no longer bleeds in from the neighbouring columns of a sharp peak)
+    skel = thin(prob_band >= 0.5)
+    yy = np.arange(hb, dtype=np.float64)[:, None]
+    inrun = skel & (yy >= np.floor(ya)[None, :]) & (yy <= np.ceil(yb)[None, :])
+    has = inrun.any(axis=0)
+    st = np.where(inrun, yy, np.inf).min(axis=0)
+    sb = np.where(inrun, yy, -np.inf).max(axis=0)
+    sm = 0.5 * (st + sb)
+    smp = np.concatenate([sm[:1], sm[:-1]])
+    smn = np.concatenate([sm[1:], sm[-1:]])
+    speak = (smp > sm) & (smn > sm)
+    strough = (smp < sm) & (smn < sm)
+    ys = np.where(speak, st, np.where(strough, sb, sm))
+    y = np.where(has & ~short, ys, y)
     y = np.where(short & (sw > 1e-3), cen, y)
     return np.clip(y, 0, hb - 1)
 
@@ -301,6 +341,11 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
         d_mv = np.minimum(np.abs(page.y_to_mv(row, ys)), p.baseline_pull_cap_mv)
         unary = (1.0 - band) + p.baseline_pull * (d_mv ** 2)[:, None] + claimed[top:bot + 1, x0:x1 + 1]
         step = p.step_ink_cost * (1.0 - band) + p.step_base_cost
+        if row < N_ROWS - 1:
+            # the row switches lead at each column start: the trace may jump there for free
+            for c in range(1, paper.N_COLUMNS):
+                xb = int(round(page.column_x(c))) - x0
+                step[:, max(0, xb - 2):min(step.shape[1], xb + 3)] = p.step_base_cost
         path = _viterbi(unary, step)
         ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
         ink = band[path, np.arange(len(path))]
