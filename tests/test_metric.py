@@ -218,8 +218,11 @@ def test_matches_plain_reference_implementation(fs):
     expected = 10 * np.log10(np.mean([reference_image_snr(t, p, fs) for t, p in zip(truths, preds)]))
     sol, sub = frames(truths, preds, fs)
     assert score(sol, sub, "id") == pytest.approx(expected, abs=1e-7)
-    # row order of the submission does not matter
+    # row order of the submission, or of the solution, does not matter
     assert score(sol, sub.sample(frac=1.0, random_state=0), "id") == pytest.approx(expected, abs=1e-7)
+    assert score(sol.sample(frac=1.0, random_state=1), sub, "id") == pytest.approx(expected, abs=1e-7)
+    shuffled = sol.sample(frac=1.0, random_state=2)
+    assert score(shuffled, shuffled[["id", "value"]], "id") == pytest.approx(CEILING_DB)
     # the dict helper gives the same image SNRs
     assert mean_score_db([snr_for_image(t, p, fs) for t, p in zip(truths, preds)]) == pytest.approx(expected, abs=1e-7)
 
@@ -345,3 +348,29 @@ def test_snr_for_image_helpers():
     assert snr_for_image(truth, short, fs).db > 15
     assert fit_length(np.arange(10.0), 20).size == 20
     assert np.array_equal(fit_length(np.array([1.0, np.nan, 3.0]), 3), [1.0, 2.0, 3.0])
+
+
+def test_arrow_backed_chunked_ids():
+    """Arrow-backed id columns made of several chunks (as parquet reads them) score the same."""
+    import pyarrow as pa
+
+    sol = toy_solution()
+    ids = pa.chunked_array([pa.array(sol["id"][:20].tolist()), pa.array(sol["id"][20:].tolist())])
+    sub = pd.DataFrame({"id": pd.Series(ids, dtype=pd.ArrowDtype(pa.string())), "value": sol["value"]})
+    sub.loc[0, "value"] = 0.9
+    assert round(score(sol, sub, "id"), 4) == 13.6291
+    assert round(score(sub.assign(fs=1), sub, "id"), 4) == 25.8433
+
+
+def test_rows_with_gaps_are_ordered_like_the_rule():
+    """The rule only sorts rows; a lead numbered 0, 1, 5 is three samples in that order."""
+    sol = toy_solution()
+    sol["id"] = sol["id"].replace({"343_2_I": "343_5_I"})
+    sub = sol[["id", "value"]].iloc[::-1].copy()
+    sub.loc[sub["id"] == "343_0_I", "value"] = 0.9
+    assert round(score(sol, sub, "id"), 4) == 13.6291
+    with pytest.raises(ScoreError, match="missing ids .*343_5_I.*not in the solution .*343_2_I"):
+        score(sol, sub.replace({"343_5_I": "343_2_I"}), "id")
+    with pytest.raises(ScoreError, match="solution has 1 duplicate ids .*343_1_I"):
+        dup = sol.replace({"343_5_I": "343_1_I"})
+        score(dup, sub, "id")

@@ -200,6 +200,10 @@ def _as_arrow_strings(values: pd.Series):
             arr = pa.array(values.astype(str).to_numpy(dtype=object), type=pa.string())
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
+    if isinstance(arr, pa.ChunkedArray):  # one chunk: dictionary codes must share one dictionary
+        if arr.nbytes > 1_500_000_000:  # 32-bit string offsets would overflow
+            arr = arr.cast(pa.large_string())
+        arr = arr.combine_chunks()
     return arr
 
 
@@ -213,7 +217,7 @@ class ParsedIds:
     images: np.ndarray  # unique image ids (str), in code order
 
 
-def parse_ids(ids: pd.Series, images: np.ndarray | None = None, what: str = "submission") -> ParsedIds:
+def parse_ids(ids, images: np.ndarray | None = None, what: str = "submission") -> ParsedIds:
     """Split ids into (image, lead, row) codes, vectorised with pyarrow.
 
     The image id is everything before the last two underscores, so image ids
@@ -223,7 +227,9 @@ def parse_ids(ids: pd.Series, images: np.ndarray | None = None, what: str = "sub
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = _as_arrow_strings(ids)
+    arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else _as_arrow_strings(ids)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     if arr.null_count:
         raise ScoreError(f"{what} has {arr.null_count} empty ids; every row needs an id like 62_0_I")
     parts = pc.split_pattern(arr, "_", max_splits=2, reverse=True)
@@ -231,10 +237,7 @@ def parse_ids(ids: pd.Series, images: np.ndarray | None = None, what: str = "sub
     if nparts.size and nparts.min() < 3:
         bad = arr[int(np.argmin(nparts))].as_py()
         raise ScoreError(f"{what} id {bad!r} is not of the form {{image_id}}_{{row}}_{{lead}} (e.g. 62_0_I)")
-    flat = pc.list_flatten(parts)
-    n = len(arr)
-    take = lambda k: flat.take(pa.array(np.arange(k, 3 * n, 3)))  # noqa: E731
-    img_s, row_s, lead_s = take(0), take(1), take(2)
+    img_s, row_s, lead_s = (pc.list_element(parts, k) for k in range(3))
     lead = pc.index_in(lead_s, value_set=pa.array(LEADS))
     if lead.null_count:
         i = int(np.flatnonzero(np.asarray(lead.is_null()))[0])
@@ -284,18 +287,81 @@ def _numeric_values(df: pd.DataFrame, id_col: str, what: str) -> np.ndarray:
     return vals
 
 
-def _keys(p: ParsedIds, max_row: int) -> np.ndarray:
-    return (p.image * len(LEADS) + p.lead) * (max_row + 1) + p.row
-
-
-def _examples(ids: np.ndarray, k: int = 3) -> str:
+def _examples(ids, k: int = 3) -> str:
+    ids = list(ids)
     return ", ".join(map(str, ids[:k])) + (" ..." if len(ids) > k else "")
 
 
-def _format_id(images: np.ndarray, key: np.ndarray, max_row: int) -> np.ndarray:
-    row = key % (max_row + 1)
-    il = key // (max_row + 1)
-    return np.array([f"{images[i // len(LEADS)]}_{r}_{LEADS[i % len(LEADS)]}" for i, r in zip(il, row)], dtype=object)
+@dataclass
+class _Layout:
+    """Where each (image, lead) segment of the solution lies once its rows are put in order."""
+
+    order: np.ndarray | None  # solution row order that makes segments contiguous (None: already so)
+    starts: np.ndarray  # segment starts in that order
+    lengths: np.ndarray
+    seg_il: np.ndarray  # image code * 12 + lead code of each segment
+    dense: bool  # every segment's rows are exactly 0 .. n-1
+    sorted_keys: np.ndarray | None = None  # (il, row) keys in order, when not dense
+    max_row: int = 0
+
+
+def _runs(il: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    starts = np.flatnonzero(np.r_[True, il[1:] != il[:-1]])
+    lengths = np.diff(np.r_[starts, il.size])
+    rank = np.arange(il.size) - np.repeat(starts, lengths)
+    return starts, lengths, rank
+
+
+def _solution_layout(ps: ParsedIds, sol_ids: np.ndarray) -> _Layout:
+    """Usually a solution is one run per lead with rows 0..n-1 (no sort needed); otherwise sort by (image, lead, row)."""
+    il = ps.image * len(LEADS) + ps.lead
+    starts, lengths, rank = _runs(il)
+    seg_il = il[starts]
+    if np.array_equal(ps.row, rank) and np.unique(seg_il).size == seg_il.size:
+        return _Layout(None, starts, lengths, seg_il, True)
+    max_row = int(ps.row.max(initial=0))
+    key = il * (max_row + 1) + ps.row
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    dup = np.r_[False, np.diff(ks) == 0]
+    if dup.any():
+        raise ScoreError(f"solution has {int(dup.sum())} duplicate ids ({_examples(sol_ids[order][dup])})")
+    starts, lengths, rank = _runs(il[order])
+    dense = bool(np.array_equal(ps.row[order], rank))
+    return _Layout(order, starts, lengths, il[order][starts], dense, None if dense else ks, max_row)
+
+
+def _match_submission(lay: _Layout, pp: ParsedIds, n_sol: int, sol_ids: np.ndarray, sub_ids: np.ndarray) -> np.ndarray:
+    """Position of each submission row in the ordered solution; a clear error for missing/extra/duplicate ids."""
+    il = pp.image * len(LEADS) + pp.lead
+    known = pp.image >= 0
+    if lay.dense:  # direct addressing: segment start + row
+        seg_of = np.full(int(lay.seg_il.max(initial=0)) + len(LEADS) + 1, -1, dtype=np.int64)
+        seg_of[lay.seg_il] = np.arange(lay.seg_il.size)
+        seg = np.where(known & (il < seg_of.size), seg_of[np.clip(il, 0, seg_of.size - 1)], -1)
+        ok = (seg >= 0) & (pp.row < lay.lengths[np.maximum(seg, 0)])
+        pos = lay.starts[np.maximum(seg, 0)] + pp.row
+    else:
+        key = il * (lay.max_row + 1) + pp.row
+        pos = np.minimum(np.searchsorted(lay.sorted_keys, key), n_sol - 1)
+        ok = known & (pp.row <= lay.max_row) & (lay.sorted_keys[pos] == key)
+    pos = np.where(ok, pos, 0)
+    counts = np.bincount(pos[ok], minlength=n_sol)
+    if ok.all() and len(pos) == n_sol and counts.max(initial=1) == 1:
+        return pos
+    msgs = []
+    dup_rows = ok & (counts[pos] > 1)
+    if dup_rows.any():
+        n_dup = int((counts[counts > 1] - 1).sum())
+        msgs.append(f"{n_dup} duplicate ids ({_examples(pd.unique(sub_ids[dup_rows]))})")
+    if (counts == 0).any():
+        miss = np.flatnonzero(counts == 0)
+        ordered = sol_ids[lay.order] if lay.order is not None else sol_ids
+        msgs.append(f"{miss.size} missing ids ({_examples(ordered[miss[:3]])})")
+    if (~ok).any():
+        msgs.append(f"{int((~ok).sum())} ids not in the solution ({_examples(sub_ids[~ok][:3])})")
+    raise ScoreError("submission does not match the solution: " + "; ".join(msgs)
+                     + "; write one row per solution id (see `ecgtrace.submission.validate_submission`)")
 
 
 # --------------------------------------------------------------------------- scoring
@@ -335,43 +401,36 @@ def _score_frames(solution: pd.DataFrame, submission: pd.DataFrame, id_col: str,
         raise ScoreError("solution is empty; nothing to score")
     y_true = _numeric_values(solution, id_col, "solution")
     y_pred = _numeric_values(submission, id_col, "submission")
-    ps = parse_ids(solution[id_col], what="solution")
-    pp = parse_ids(submission[id_col], images=ps.images, what="submission")
-    max_row = int(max(ps.row.max(initial=0), pp.row.max(initial=0)))
-    ks, kp = _keys(ps, max_row), _keys(pp, max_row)
-    os_ = np.argsort(ks, kind="stable") if np.any(np.diff(ks) <= 0) else None
-    ks_sorted = ks[os_] if os_ is not None else ks
-    if np.any(np.diff(ks_sorted) == 0):
-        dup = ks_sorted[1:][np.diff(ks_sorted) == 0]
-        raise ScoreError(f"solution has {dup.size} duplicate ids ({_examples(_format_id(ps.images, dup, max_row))})")
-    unknown = pp.image < 0
-    op = np.argsort(kp, kind="stable")
-    kp_sorted = kp[op]
-    if unknown.any() or kp_sorted.size != ks_sorted.size or not np.array_equal(kp_sorted, ks_sorted):
-        _raise_mismatch(submission[id_col].to_numpy(), unknown, ks_sorted, kp, kp_sorted, ps.images, max_row)
-    order_s = os_ if os_ is not None else np.arange(ks.size)
-    truth = y_true[order_s]
-    pred = y_pred[op]
-    img, lead = ps.image[order_s], ps.lead[order_s]
+    sol_arr = _as_arrow_strings(solution[id_col])
+    sub_arr = _as_arrow_strings(submission[id_col])
+    ps = parse_ids(sol_arr, what="solution")
+    sol_ids = np.asarray(solution[id_col].to_numpy(), dtype=object)
+    lay = _solution_layout(ps, sol_ids)
+    n = len(sol_arr)
+    truth = y_true if lay.order is None else y_true[lay.order]
+    if len(sub_arr) == n and sub_arr.equals(sol_arr):  # same ids in the same order: nothing to match
+        pred = y_pred if lay.order is None else y_pred[lay.order]
+    else:
+        pp = parse_ids(sub_arr, images=ps.images, what="submission")
+        pos = _match_submission(lay, pp, n, sol_ids, np.asarray(submission[id_col].to_numpy(), dtype=object))
+        pred = np.empty(n)
+        pred[pos] = y_pred
 
-    # segments = runs of equal (image, lead) in key order; rows ascend inside each
-    il = img * len(LEADS) + lead
-    starts = np.flatnonzero(np.r_[True, il[1:] != il[:-1]])
-    lengths = np.diff(np.r_[starts, il.size])
-    seg_img, seg_lead = img[starts], lead[starts]
-    fs_rows = pd.to_numeric(solution["fs"], errors="coerce").to_numpy(dtype=np.float64)[order_s]
-    img_first = np.flatnonzero(np.r_[True, img[1:] != img[:-1]])
-    fs_img = fs_rows[img_first]
     n_img = len(ps.images)
-    if not np.all(np.isfinite(fs_img)) or np.any(fs_rows != np.repeat(fs_img, np.diff(np.r_[img_first, img.size]))):
+    fs_rows = pd.to_numeric(solution["fs"], errors="coerce").to_numpy(dtype=np.float64)
+    fs_img = np.full(n_img, np.nan)
+    fs_img[ps.image] = fs_rows
+    if not np.all(np.isfinite(fs_img)) or np.any(fs_rows != fs_img[ps.image]):
         raise ScoreError("sampling frequency (fs) must be one number per image in the solution")
+    starts, lengths = lay.starts, lay.lengths
+    seg_img, seg_lead = lay.seg_il // len(LEADS), lay.seg_il % len(LEADS)
     per_img_leads = np.bincount(seg_img, minlength=n_img)
     if np.any(per_img_leads != len(LEADS)):
         i = int(np.flatnonzero(per_img_leads != len(LEADS))[0])
         have = {LEADS[j] for j in seg_lead[seg_img == i]}
         raise ScoreError(f"image {ps.images[i]} has {per_img_leads[i]} leads in the solution, missing "
                          f"{', '.join(x for x in LEADS if x not in have)}; each image needs all 12")
-    fs_seg = fs_img[seg_img]  # images are in code order because keys start with the image code
+    fs_seg = fs_img[seg_img]
     if check_fs:
         ii = seg_lead == _LEAD_CODE["II"]
         bad = fs_seg[ii] != np.floor(lengths[ii] / 10)
@@ -390,23 +449,9 @@ def _score_frames(solution: pd.DataFrame, submission: pd.DataFrame, id_col: str,
     per_lead = pd.DataFrame({"image_id": ps.images[seg_img], "lead": np.asarray(LEADS, dtype=object)[seg_lead],
                              "n": lengths, "shift": res.shift, "offset": res.offset, "signal": res.signal,
                              "noise": res.noise, "snr": lead_snr, "snr_db": to_db(lead_snr)})
+    per_lead = per_lead.sort_values(["image_id", "lead"], key=lambda c: c.map(_LEAD_CODE) if c.name == "lead" else c,
+                                    kind="stable", ignore_index=True)
     return ScoreBreakdown(score_db, per_image, per_lead)
-
-
-def _raise_mismatch(sub_ids, unknown, ks_sorted, kp, kp_sorted, images, max_row) -> None:
-    msgs = []
-    dup_mask = np.r_[False, np.diff(kp_sorted) == 0]
-    if dup_mask.any():
-        msgs.append(f"{int(dup_mask.sum())} duplicate ids ({_examples(_format_id(images, kp_sorted[dup_mask], max_row))})")
-    present = np.isin(ks_sorted, kp_sorted[~np.isin(kp_sorted, kp[unknown])] if unknown.any() else kp_sorted)
-    if not present.all():
-        miss = ks_sorted[~present]
-        msgs.append(f"{miss.size} missing ids ({_examples(_format_id(images, miss, max_row))})")
-    extra_mask = unknown | ~np.isin(kp, ks_sorted)
-    if extra_mask.any():
-        msgs.append(f"{int(extra_mask.sum())} ids not in the solution ({_examples(sub_ids[extra_mask])})")
-    raise ScoreError("submission does not match the solution: " + "; ".join(msgs)
-                     + "; write one row per solution id (see `ecgtrace.submission.validate_submission`)")
 
 
 def score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column_name: str) -> float:
