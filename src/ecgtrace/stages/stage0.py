@@ -284,8 +284,12 @@ class Stage0:
         else:
             message = f"only {len(use)} lead labels found (need {MIN_MARKERS})"
         if len(markers) < 2 and conf < 0.5:
-            raise StageError("no ECG page found in this image (no lead labels, unsure orientation); "
-                             "check that it is a 12-lead ECG picture")
+            # the network sees no page here: the classical path decides (it raises on pictures without traces)
+            page = self._classical(img)
+            page.ok = False
+            page.message = (f"the network found {len(markers)} lead labels and is unsure of the orientation "
+                            f"({conf:.2f}); used the classical path: " + page.message)
+            return page
         if hom is None:
             ok = False
             hom = resize_matrix(orient.oriented_size(hw, c), _PAGE_HW) @ unorient_matrix(c, hw)

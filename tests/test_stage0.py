@@ -1,0 +1,151 @@
+"""Stage 0: targets, the learned path's geometry (with an oracle network), the classical path, the loader."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ecgtrace import orient
+from ecgtrace.config import load_config
+from ecgtrace.paper import CANONICAL, MARKERS, Page
+from ecgtrace.stages.base import StageError
+from ecgtrace.stages.stage0 import FLIP_CLASS, ECGModelLoader, Stage0, apply_h, classical_orientation
+from ecgtrace.train.stage0 import TASK, Stage0Synthetic, make_sample, soft_centroids
+
+torch.set_num_threads(1)
+SMALL = Page(dpi=60)  # 660 x 510 pages: quick to render
+
+
+def _page(i: int = 0, variant: str = "0001", c: int = 0, page: Page = SMALL):
+    from ecgtrace.data.synthetic import SyntheticPages, apply_variant
+
+    pages = SyntheticPages(4, seed=11, page=page)
+    img, gt, _, _ = pages.clean(i)
+    return apply_variant(img, gt, variant, np.random.default_rng(i), orientation=c)
+
+
+def test_targets_follow_the_markers_in_every_orientation():
+    for c in range(8):
+        img, gt = _page(0, "0001", c)
+        s = make_sample(img, gt.markers, c, (96, 128), rng=None, augment=False)
+        assert s["image"].shape == (3, 96, 128) and s["markers"].shape == (96, 128)
+        assert int(s["orientation"]) == c and bool(s["markers_valid"].all()) and bool(s["h_ok"])
+        assert set(np.unique(s["markers"].numpy())) == set(range(14))
+        # a network that outputs the target exactly scores perfectly
+        batch = {k: v[None] for k, v in s.items()}
+        out = {"markers": torch.nn.functional.one_hot(batch["markers"], 14).permute(0, 3, 1, 2).float() * 20,
+               "orientation": torch.nn.functional.one_hot(batch["orientation"], 8).float() * 20}
+        m = TASK.metrics(out, batch)
+        assert m["orient_acc"] == 1.0 and m["marker_recall"] == 1.0
+        assert m["marker_err_px"] < 6.0, m  # disc rasterization at 128 px wide, in canonical px
+        loss, parts = TASK.loss(out, batch)
+        assert loss.item() < 1e-3
+
+
+def test_tiny_stage0_model_loss_drops_on_a_few_pages():
+    cfg = load_config(0, overrides={"MODEL.BACKBONE.NAME": "test_efficientnet", "MODEL.DECODER_CHANNELS": [16, 8, 8]})
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg)
+    ds = Stage0Synthetic(4, seed=3, input_size=(96, 128), variants=("0001", "0003"), augment=False,
+                         fresh_per_epoch=False, page=SMALL)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = TASK.loss(model(batch["image"]), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+class Oracle(nn.Module):
+    """Answers with the exact targets of one known picture (tests the geometry, not the learning)."""
+
+    def __init__(self, sample: dict) -> None:
+        super().__init__()
+        self.sample = sample
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = torch.nn.functional.one_hot(self.sample["markers"][None], 14).permute(0, 3, 1, 2).float() * 10
+        o = torch.nn.functional.one_hot(self.sample["orientation"][None], 8).float() * 10
+        return {"markers": m.repeat(x.shape[0], 1, 1, 1), "orientation": o.repeat(x.shape[0], 1)}
+
+
+@pytest.mark.parametrize("variant,c", [("0001", 0), ("0005", 3), ("0003", 6)])
+def test_learned_path_geometry_with_oracle(variant, c):
+    img, gt = _page(1, variant, c, page=Page(dpi=100))
+    st = Stage0()
+    st.input_size = (384, 480)
+    st.model = Oracle(make_sample(img, gt.markers, c, st.input_size, rng=None, augment=False))
+    page = st(img)
+    assert page.method == "model" and page.ok, page.message
+    assert page.orientation == c and page.image.shape == (1700, 2200, 3)
+    # the homography maps the true label centres (picture px) onto the canonical page
+    err = np.linalg.norm(apply_h(page.homography, gt.markers) - CANONICAL.label_centers, axis=1)
+    assert np.median(err) < 6.0, err
+    assert len(page.markers) == len(MARKERS)
+
+
+def test_flip_class_map():
+    probe = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for c in range(8):
+        mirrored = orient.orient_image(probe, c)[:, ::-1]
+        assert np.array_equal(orient.orient_image(probe, int(FLIP_CLASS[c])), mirrored)
+
+
+def test_classical_rotation_and_homography():
+    for c in (0, 1, 2, 3):
+        img, gt = _page(2, "0001", c)
+        rc, conf, _ = classical_orientation(img)
+        assert rc == c
+        page = Stage0()(img)
+        assert page.method == "classical" and page.orientation == c
+        err = np.linalg.norm(apply_h(page.homography, gt.markers) - CANONICAL.label_centers, axis=1)
+        assert err.max() < 3.0, err  # clean pages: undoing the rotation + resizing is exact
+
+
+def test_bad_input_raises_one_line_stage_error():
+    st = Stage0()
+    for bad, why in [(np.full((400, 600, 3), 255, np.uint8), "blank"), (np.zeros((20, 30, 3), np.uint8), "too small"),
+                     ("a.png", "expected an image array")]:
+        with pytest.raises(StageError, match=why) as e:
+            st(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_loader_inference_writes_outputs(tmp_path, capsys):
+    """A stage-0 checkpoint from the real engine, loaded by the guide's API and the stage0 command."""
+    from ecgtrace.cli import main as cli_main
+    from ecgtrace.train.engine import fit
+
+    cfg = load_config(0, overrides={
+        "OUTPUT.ROOT": str(tmp_path / "out"), "DATA.ROOT": "", "MODEL.BACKBONE.NAME": "test_efficientnet",
+        "MODEL.DECODER_CHANNELS": [16, 8, 8], "MODEL.INPUT_SIZE": [64, 80], "DATA.SYNTHETIC_PER_EPOCH": 2,
+        "DATA.VARIANTS": ["0001"], "TRAIN.EPOCHS": 1, "TRAIN.VAL_FRACTION": 0.0, "DEVICE.DEVICE": "cpu"})
+    fit(cfg)
+    ckpt = tmp_path / "out" / "stage0_checkpoints" / "stage0_best.pth"
+    img, _ = _page(3)
+    cv2.imwrite(str(tmp_path / "page.png"), img)
+    from ecgtrace import ECGModelLoader as Exported
+
+    assert Exported is ECGModelLoader
+    loader = ECGModelLoader(str(ckpt), "cpu")
+    model, config = loader.load_model()
+    assert isinstance(model, nn.Module) and config["MODEL"]["INPUT_SIZE"] == [64, 80]
+    res = loader.inference(tmp_path / "page.png", output_dir=tmp_path / "inf")
+    for key in ("orientation_class", "orientation_confidence", "markers", "homography", "normalized_image"):
+        assert key in res
+    assert 0 <= res["orientation_class"] < 8 and 0.0 <= res["orientation_confidence"] <= 1.0
+    assert res["normalized_image"].shape == (1700, 2200, 3) and res["homography"].shape == (3, 3)
+    assert (tmp_path / "inf" / "marker_prediction.jpg").is_file() and (tmp_path / "inf" / "normalized.png").is_file()
+    rc = cli_main(["stage0", "--checkpoint", str(ckpt), "--image", str(tmp_path / "page.png"),
+                   "--output", str(tmp_path / "cmd")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Orientation: class" in out and "confidence" in out
+    with pytest.raises(StageError, match="not found"):
+        loader.inference(tmp_path / "missing.png")
