@@ -312,7 +312,12 @@ def _runs(il: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, lengths, rank
 
 
-def _solution_layout(ps: ParsedIds, sol_ids: np.ndarray) -> _Layout:
+def _pick(arr, idx) -> list:
+    """A few ids out of an arrow string array (for messages; avoids converting millions of ids)."""
+    return arr.take(np.asarray(idx, dtype=np.int64)[:3]).to_pylist()
+
+
+def _solution_layout(ps: ParsedIds, sol_ids) -> _Layout:
     """Usually a solution is one run per lead with rows 0..n-1 (no sort needed); otherwise sort by (image, lead, row)."""
     il = ps.image * len(LEADS) + ps.lead
     starts, lengths, rank = _runs(il)
@@ -325,13 +330,13 @@ def _solution_layout(ps: ParsedIds, sol_ids: np.ndarray) -> _Layout:
     ks = key[order]
     dup = np.r_[False, np.diff(ks) == 0]
     if dup.any():
-        raise ScoreError(f"solution has {int(dup.sum())} duplicate ids ({_examples(sol_ids[order][dup])})")
+        raise ScoreError(f"solution has {int(dup.sum())} duplicate ids ({_examples(_pick(sol_ids, order[dup]))})")
     starts, lengths, rank = _runs(il[order])
     dense = bool(np.array_equal(ps.row[order], rank))
     return _Layout(order, starts, lengths, il[order][starts], dense, None if dense else ks, max_row)
 
 
-def _match_submission(lay: _Layout, pp: ParsedIds, n_sol: int, sol_ids: np.ndarray, sub_ids: np.ndarray) -> np.ndarray:
+def _match_submission(lay: _Layout, pp: ParsedIds, n_sol: int, sol_ids, sub_ids) -> np.ndarray:
     """Position of each submission row in the ordered solution; a clear error for missing/extra/duplicate ids."""
     il = pp.image * len(LEADS) + pp.lead
     known = pp.image >= 0
@@ -353,13 +358,13 @@ def _match_submission(lay: _Layout, pp: ParsedIds, n_sol: int, sol_ids: np.ndarr
     dup_rows = ok & (counts[pos] > 1)
     if dup_rows.any():
         n_dup = int((counts[counts > 1] - 1).sum())
-        msgs.append(f"{n_dup} duplicate ids ({_examples(pd.unique(sub_ids[dup_rows]))})")
+        msgs.append(f"{n_dup} duplicate ids ({_examples(pd.unique(np.asarray(sub_ids.take(np.flatnonzero(dup_rows)[:50]).to_pylist(), dtype=object)))})")
     if (counts == 0).any():
         miss = np.flatnonzero(counts == 0)
-        ordered = sol_ids[lay.order] if lay.order is not None else sol_ids
-        msgs.append(f"{miss.size} missing ids ({_examples(ordered[miss[:3]])})")
+        rows = lay.order[miss[:3]] if lay.order is not None else miss[:3]
+        msgs.append(f"{miss.size} missing ids ({_examples(_pick(sol_ids, rows)) + (' ...' if miss.size > 3 else '')})")
     if (~ok).any():
-        msgs.append(f"{int((~ok).sum())} ids not in the solution ({_examples(sub_ids[~ok][:3])})")
+        msgs.append(f"{int((~ok).sum())} ids not in the solution ({_examples(_pick(sub_ids, np.flatnonzero(~ok))) + (' ...' if (~ok).sum() > 3 else '')})")
     raise ScoreError("submission does not match the solution: " + "; ".join(msgs)
                      + "; write one row per solution id (see `ecgtrace.submission.validate_submission`)")
 
@@ -404,15 +409,14 @@ def _score_frames(solution: pd.DataFrame, submission: pd.DataFrame, id_col: str,
     sol_arr = _as_arrow_strings(solution[id_col])
     sub_arr = _as_arrow_strings(submission[id_col])
     ps = parse_ids(sol_arr, what="solution")
-    sol_ids = np.asarray(solution[id_col].to_numpy(), dtype=object)
-    lay = _solution_layout(ps, sol_ids)
+    lay = _solution_layout(ps, sol_arr)
     n = len(sol_arr)
     truth = y_true if lay.order is None else y_true[lay.order]
     if len(sub_arr) == n and sub_arr.equals(sol_arr):  # same ids in the same order: nothing to match
         pred = y_pred if lay.order is None else y_pred[lay.order]
     else:
         pp = parse_ids(sub_arr, images=ps.images, what="submission")
-        pos = _match_submission(lay, pp, n, sol_ids, np.asarray(submission[id_col].to_numpy(), dtype=object))
+        pos = _match_submission(lay, pp, n, sol_arr, sub_arr)
         pred = np.empty(n)
         pred[pos] = y_pred
 
