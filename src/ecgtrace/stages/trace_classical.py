@@ -309,6 +309,8 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     has = inrun.any(axis=0)
     st = np.where(inrun, yy, np.inf).min(axis=0)
     sb = np.where(inrun, yy, -np.inf).max(axis=0)
+    st = np.where(has, st, 0.0)
+    sb = np.where(has, sb, 0.0)
     sm = 0.5 * (st + sb)
     smp = np.concatenate([sm[:1], sm[:-1]])
     smn = np.concatenate([sm[1:], sm[-1:]])

@@ -1,0 +1,122 @@
+"""Stage 2: classical trace reading, lead cutting and resampling, Einthoven switch, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgtrace import paper
+from ecgtrace.data.render import RenderStyle, render_page
+from ecgtrace.data.signals import csv_rows, synthesize_ecg
+from ecgtrace.errors import EcgTraceError
+from ecgtrace.metric import snr_for_image
+from ecgtrace.paper import CANONICAL
+from ecgtrace.stages import trace_classical as tc
+from ecgtrace.stages.base import LeadSignals, StageError
+from ecgtrace.stages.stage2 import Stage2, einthoven_correct
+
+FS_ALL = (250.0, 256.0, 500.0, 512.0, 1000.0, 1025.0)
+
+
+def _truth(signals: dict[str, np.ndarray], fs: float) -> dict[str, np.ndarray]:
+    n = len(signals["II"])
+    return {lead: np.asarray(signals[lead])[slice(*csv_rows(lead, fs, n))] for lead in paper.LEADS}
+
+
+@pytest.fixture(scope="module")
+def clean_page():
+    """One clean canonical page (standard 0.75 pt trace on a red grid) and its signals."""
+    fs = 500.0
+    signals = synthesize_ecg(np.random.default_rng(11), fs=fs)
+    img, gt = render_page(signals, fs, page=CANONICAL, style=RenderStyle(), rng=np.random.default_rng(1))
+    return img, gt, signals, fs
+
+
+def test_classical_clean_page_scores_15db(clean_page):
+    img, gt, signals, fs = clean_page
+    out = Stage2()(img, fs)
+    assert isinstance(out, LeadSignals) and out.method == "classical"
+    assert list(out.signals) == list(paper.LEADS)
+    score = snr_for_image(_truth(signals, fs), out.signals, fs)
+    assert score.db >= 15.0, f"classical stage 2 on a clean page: {score.db:.2f} dB ({score.lead_db})"
+    assert all(q == "ok" for q in out.quality.values()), out.quality
+
+
+def test_paths_follow_the_drawn_traces(clean_page):
+    """Median distance from the drawn polyline is sub-pixel on every row."""
+    img, gt, _, _ = clean_page
+    res = tc.trace_rows(img)
+    for r, key in enumerate(tc.ROW_KEYS):
+        leads = paper.LAYOUT_3X4[r] if r < 3 else (paper.RHYTHM_KEY,)
+        gx = np.concatenate([gt.traces[k][:, 0] for k in leads])
+        gy = np.concatenate([gt.traces[k][:, 1] for k in leads])
+        o = np.argsort(gx, kind="stable")
+        tr = res.rows[key]
+        err = np.abs(tr.y - np.interp(tr.x, gx[o], gy[o]))
+        assert np.median(err) < 0.6, f"{key}: median error {np.median(err):.2f} px"
+
+
+@pytest.mark.parametrize("fs", FS_ALL)
+def test_lead_lengths_match_competition_windows(fs):
+    """Every lead gets exactly the samples the competition files hold for it, at every fs."""
+    t = CANONICAL.x_to_time(np.arange(int(CANONICAL.time_to_x(0)) + 1, int(CANONICAL.time_to_x(10))))
+    rows = {k: (t, np.sin(2 * np.pi * 1.3 * t)) for k in tc.ROW_KEYS}
+    leads = tc.cut_leads(rows, fs)
+    n = int(round(10 * fs))
+    assert list(leads) == list(paper.LEADS)
+    for lead, v in leads.items():
+        i0, i1 = csv_rows(lead, fs, n)
+        assert len(v) == i1 - i0, (lead, fs, len(v), i1 - i0)
+        # and the samples sit at their own times: compare with the analytic signal
+        tt = np.arange(i0, i1) / fs
+        inner = (tt > tt[0] + 0.02) & (tt < tt[-1] - 0.02)
+        assert np.max(np.abs(v[inner] - np.sin(2 * np.pi * 1.3 * tt[inner]))) < 2e-3
+    # n_samples overrides (test.csv number_of_rows)
+    over = tc.cut_leads(rows, fs, {"V1": 17, "II": 33})
+    assert len(over["V1"]) == 17 and len(over["II"]) == 33
+
+
+def test_resampling_is_band_limited():
+    """A 25 Hz wave sampled at the page's column rate (~197 Hz) comes back at 1000 Hz within 1 %."""
+    dt = 1.0 / CANONICAL.px_per_s
+    t = np.arange(0, 2.5, dt)
+    f = lambda x: np.sin(2 * np.pi * 25 * x) + 0.5 * np.cos(2 * np.pi * 7 * x)  # noqa: E731
+    out = tc.resample_window(t, f(t), 0.0, 1000.0, 2400)
+    tq = np.arange(2400) / 1000.0
+    inner = (tq > 0.1) & (tq < 2.3)
+    err = np.max(np.abs(out[inner] - f(tq[inner])))
+    lin = np.max(np.abs(np.interp(tq, t, f(t))[inner] - f(tq[inner])))
+    assert err < 0.015 and err < lin / 3, (err, lin)
+
+
+def test_einthoven_switch_reduces_the_residual():
+    rng = np.random.default_rng(0)
+    n = 1250
+    i, iii = rng.normal(size=n), rng.normal(size=n)
+    avr, avl = rng.normal(size=n), rng.normal(size=n)
+    sig = {"I": i + 0.1 * rng.normal(size=n), "II": np.concatenate([i + iii, rng.normal(size=3750)]),
+           "III": iii, "aVR": avr, "aVL": avl, "aVF": -(avr + avl) + 0.1 * rng.normal(size=n)}
+    out = einthoven_correct(sig, alpha=0.33)
+    before = np.abs(sig["I"] + sig["III"] - sig["II"][:n]).mean()
+    after = np.abs(out["I"] + out["III"] - out["II"][:n]).mean()
+    assert after < 0.8 * before
+    assert np.array_equal(out["II"][n:], sig["II"][n:])  # the rest of the rhythm strip is untouched
+    s_before = np.abs(sig["aVR"] + sig["aVL"] + sig["aVF"]).mean()
+    s_after = np.abs(out["aVR"] + out["aVL"] + out["aVF"]).mean()
+    assert s_after < 0.8 * s_before
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(StageError):
+        Stage2()(np.zeros((20, 20, 3), np.uint8), 500)
+    with pytest.raises(StageError, match="rectif"):
+        Stage2()(np.full((1700, 1000, 3), 255, np.uint8), 500)  # wrong aspect: not a rectified page
+    with pytest.raises(EcgTraceError, match="sampling rate"):
+        Stage2()(np.full((850, 1100, 3), 255, np.uint8), 0)
+    with pytest.raises(EcgTraceError, match="not found"):
+        Stage2(checkpoint="/nonexistent/stage2_best.pth")
+
+
+def test_blank_page_flags_missing_traces():
+    out = Stage2()(np.full((850, 1100, 3), 255, np.uint8), 250)
+    assert all(q.startswith("no trace") for q in out.quality.values()), out.quality
