@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Callable
 
 import cv2
@@ -86,20 +87,27 @@ def upsample(coarse: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray
     return out[o:o + h, o:o + w]
 
 
+def upsample_u8(coarse: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray:
+    """Like :func:`upsample` for a uint8 grid (fast fixed-point resize; for photometric fields only)."""
+    h, w = size
+    ch, cw = coarse.shape[:2]
+    out = coarse if step == 1 else cv2.resize(coarse, (cw * step, ch * step), interpolation=cv2.INTER_LINEAR)
+    o = MARGIN * step
+    return out[o:o + h, o:o + w]
+
+
 def sample_coarse(coarse: np.ndarray, pts: np.ndarray, step: int) -> np.ndarray:
     """Bilinear value of a coarse grid at pixel points (N, 2), clamped at the border, float64."""
     ch, cw = coarse.shape[:2]
-    u = np.clip((pts[:, 0] - (step - 1) / 2.0) / step + MARGIN, 0, cw - 1)
-    v = np.clip((pts[:, 1] - (step - 1) / 2.0) / step + MARGIN, 0, ch - 1)
-    u = np.nan_to_num(u)
-    v = np.nan_to_num(v)
+    u = np.clip(np.nan_to_num((pts[:, 0] - (step - 1) / 2.0) / step + MARGIN), 0, cw - 1)
+    v = np.clip(np.nan_to_num((pts[:, 1] - (step - 1) / 2.0) / step + MARGIN), 0, ch - 1)
     i0 = np.minimum(np.floor(v).astype(np.int64), max(ch - 2, 0))
     j0 = np.minimum(np.floor(u).astype(np.int64), max(cw - 2, 0))
     i1 = np.minimum(i0 + 1, ch - 1)
     j1 = np.minimum(j0 + 1, cw - 1)
     fy = (v - i0)
     fx = (u - j0)
-    c = coarse.astype(np.float64)
+    c = coarse  # gathered values are promoted to float64 by the float64 weights
     if c.ndim == 3:
         fx, fy = fx[:, None], fy[:, None]
     top = c[i0, j0] * (1 - fx) + c[i0, j1] * fx
@@ -172,11 +180,11 @@ class Warp:
             return q
         for _ in range(100):
             d = sample_coarse(self.disp, q, self.step)
-            q = p - d if h is None else _apply_h(h, p - d)
-            res = self.backward(q) - p
+            res = self._hinv(q) + d - p  # = backward(q) - p
             err = np.abs(res[np.isfinite(res).all(axis=1)])
             if err.size == 0 or err.max() < POINT_TOL_PX:
                 break
+            q = p - d if h is None else _apply_h(h, p - d)
         return q
 
     def coarse_map(self) -> np.ndarray | None:
@@ -213,6 +221,16 @@ class Warp:
         ``src_mask`` (uint8, input size, 255 = paper) cuts holes (tears) in the paper.
         """
         full = None if self.disp is None else upsample(self.coarse_map(), self.out_size, self.step)
+        if isinstance(fill, np.ndarray) and src_mask is None:
+            # paper over the background; OpenCV blends the boundary pixels itself
+            out = fill.copy()
+            if full is None:
+                m = np.eye(3) if self.hinv is None else self.hinv
+                cv2.warpPerspective(image, m, (self.out_size[1], self.out_size[0]), dst=out,
+                                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_TRANSPARENT)
+            else:
+                cv2.remap(image, full, None, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_TRANSPARENT)
+            return out
         if isinstance(fill, np.ndarray) or src_mask is not None:
             out = self._resample(image, full, cv2.BORDER_REPLICATE, 0)
             if src_mask is None:
@@ -516,14 +534,14 @@ class Light:
         self.A = a.astype(F32) if self.A is None else self.A + a
 
     def apply(self, img: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        """img * G + A (+ noise) at full resolution, saturated to uint8."""
-        f = img.astype(F32)
-        cv2.multiply(f, upsample(self.G, self.size, self.step), dst=f)
+        """img * G + A (+ int16 noise) at full resolution, in uint8 arithmetic (gain quantized to 1/128)."""
+        g8 = cv2.convertScaleAbs(np.clip(self.G, 0, 1.99), alpha=128.0)
+        out = cv2.multiply(img, upsample_u8(g8, self.size, self.step), scale=1.0 / 128)
         if self.A is not None:
-            cv2.add(f, upsample(self.A, self.size, self.step), dst=f)
+            out = cv2.add(out, upsample_u8(cv2.convertScaleAbs(np.clip(self.A, 0, 255)), self.size, self.step))
         if noise is not None:
-            cv2.add(f, noise, dst=f)
-        return cv2.convertScaleAbs(cv2.max(f, 0.0))
+            out = cv2.add(out, noise, dtype=cv2.CV_8U)  # saturating
+        return out
 
 
 def _unit(rng: np.random.Generator) -> tuple[F32, F32]:
@@ -638,20 +656,37 @@ def moire_bands(L: Light, rng: np.random.Generator, strength: float) -> None:
 # =============================================================================
 # full-resolution effects
 # =============================================================================
-def sensor_noise(size: tuple[int, int], rng: np.random.Generator, sigma: float, grain: int = 1,
-                 colour: bool = True) -> np.ndarray:
-    """Gaussian noise image (float32, BGR) of std ``sigma`` grey levels; ``grain`` > 1 makes it blotchy."""
-    h, w = size
-    gh, gw = -(-h // grain), -(-w // grain)
-    cv2.setRNGSeed(int(rng.integers(1, 2 ** 31 - 1)))  # cv2's generator is ~3x faster than numpy's
-    n = np.empty((gh, gw, 3 if colour else 1), F32)
-    cv2.randn(n, 0.0, float(sigma))
-    if grain > 1:
-        n = cv2.resize(n, (gw * grain, gh * grain), interpolation=cv2.INTER_LINEAR).reshape(gh * grain, gw * grain, -1)
-        n = n[:h, :w]
+@lru_cache(maxsize=4)
+def _noise_tile(grain: bool, colour: bool) -> np.ndarray:
+    """A fixed 1024 x 1024 x 3 tile of unit Gaussian noise (fine or camera-grain), made once per process."""
+    z = np.random.default_rng(20240607 + 2 * grain + colour).standard_normal((1024, 1024, 3)).astype(F32)
     if not colour:
-        n = np.repeat(n.reshape(h, w, 1), 3, axis=2)
-    return np.ascontiguousarray(n)
+        z[:] = z[..., :1]
+    if grain:  # demosaicing/denoising leaves noise correlated over ~2 px
+        zp = np.pad(z, ((4, 4), (4, 4), (0, 0)), mode="wrap")  # keep the tile seamless
+        z = np.ascontiguousarray(cv2.GaussianBlur(zp, (0, 0), 0.8)[4:-4, 4:-4])
+        z /= z.std()
+    return z
+
+
+def sensor_noise(size: tuple[int, int], rng: np.random.Generator, sigma: float, grain: bool = False,
+                 colour: bool = True) -> np.ndarray:
+    """Gaussian noise image (int16, BGR) of std ``sigma`` grey levels, for :meth:`Light.apply`.
+
+    Drawn from a cached tile with a random shift and flips (drawing fresh normals for 11 M
+    values costs more than the rest of a scan variant).
+    """
+    h, w = size
+    t = _noise_tile(bool(grain), bool(colour))
+    oy, ox = rng.integers(0, 1024, 2)
+    t = np.roll(t, (int(oy), int(ox)), axis=(0, 1))
+    if rng.random() < 0.5:
+        t = t[::-1]
+    if rng.random() < 0.5:
+        t = t[:, ::-1]
+    t16 = np.round(t * F32(sigma)).astype(np.int16)
+    big = cv2.repeat(t16, -(-h // 1024), -(-w // 1024))
+    return big[:h, :w]
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -742,12 +777,10 @@ def screen_pixels(img: np.ndarray, rng: np.random.Generator, u: float) -> np.nda
         inside = (fx >= k / 3) & (fx < (k + 1) / 3)
         col[:, chn] = np.where(inside, 1.0, 1 - depth)
     row = np.where(fy < 0.85, 1.0, 1 - 0.6 * depth).astype(F32)
-    f = img.astype(F32)
-    f *= col[None, :, :] * (1.0 / (1 - depth * 2 / 3))  # keep mean brightness
-    f *= row[:, None, None]
-    # screens: white is slightly blue, colours more saturated
-    f *= np.array([1.0, 0.98, rng.uniform(0.9, 0.97)], F32)
-    return cv2.convertScaleAbs(np.maximum(f, 0))
+    # keep the mean brightness; screens: white is slightly blue
+    col *= np.array([1.0, 0.98, rng.uniform(0.9, 0.97)], F32) * F32(128.0 / (1 - depth * 2 / 3))
+    pattern = cv2.convertScaleAbs(row[:, None, None] * col[None, :, :])
+    return cv2.multiply(img, pattern, scale=1.0 / 128)
 
 
 def table_background(size: tuple[int, int], rng: np.random.Generator, u: float, kind: str | None = None) -> np.ndarray:
@@ -777,14 +810,13 @@ def table_background(size: tuple[int, int], rng: np.random.Generator, u: float, 
     rel = coarse_nodes(size, step).astype(F32) / np.array([w, h], F32) - 0.5
     dx, dy = _unit(rng)
     tex = tex * (1 + F32(0.3) * (rel[..., 0] * dx + rel[..., 1] * dy))[..., None]
-    full = upsample(np.clip(tex, 0, 255), size, step)
-    return cv2.convertScaleAbs(full)
+    return upsample_u8(cv2.convertScaleAbs(np.clip(tex, 0, 255)), size, step)
 
 
-def corner_tears(size: tuple[int, int], rng: np.random.Generator, u: float, n: int) -> np.ndarray:
-    """Paper mask (255 = paper) with torn-off corners and nicks along the edges."""
+def corner_tears(size: tuple[int, int], rng: np.random.Generator, u: float, n: int) -> list[np.ndarray]:
+    """Polygons (page px) of paper torn off: corners and nicks along the edges."""
     h, w = size
-    m = np.full((h, w), 255, np.uint8)
+    polys = []
     for _ in range(n):
         if rng.random() < 0.5:  # a torn corner
             cx = 0 if rng.random() < 0.5 else w - 1
@@ -794,8 +826,9 @@ def corner_tears(size: tuple[int, int], rng: np.random.Generator, u: float, n: i
             t = np.linspace(0, 1, k)
             # jagged line from (a, 0) to (0, b) relative to the corner
             line = np.stack([a * (1 - t), b * t], 1) + rng.normal(0, 3 * u, (k, 2))
+            line[0, 1] = line[-1, 0] = -3  # start and end just outside the paper
             sx, sy = (1 if cx == 0 else -1), (1 if cy == 0 else -1)
-            pts = np.vstack([[0, 0], line]) * [sx, sy] + [cx, cy]
+            pts = np.vstack([[-3, -3], line]) * [sx, sy] + [cx, cy]
         else:  # a nick on an edge
             side = rng.integers(4)
             L = rng.uniform(0.03, 0.1) * (w if side < 2 else h)
@@ -813,8 +846,25 @@ def corner_tears(size: tuple[int, int], rng: np.random.Generator, u: float, n: i
                 pts = np.stack([across, along], 1)
             else:
                 pts = np.stack([w - 1 - across, along], 1)
-        cv2.fillPoly(m, [np.round(pts * 16).astype(np.int32)], 0, cv2.LINE_AA, 4)
-    return m
+        polys.append(np.asarray(pts, dtype=np.float64))
+    return polys
+
+
+def paste_holes(img: np.ndarray, bg: np.ndarray, polys: list[np.ndarray]) -> None:
+    """Show ``bg`` through polygons (output px), anti-aliased, in place; touches only their bounding boxes."""
+    h, w = img.shape[:2]
+    for poly in polys:
+        if not np.isfinite(poly).all():
+            continue
+        x0, y0 = np.maximum(np.floor(poly.min(0)).astype(int) - 2, 0)
+        x1, y1 = np.minimum(np.ceil(poly.max(0)).astype(int) + 3, [w, h])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(m, [np.round((poly - [x0, y0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+        a = m.astype(F32)[..., None] * F32(1 / 255)
+        roi = img[y0:y1, x0:x1]
+        roi[:] = (roi * (1 - a) + bg[y0:y1, x0:x1] * a + 0.5).astype(np.uint8)
 
 
 # =============================================================================
@@ -858,7 +908,7 @@ def _scan(ctx: _Ctx, bw: bool, mould: bool) -> tuple[np.ndarray, GroundTruth | N
         centers = np.stack([rp.uniform(0.03, 0.97, n) * w, rp.uniform(0.03, 0.97, n) * h], 1)
         radii = rp.uniform(20, 130, n) * u
         mould_halo(L, rp, centers, radii)
-    img = L.apply(img, sensor_noise(size, rp, rp.uniform(1.0, 4.0), grain=1, colour=not bw))
+    img = L.apply(img, sensor_noise(size, rp, rp.uniform(1.0, 4.0), colour=not bw))
     if mould:
         mould_spots(img, rp, centers, radii, u)
     if rp.random() < 0.3:
@@ -893,9 +943,14 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
     src = ctx.image
     if kind == "screen" and ctx.photometric:
         src = screen_pixels(src, rp, u)
-    tears = corner_tears(size, rg, u, int(rg.integers(1, 5))) if kind == "damaged" else None
+    tears = corner_tears(size, rg, u, int(rg.integers(1, 5))) if kind == "damaged" else []
     bg = table_background(out, rp, u, kind="dark" if kind == "screen" else None)
-    img = warp.apply(src, fill=bg, src_mask=tears)
+    img = warp.apply(src, fill=bg)
+    if tears:
+        # densify the tear outlines, then move them exactly like the ground truth
+        dense = [np.concatenate([np.linspace(a, b, 6, endpoint=False) for a, b in zip(t, np.roll(t, -1, 0))])
+                 for t in tears]
+        paste_holes(img, bg, [warp.forward(t) for t in dense])
     gt = warp.move(ctx.gt)
     if not ctx.photometric:
         return img, gt
@@ -918,7 +973,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
             glare(L, rp, rp.uniform(0.03, 0.12))
     light_gradient(L, rp, rp.uniform(0.05, 0.3))
     vignette(L, rp, rp.uniform(0.0, 0.25))
-    noise = sensor_noise(out, rp, rp.uniform(2.0, 6.0), grain=2)
+    noise = sensor_noise(out, rp, rp.uniform(2.0, 6.0), grain=True)
     img = L.apply(img, noise)
     if rp.random() < 0.25:
         img = motion_blur(img, rp, rp.uniform(2, 4) * u)
