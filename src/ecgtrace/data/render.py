@@ -3,8 +3,9 @@
 Everything is placed through :class:`ecgtrace.paper.Page` (grid lines, row
 baselines, calibration pulses, label centres, separator ticks), so the image
 and its :class:`~ecgtrace.data.groundtruth.GroundTruth` agree exactly. Traces
-are drawn with OpenCV fixed-point coordinates (1/16 px, anti-aliased) and the
-ground-truth polylines are those very fixed-point vertices.
+are drawn with OpenCV fixed-point coordinates (1/16 px, anti-aliased); the
+ground-truth polyline of a trace holds one fixed-point vertex per sample, and the
+drawn curve (simplified for speed) stays within ``DRAW_TOL_PX`` = 0.1 px of it.
 
 The grid background depends only on the page and a few style fields, so it is
 drawn once per (page, grid style) and copied for every later page.
@@ -55,6 +56,8 @@ GRID_SCHEMES: dict[str, tuple[BGR, BGR] | None] = {
 _SCHEME_P = {"red": 0.36, "pink": 0.14, "brown": 0.08, "blue": 0.08, "green": 0.07, "grey": 0.08, "bw": 0.12,
              "none": 0.07}
 TRACE_PT_DEFAULT = 0.75  # line width of the trace, points (1/72 in)
+#: Largest distance (px) between the drawn trace curve and its ground-truth polyline.
+DRAW_TOL_PX = 0.1
 
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_PLAIN)
 
@@ -143,22 +146,14 @@ def _coverage(positions: np.ndarray, length: int, width: float) -> np.ndarray:
 _ALPHA_LEVELS = 16  # coverage quantization of the grid; 16 x 16 (minor, major) pairs fit one 8-bit LUT
 
 
-@lru_cache(maxsize=8)
-def _background(page: Page, paper: BGR, colors: tuple[BGR, BGR] | None, major_w: float, minor_w: float,
-                show_minor: bool) -> np.ndarray:
-    """Paper with its grid, read-only; cached per page and grid look.
+@lru_cache(maxsize=12)
+def _grid_levels(page: Page, major_w: float, minor_w: float, show_minor: bool) -> np.ndarray:
+    """(h, w) uint8 per-pixel index minor_level * 16 + major_level of the grid coverage (read-only, cached).
 
-    A pixel's grid coverage is max(row coverage, column coverage) for the minor
-    and for the major lines, so the page is a function of two small integers
-    per pixel: build them with outer maxima and look the colour up in a
-    256-entry table (~10x faster than blending floats).
+    A pixel's coverage is max(row coverage, column coverage), for the minor and
+    for the major lines, so the whole grid is two small integers per pixel.
     """
     h, w = page.size
-    if colors is None:
-        out = np.empty((h, w, 3), dtype=np.uint8)
-        out[:] = np.asarray(paper, dtype=np.uint8)
-        out.setflags(write=False)
-        return out
     scale = page.dpi / 200.0
     q = _ALPHA_LEVELS - 1
 
@@ -167,12 +162,26 @@ def _background(page: Page, paper: BGR, colors: tuple[BGR, BGR] | None, major_w:
         cx = np.rint(_coverage(xs, w, lw) * q).astype(np.uint8)
         return np.maximum(cy[:, None], cx[None, :])
 
-    major_lv = level(page.vline_x(np.arange(page.n_vlines)), page.hline_y(np.arange(page.n_hlines)), major_w * scale)
+    idx = level(page.vline_x(np.arange(page.n_vlines)), page.hline_y(np.arange(page.n_hlines)), major_w * scale)
     if show_minor:
         xs, ys = page.minor_lines()
-        idx = level(xs, ys, minor_w * scale) * np.uint8(_ALPHA_LEVELS) + major_lv
-    else:
-        idx = major_lv
+        idx = level(xs, ys, minor_w * scale) * np.uint8(_ALPHA_LEVELS) + idx
+    idx = cv2.cvtColor(idx, cv2.COLOR_GRAY2BGR)  # 3 equal channels, as cv2.LUT wants for a colour table
+    idx.setflags(write=False)
+    return idx
+
+
+@lru_cache(maxsize=8)
+def _background(page: Page, paper: BGR, colors: tuple[BGR, BGR] | None, major_w: float, minor_w: float,
+                show_minor: bool) -> np.ndarray:
+    """Paper with its grid, read-only; cached per page and grid look (colours via a 256-entry table)."""
+    h, w = page.size
+    if colors is None:
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        out[:] = np.asarray(paper, dtype=np.uint8)
+        out.setflags(write=False)
+        return out
+    q = _ALPHA_LEVELS - 1
     a_min = (np.arange(256) // _ALPHA_LEVELS) / q
     a_maj = (np.arange(256) % _ALPHA_LEVELS) / q
     major, minor = (np.asarray(c, dtype=np.float64) for c in colors)
@@ -180,7 +189,7 @@ def _background(page: Page, paper: BGR, colors: tuple[BGR, BGR] | None, major_w:
     lut = base + a_min[:, None] * (minor - base)
     lut = lut + a_maj[:, None] * (major - lut)
     lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8).reshape(256, 1, 3)
-    out = cv2.LUT(cv2.merge([idx, idx, idx]), lut)
+    out = cv2.LUT(_grid_levels(page, major_w, minor_w, show_minor), lut)
     out.setflags(write=False)
     return out
 
@@ -305,7 +314,7 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
     traces: dict[str, np.ndarray] = {}
     times: dict[str, np.ndarray] = {}
     mvs: dict[str, np.ndarray] = {}
-    polys = []
+    polys = []  # what is drawn: each trace simplified to within DRAW_TOL_PX of its GT polyline
     for key in [lead for row in LAYOUT_3X4 for lead in row] + [RHYTHM_KEY]:
         lead = RHYTHM_LEAD if key == RHYTHM_KEY else key
         i0, i1 = window_indices(key, fs, n)
@@ -313,7 +322,9 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
         mv = np.nan_to_num(np.asarray(signals[lead][i0:i1], dtype=np.float64))
         x, y = page.lead_to_px(key, t, mv)
         pts = _fixed(x, y, page)
-        polys.append(pts)
+        # Many samples fall within one pixel; drawing every one is slow (AA thick segments) and
+        # invisible. Douglas-Peucker keeps the drawn curve within DRAW_TOL_PX of the GT polyline.
+        polys.append(cv2.approxPolyDP(pts.reshape(-1, 1, 2), DRAW_TOL_PX * 16.0, False).reshape(-1, 2))
         traces[key] = pts.astype(np.float64) / 16.0  # exactly what is drawn
         times[key] = t
         mvs[key] = mv
