@@ -617,7 +617,7 @@ def stains(L: Light, rng: np.random.Generator, n: int) -> None:
     ch, cw = L.G.shape[:2]
     for _ in range(n):
         cx, cy = rng.uniform(0.05, 0.95) * cw, rng.uniform(0.05, 0.95) * ch
-        rad = rng.uniform(0.05, 0.22) * min(ch, cw)
+        rad = rng.uniform(0.06, 0.3) * min(ch, cw)
         x0, x1 = int(max(0, cx - 1.6 * rad)), int(min(cw, cx + 1.6 * rad))
         y0, y1 = int(max(0, cy - 1.6 * rad)), int(min(ch, cy + 1.6 * rad))
         if x1 - x0 < 4 or y1 - y0 < 4:
@@ -628,7 +628,7 @@ def stains(L: Light, rng: np.random.Generator, n: int) -> None:
         body = np.clip((1 - t) * 6, 0, 1)
         rim = np.exp(-np.square((t - F32(0.97)) / F32(0.05)))
         colour = np.array([rng.uniform(0.5, 0.8), rng.uniform(0.72, 0.9), rng.uniform(0.88, 1.0)], F32)  # BGR brown
-        a = F32(rng.uniform(0.25, 0.6))
+        a = F32(rng.uniform(0.3, 0.75))
         tex = F32(0.7) + F32(0.3) * _smooth_noise(body.shape, 6, rng)
         amt = np.clip(a * (F32(0.55) * body * tex + F32(0.9) * rim), 0, 1)
         L.G[y0:y1, x0:x1] *= 1 - amt[..., None] * (1 - colour)
@@ -800,9 +800,10 @@ def table_background(size: tuple[int, int], rng: np.random.Generator, u: float, 
         g = rng.uniform(90, 220)
         base = np.array([g, g, g], F32) * (1 + rng.normal(0, 0.05, 3)).astype(F32)
         tex = base * (1 + 0.04 * _smooth_noise((ch, cw), 20, rng)[..., None])
-    elif kind == "cloth":
-        base = rng.uniform(30, 200, 3).astype(F32)
-        tex = base * (1 + 0.1 * _smooth_noise((ch, cw), 6, rng)[..., None])
+    elif kind == "cloth":  # muted fabric / bed sheet / clipboard
+        g = rng.uniform(50, 200)
+        base = (g * (1 + rng.normal(0, 0.12, 3))).astype(F32)
+        tex = base * (1 + 0.06 * _smooth_noise((ch, cw), 25, rng)[..., None])
     else:
         base = np.array([rng.uniform(10, 40)] * 3, F32)
         tex = base * (1 + 0.2 * _smooth_noise((ch, cw), 30, rng)[..., None])
@@ -936,7 +937,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
         if kind == "damaged":
             fields.append(crease_field(size, rg, int(rg.integers(2, 6)), u))
             fields.append(wrinkle_field(size, rg, rg.uniform(1.5, 3.5) * u, rg.uniform(60, 160) * u,
-                                        rg.uniform(0.08, 0.2), ridged=True))
+                                        rg.uniform(0.15, 0.3), ridged=True))
         elif rg.random() < 0.3:
             fields.append(crease_field(size, rg, int(rg.integers(1, 3)), u))
     warp, shade = build_warp(size, out, hinv, fields, step)
@@ -958,7 +959,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
     if shade is not None:
         L.gain(np.clip(1 + shade, 0.4, 1.6))
     if kind == "screen":
-        moire_bands(L, rp, rp.uniform(0.03, 0.12))
+        moire_bands(L, rp, rp.uniform(0.02, 0.08))
         if rp.random() < 0.8:
             glare(L, rp, rp.uniform(0.05, 0.35))
         colour_cast(L, rp, 0.04)
@@ -973,6 +974,9 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
             glare(L, rp, rp.uniform(0.03, 0.12))
     light_gradient(L, rp, rp.uniform(0.05, 0.3))
     vignette(L, rp, rp.uniform(0.0, 0.25))
+    # exposure: phone photos of paper are rarely white; blacks are lifted a little
+    L.gain(F32(rp.uniform(0.7, 1.0)))
+    L.add(np.full(L.G.shape, rp.uniform(0, 18), F32))
     noise = sensor_noise(out, rp, rp.uniform(2.0, 6.0), grain=True)
     img = L.apply(img, noise)
     if rp.random() < 0.25:
