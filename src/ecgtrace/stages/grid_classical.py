@@ -1,0 +1,334 @@
+"""Classical stage-1 grid detection: find the 5 mm lattice points from the grid's own periodicity.
+
+No trained weights. Works on stage 0's output, a page already close to the canonical
+geometry of :mod:`ecgtrace.paper`, so every 5 mm node ``(i, j)`` starts near its
+canonical position ``(vline_x(j), hline_y(i))``; that is also how nodes get their
+indices (the lattice phase nearest the canonical one).
+
+1. A grid-line feature image: colour saturation (red/pink/blue/green grids; the black
+   trace has none) or darkness (grey / black-and-white grids, trace clipped), high-passed
+   to remove shading; the one with the stronger 5 mm periodicity is used.
+2. Periodicity test: the power at the 5 mm frequency in band-wise projections. A page
+   without it (blank, a photo that is not an ECG, a "none"-grid page) is reported, not warped.
+3. Node measurement: around each predicted node a patch is sampled along the local
+   lattice axes; the column/row profiles of the patch peak at the major (5 mm) lines,
+   found with sub-pixel centroids.
+4. Growth: nodes near the page centre are measured first; the lattice fitted to them
+   (:func:`ecgtrace.stages.lattice.fit_lattice`) predicts the next ring, so that
+   perspective and curl that drift by more than half a box over the page are followed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ecgtrace.paper import CANONICAL, Page
+from ecgtrace.stages import lattice as L
+
+
+@dataclass
+class GridDetection:
+    """Detected 5 mm nodes with their lattice indices, plus diagnostics.
+
+    ``points`` (N, 2) input px, ``index`` (N, 2) int (hline i from the top, vline j from the left),
+    ``strength`` (N,) peak contrast of each node (robust z-score, min of its two lines).
+    """
+
+    points: np.ndarray
+    index: np.ndarray
+    strength: np.ndarray
+    feature: str = ""  # "colour" or "dark"
+    periodicity: float = 0.0  # 5 mm spectral peak over its neighbourhood (>= ~4 means a grid)
+    ok: bool = True
+    message: str = ""
+    fit: L.LatticeFit | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# -- feature image --------------------------------------------------------------------
+def _highpass(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Thin bright structures minus the local background (shading, stains), clipped at 0."""
+    bg = cv2.GaussianBlur(a, (0, 0), sigma)
+    return np.clip(a - bg, 0, None)
+
+
+def grid_features(image_bgr: np.ndarray, page: Page = CANONICAL) -> dict[str, np.ndarray]:
+    """Candidate grid-line feature images (float32, grid lines bright), keyed by name."""
+    img = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
+    img = img[..., :3].astype(np.float32)
+    sigma = max(2.0, 0.25 * L.pitch_px(page))
+    chroma = img.max(axis=2) - img.min(axis=2)
+    dark = 255.0 - img.mean(axis=2)
+    feats = {}
+    c = _highpass(chroma, sigma)
+    feats["colour"] = c
+    d = _highpass(dark, sigma)
+    # The trace is darker than any grid line: clip so it weighs no more than a grid pixel.
+    pos = d[d > 4.0]
+    if pos.size:
+        d = np.minimum(d, np.percentile(pos, 90))
+    feats["dark"] = d
+    return feats
+
+
+def periodicity(feat: np.ndarray, pitch: float, n_bands: int = 8) -> float:
+    """How strongly ``feat`` repeats every ``pitch`` px in x and in y (min of the two).
+
+    Band-wise projections (so a small rotation does not blur them), power spectra summed
+    over bands; score = power at the 5 mm frequency / median power of nearby frequencies.
+    """
+    scores = []
+    for axis in (0, 1):  # 0: project columns (vertical lines), 1: rows
+        a = feat if axis == 0 else feat.T
+        h, w = a.shape
+        n = 1 << int(np.ceil(np.log2(max(w, 8))))
+        power = np.zeros(n // 2 + 1)
+        for band in np.array_split(np.arange(h), n_bands):
+            prof = a[band].mean(axis=0)
+            prof = (prof - prof.mean()) * np.hanning(w)
+            power += np.abs(np.fft.rfft(prof, n)) ** 2
+        f = np.fft.rfftfreq(n)
+        f0 = 1.0 / pitch
+        peak = power[(f > 0.85 * f0) & (f < 1.15 * f0)]
+        ref = power[(f > 0.4 * f0) & (f < 1.8 * f0) & ~((f > 0.8 * f0) & (f < 1.2 * f0))]
+        if peak.size == 0 or ref.size == 0:
+            return 0.0
+        scores.append(float(peak.max() / (np.median(ref) + 1e-9)))
+    return min(scores)
+
+
+# -- node measurement ----------------------------------------------------------------
+def _local_axes(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per node, lattice axis vectors (input px per lattice step) along j (x) and i (y)."""
+    ex = np.gradient(pred, axis=1)
+    ey = np.gradient(pred, axis=0)
+    return ex, ey
+
+
+def _robust_z(prof: np.ndarray) -> np.ndarray:
+    """Each row of ``prof`` as a robust z-score (median 0, MAD 1), clipped so one blot cannot dominate."""
+    med = np.median(prof, axis=-1, keepdims=True)
+    mad = np.median(np.abs(prof - med), axis=-1, keepdims=True)
+    scale = 1.4826 * mad + 1e-3 * (np.abs(med) + 1.0)
+    return np.clip((prof - med) / scale, -5.0, 30.0)
+
+
+def _neighbour_sum(z: np.ndarray, valid: np.ndarray, radius: int = 2, sigma: float = 1.2) -> np.ndarray:
+    """Gaussian-weighted sum of the node profiles (nh, nv, n) over each node's lattice neighbours."""
+    nh, nv, n = z.shape
+    zz = np.where(valid[..., None], z, 0.0)
+    pad = np.pad(zz, ((radius, radius), (radius, radius), (0, 0)))
+    out = np.zeros_like(zz)
+    for di in range(-radius, radius + 1):
+        for dj in range(-radius, radius + 1):
+            wgt = np.exp(-(di * di + dj * dj) / (2 * sigma * sigma))
+            out += wgt * pad[radius + di:radius + di + nh, radius + dj:radius + dj + nv]
+    return out
+
+
+def _peak_near(prof: np.ndarray, centre: np.ndarray, search: np.ndarray | int) -> np.ndarray:
+    """Index of the max of each row of ``prof`` within ``centre +- search`` (both per row)."""
+    n = prof.shape[-1]
+    k = np.arange(n)[None, :]
+    win = np.abs(k - np.asarray(centre)[:, None]) <= np.asarray(search).reshape(-1, 1)
+    return np.argmax(np.where(win, prof, -np.inf), axis=1)
+
+
+def _centroid(prof: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Sub-pixel peak position: centroid over +-2 samples above their floor."""
+    n, m = prof.shape
+    offs = np.arange(-2, 3)
+    cols = np.clip(k[:, None] + offs[None, :], 0, m - 1)
+    vals = prof[np.arange(n)[:, None], cols]
+    wts = vals - vals.min(axis=1, keepdims=True)
+    return k + (wts * offs).sum(axis=1) / np.maximum(wts.sum(axis=1), 1e-9)
+
+
+def measure_nodes(feat: np.ndarray, pred: np.ndarray, which: np.ndarray, pitch: float,
+                  search_frac: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Measure the nodes where ``which`` (nh, nv) is True, around the predicted lattice ``pred`` (nh, nv, 2).
+
+    The line offset of each node is chosen on the profiles summed over its lattice neighbours (the grid
+    is where all of them agree; a trace baseline or a text line is not), then refined on the node's own
+    profile. Returns measured positions (nh, nv, 2) and contrast (nh, nv) (0 where not measured).
+    """
+    nh, nv = which.shape
+    sel = np.argwhere(which)
+    ex_all, ey_all = _local_axes(pred)
+    c = pred[sel[:, 0], sel[:, 1]]
+    ex = ex_all[sel[:, 0], sel[:, 1]] / pitch  # input px per canonical px
+    ey = ey_all[sel[:, 0], sel[:, 1]] / pitch
+    half = int(np.ceil(0.5 * pitch)) + 3
+    search = int(np.ceil(search_frac * pitch))
+    a = np.arange(-half, half + 1, dtype=np.float32)
+    aa, bb = np.meshgrid(a, a, indexing="xy")  # rows run along ey, columns along ex
+    xs = c[:, None, None, 0] + aa[None] * ex[:, None, None, 0] + bb[None] * ey[:, None, None, 0]
+    ys = c[:, None, None, 1] + aa[None] * ex[:, None, None, 1] + bb[None] * ey[:, None, None, 1]
+    k, n = len(c), len(a)
+    mx = xs.reshape(k * n, n).astype(np.float32)
+    my = ys.reshape(k * n, n).astype(np.float32)
+    step = max(1, (30000 // n)) * n  # cv2.remap wants fewer than 32767 rows per call
+    patch = np.concatenate([
+        cv2.remap(feat, mx[s:s + step], my[s:s + step], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                  borderValue=0)
+        for s in range(0, k * n, step)
+    ]).reshape(k, n, n)
+    kern = np.array([[0.25, 0.5, 0.25]], dtype=np.float32)  # light smoothing against pixel noise
+    col = cv2.filter2D(patch.mean(axis=1), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across vertical lines
+    row = cv2.filter2D(patch.mean(axis=2), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across horizontal lines
+    # A line cut by the image border (or the border itself) biases the centroid: only nodes well inside count.
+    mg = max(3.0, 0.15 * pitch)
+    hh, ww = feat.shape[:2]
+    inside = (c[:, 0] > mg) & (c[:, 0] < ww - 1 - mg) & (c[:, 1] > mg) & (c[:, 1] < hh - 1 - mg)
+    fine = max(2, int(round(0.08 * pitch)))
+    offsets = []
+    contrast = np.full(k, np.inf)
+    for prof in (col, row):
+        z = _robust_z(prof)
+        zl = np.zeros((nh, nv, n))
+        zl[sel[:, 0], sel[:, 1]] = z
+        vl = np.zeros((nh, nv), dtype=bool)
+        vl[sel[:, 0], sel[:, 1]] = inside
+        comb = _neighbour_sum(zl, vl)[sel[:, 0], sel[:, 1]]
+        kc = _peak_near(comb, np.full(k, half), search)  # where the neighbourhood agrees
+        kf = _peak_near(prof, kc, fine)  # this node's own line near it (z is clipped: use prof)
+        offsets.append(_centroid(prof, kf) - half)
+        contrast = np.minimum(contrast, z[np.arange(k), kf])
+    meas_k = c + offsets[0][:, None] * ex + offsets[1][:, None] * ey
+    inside &= (meas_k[:, 0] > mg) & (meas_k[:, 0] < ww - 1 - mg) & (meas_k[:, 1] > mg) & (meas_k[:, 1] < hh - 1 - mg)
+    meas = np.zeros((nh, nv, 2))
+    con = np.zeros((nh, nv))
+    meas[sel[:, 0], sel[:, 1]] = meas_k
+    con[sel[:, 0], sel[:, 1]] = np.where(inside, contrast, 0.0)
+    return meas, con
+
+
+# -- the whole detection ---------------------------------------------------------------
+def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicity: float = 6.0,
+                min_contrast: float = 2.5, min_coverage: float = 0.08) -> GridDetection:
+    """Find the 5 mm nodes of the grid on a near-canonical page.
+
+    ``ok`` is False (with a message) when there is no periodic grid or too few nodes; the
+    caller must then not warp the page.
+    """
+    h, w = image_bgr.shape[:2]
+    pitch = L.pitch_px(page)
+    empty = GridDetection(np.zeros((0, 2)), np.zeros((0, 2), dtype=np.int64), np.zeros(0), ok=False)
+    if min(h, w) < 4 * pitch:
+        empty.message = f"image {w}x{h} is too small to hold a 5 mm grid at this scale"
+        return empty
+    feats = grid_features(image_bgr, page)
+    scores = {k: periodicity(v, pitch) for k, v in feats.items()}
+    name = max(scores, key=scores.get)
+    feat = np.ascontiguousarray(feats[name], dtype=np.float32)
+    if scores[name] < min_periodicity:
+        empty.feature, empty.periodicity = name, scores[name]
+        empty.message = (f"no 5 mm grid found (periodicity {scores[name]:.1f} < {min_periodicity}); "
+                         "page passed through unrectified")
+        return empty
+
+    nh, nv = page.n_hlines, page.n_vlines
+    pred = L.canonical_nodes(page)
+    ii, jj = np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij")
+    ci, cj = (nh - 1) / 2.0, (nv - 1) / 2.0
+    ring = np.maximum(np.abs(ii - ci) * (nv / nh), np.abs(jj - cj))
+    accepted = np.zeros((nh, nv), dtype=bool)
+    meas = np.zeros((nh, nv, 2))
+    fit = None
+    # Grow outwards from the centre: each ring is predicted by the lattice fitted to the nodes inside it.
+    for radius in (6, 11, 17, 23, 29, np.inf):
+        todo = ring <= radius
+        m, ctr = measure_nodes(feat, pred, todo, pitch, search_frac=0.45)
+        near = np.linalg.norm(m - pred, axis=-1) < 0.4 * pitch
+        accepted = todo & (ctr >= min_contrast) & near
+        meas = m
+        if accepted.sum() >= 12:
+            try:
+                fit = L.fit_lattice(meas[accepted], np.argwhere(accepted), page, smoothing=5.0)
+            except ValueError:
+                continue
+            pred = fit.nodes
+    if fit is None or accepted.sum() < 12:
+        empty.feature, empty.periodicity = name, scores[name]
+        empty.message = f"grid found but only {int(accepted.sum())} nodes measured; page passed through unrectified"
+        return empty
+    # Re-anchor the indices: the lattice found is self-consistent but may sit whole boxes off if
+    # stage 0 left the page centre more than half a box away; take the integer shift that puts
+    # the measured nodes nearest their canonical places over the whole page.
+    acc_idx = np.argwhere(accepted)
+    shift = _best_index_shift(meas[accepted][fit.inliers], acc_idx[fit.inliers], page)
+    if shift != (0, 0):
+        pred = _shift_lattice(pred, shift)
+    # Final pass: every node re-measured at the converged prediction, narrower search.
+    m, ctr = measure_nodes(feat, pred, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.3)
+    near = np.linalg.norm(m - pred, axis=-1) < 0.3 * pitch
+    good = (ctr >= min_contrast) & near
+    det = GridDetection(points=m[good], index=np.argwhere(good), strength=ctr[good], feature=name,
+                        periodicity=scores[name])
+    inside = (pred[..., 0] >= 0) & (pred[..., 0] < w) & (pred[..., 1] >= 0) & (pred[..., 1] < h)
+    cov = good.sum() / max(int(inside.sum()), 1)
+    if good.sum() < 12 or cov < min_coverage:
+        det.ok = False
+        det.message = f"only {int(good.sum())} grid nodes found ({100 * cov:.0f} % of the page); page passed through unrectified"
+    det.extra["coverage"] = float(cov)
+    return det
+
+
+def _best_index_shift(points: np.ndarray, index: np.ndarray, page: Page, reach: int = 2) -> tuple[int, int]:
+    """Integer (di, dj) such that ``index + (di, dj)`` puts ``points`` closest to their canonical places."""
+    best, best_cost = (0, 0), np.inf
+    for di in range(-reach, reach + 1):
+        for dj in range(-reach, reach + 1):
+            cost = np.median(np.linalg.norm(points - L.canonical_points(index + [di, dj], page), axis=1))
+            if cost < best_cost - 1e-6:
+                best, best_cost = (di, dj), cost
+    return best
+
+
+def _shift_lattice(nodes: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """Node lattice re-indexed so that old node (i, j) becomes (i + di, j + dj); the edges are extrapolated."""
+    di, dj = shift
+    nh, nv = nodes.shape[:2]
+    padded = L._pad_linear(nodes, max(abs(di), abs(dj)))
+    p = max(abs(di), abs(dj))
+    return padded[p - di:p - di + nh, p - dj:p - dj + nv].copy()
+
+
+def refine_detection(image_bgr: np.ndarray, det: GridDetection, page: Page = CANONICAL,
+                     min_contrast: float = 2.5) -> GridDetection:
+    """Re-measure the nodes of another detector (the network) with the classical sub-pixel measurement.
+
+    The other detector's indices are kept (its lattice predicts where each node is); nodes the
+    classical measurement cannot confirm keep the other detector's position. Returns ``det``
+    unchanged when the page shows no measurable grid.
+    """
+    if not det.ok or len(det.points) < 12:
+        return det
+    pitch = L.pitch_px(page)
+    feats = grid_features(image_bgr, page)
+    scores = {k: periodicity(v, pitch) for k, v in feats.items()}
+    name = max(scores, key=scores.get)
+    if scores[name] < 6.0:
+        return det
+    try:
+        fit = L.fit_lattice(det.points, det.index, page, smoothing=1.0)
+    except ValueError:
+        return det
+    feat = np.ascontiguousarray(feats[name], dtype=np.float32)
+    nh, nv = page.n_hlines, page.n_vlines
+    m, ctr = measure_nodes(feat, fit.nodes, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.25)
+    good = (ctr >= min_contrast) & (np.linalg.norm(m - fit.nodes, axis=-1) < 0.25 * pitch)
+    pts, idx = m[good], np.argwhere(good)
+    # keep the network's own points where the measurement found nothing
+    own = np.zeros((nh, nv), dtype=bool)
+    own[det.index[fit.inliers, 0], det.index[fit.inliers, 1]] = True
+    own &= ~good
+    pts = np.concatenate([pts, fit.nodes[own]])
+    idx = np.concatenate([idx, np.argwhere(own)])
+    strength = np.concatenate([ctr[good], np.zeros(int(own.sum()))])
+    return GridDetection(points=pts, index=idx, strength=strength, feature=f"model+{name}",
+                         periodicity=scores[name], ok=True, message=det.message,
+                         extra={"refined": int(good.sum()), "model_only": int(own.sum())})

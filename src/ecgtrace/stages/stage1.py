@@ -1,0 +1,180 @@
+"""Stage 1 inference: find the 5 mm grid on stage 0's page and resample it onto the perfect lattice.
+
+``Stage1(checkpoint=None)(page_bgr) -> RectifiedPage``. With a checkpoint the network
+finds the grid nodes and their (row, column) indices; without one (or with
+``method="classical"``) the grid's own periodicity does (:mod:`ecgtrace.stages.grid_classical`).
+Either way :mod:`ecgtrace.stages.lattice` fits the lattice, fills gaps and builds the dense
+map, so ``RectifiedPage.map_xy`` sends every rectified pixel back to the input.
+
+Pages where no grid can be found (blank paper, a photo that is not an ECG, pages printed
+without a grid, black-and-white scans that thresholded the grid away) are **passed through
+unrectified**: the identity map, ``ok=False``, ``confidence=0`` and a message saying so. Stage 0
+already put such a page on the canonical geometry by its lead labels, so downstream stages
+may still read it, at their own risk; nothing is ever warped by a lattice that was not found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from loguru import logger
+
+from ecgtrace.errors import EcgTraceError
+from ecgtrace.paper import CANONICAL, Page
+from ecgtrace.stages import grid_classical as G
+from ecgtrace.stages import lattice as L
+from ecgtrace.stages.base import RectifiedPage
+
+#: A fitted lattice may move nodes at most this many 5 mm boxes from their canonical place
+#: (stage 0 already normalized the page; more means the fit latched onto something else).
+MAX_SHIFT_BOXES = 3.0
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        raise EcgTraceError("stage 1 needs an image array (H, W) or (H, W, 3); pass the page stage 0 returned")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.shape[2] != 3:
+        raise EcgTraceError(f"stage 1 needs 1, 3 or 4 channels, got {image.shape[2]}")
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return image
+
+
+def lattice_is_plausible(nodes: np.ndarray, page: Page) -> tuple[bool, str]:
+    """Reject fits that fold over or move the page far from where stage 0 put it."""
+    pitch = L.pitch_px(page)
+    shift = np.linalg.norm(nodes - L.canonical_nodes(page), axis=-1)
+    if not np.isfinite(nodes).all():
+        return False, "lattice fit produced non-finite nodes"
+    if np.median(shift) > MAX_SHIFT_BOXES * pitch:
+        return False, f"lattice lies {np.median(shift) / pitch:.1f} boxes from the normalized page (stage 0 failed?)"
+    ex = np.diff(nodes, axis=1)[:-1]
+    ey = np.diff(nodes, axis=0)[:, :-1]
+    jac = (ex[..., 0] * ey[..., 1] - ex[..., 1] * ey[..., 0]) / pitch**2
+    if jac.min() < 0.3 or jac.max() > 3.0:
+        return False, f"lattice folds or stretches (cell area ratio {jac.min():.2f}..{jac.max():.2f})"
+    return True, ""
+
+
+class Stage1:
+    """Grid detection and page rectification.
+
+    Args:
+        checkpoint: a ``stage1_*.pth`` file; ``None`` uses the classical path.
+        device: torch device for the network.
+        page: output geometry (canonical 2200 x 1700 by default).
+        method: ``"auto"`` (network if a checkpoint is given, else classical), ``"model"`` or ``"classical"``.
+        refine: with the network, re-measure every node on the full-resolution image around the
+            network's lattice (classical sub-pixel measurement, network's indices).
+    """
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", page: Page = CANONICAL,
+                 method: str = "auto", refine: bool = True) -> None:
+        if method not in ("auto", "model", "classical"):
+            raise EcgTraceError(f"unknown stage-1 method {method!r}; use auto, model or classical")
+        self.page = page
+        self.device = device
+        self.refine = refine
+        self.model = None
+        self.input_size: tuple[int, int] | None = None
+        if checkpoint is not None and method != "classical":
+            from ecgtrace.models.stage1 import load_stage1
+
+            self.model, self.input_size = load_stage1(checkpoint, device)
+        elif method == "model":
+            raise EcgTraceError("stage 1 method 'model' needs a checkpoint; pass --checkpoint stage1_best.pth")
+        self.method = "model" if self.model is not None else "classical"
+
+    # -- detection ------------------------------------------------------------------
+    def detect(self, image_bgr: np.ndarray) -> G.GridDetection:
+        """Grid nodes with indices on a page of ``self.page.size``."""
+        if self.model is None:
+            return G.detect_grid(image_bgr, self.page)
+        from ecgtrace.models.stage1 import predict_grid
+
+        det = predict_grid(self.model, image_bgr, self.input_size, self.page, self.device)
+        if det.ok and self.refine:
+            det = G.refine_detection(image_bgr, det, self.page)
+        return det
+
+    # -- the stage --------------------------------------------------------------------
+    def __call__(self, page_bgr: np.ndarray) -> RectifiedPage:
+        """Rectify ``page_bgr`` (stage 0's page; other sizes are scaled to the page first)."""
+        img = _as_bgr(page_bgr)
+        H, W = self.page.size
+        h_in, w_in = img.shape[:2]
+        sx, sy = w_in / W, h_in / H
+        work = img if (h_in, w_in) == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+        det = self.detect(work)
+        if not det.ok:
+            return self._passthrough(img, det.message, det)
+        try:
+            fit = L.fit_lattice(det.points, det.index, self.page)
+        except ValueError as e:
+            return self._passthrough(img, f"lattice fit failed ({e}); page passed through unrectified", det)
+        ok, why = lattice_is_plausible(fit.nodes, self.page)
+        if not ok:
+            return self._passthrough(img, f"{why}; page passed through unrectified", det)
+        det.fit = fit
+        map_xy = L.dense_map(fit.nodes, self.page)
+        if (sx, sy) != (1.0, 1.0):
+            map_xy = (map_xy * np.array([sx, sy], dtype=np.float32)).astype(np.float32)
+        rect = L.remap(img, map_xy, border_value=255)
+        pitch = L.pitch_px(self.page)
+        err = fit.heldout_px if np.isfinite(fit.heldout_px) else fit.residual_px
+        conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
+        msg = (f"{self.method}: {fit.n_inliers}/{fit.n_points} nodes kept, {100 * fit.coverage:.0f} % of the "
+               f"lattice observed, grid error {err:.2f} px")
+        if conf < 0.3:
+            msg += "; low confidence, check lattice_overlay.png"
+        logger.debug(msg)
+        out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
+                            method=self.method, ok=True, message=msg)
+        out.detection = det  # type: ignore[attr-defined]  # for overlays and benches
+        return out
+
+    def _passthrough(self, img: np.ndarray, message: str, det: G.GridDetection | None) -> RectifiedPage:
+        """Identity result (flagged): never warp a page by a lattice that was not found."""
+        H, W = self.page.size
+        h_in, w_in = img.shape[:2]
+        map_xy = L.identity_map(self.page)
+        if (h_in, w_in) != (H, W):
+            map_xy = (map_xy * np.array([w_in / W, h_in / H], dtype=np.float32)).astype(np.float32)
+            rect = L.remap(img, map_xy, border_value=255)
+        else:
+            rect = img.copy()
+        logger.warning(f"stage 1: {message}")
+        out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float("nan"), confidence=0.0,
+                            method="identity", ok=False, message=message)
+        out.detection = det  # type: ignore[attr-defined]
+        return out
+
+
+def lattice_overlay(image_bgr: np.ndarray, rect: RectifiedPage, page: Page = CANONICAL) -> np.ndarray:
+    """The input page with the fitted lattice (green lines), kept detections (blue) and rejected ones (red)."""
+    vis = _as_bgr(image_bgr).copy()
+    h_in, w_in = vis.shape[:2]
+    H, W = page.size
+    s = np.array([w_in / W, h_in / H])
+    det = getattr(rect, "detection", None)
+    fit = det.fit if det is not None else None
+    if fit is not None:
+        nodes = fit.nodes * s
+        for row in nodes:
+            cv2.polylines(vis, [np.round(row * 4).astype(np.int32)], False, (0, 170, 0), 1, cv2.LINE_AA, 2)
+        for col in nodes.transpose(1, 0, 2):
+            cv2.polylines(vis, [np.round(col * 4).astype(np.int32)], False, (0, 170, 0), 1, cv2.LINE_AA, 2)
+    if det is not None and len(det.points):
+        keep = fit.inliers if fit is not None else np.ones(len(det.points), dtype=bool)
+        for p, k in zip(det.points * s, keep):
+            cv2.circle(vis, (int(round(p[0])), int(round(p[1]))), 3, (255, 80, 0) if k else (0, 0, 255), 1)
+    text = f"{rect.method}  err {rect.grid_error_px:.2f}px  conf {rect.confidence:.2f}" if rect.ok else rect.message
+    cv2.putText(vis, text[:110], (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(vis, text[:110], (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 255, 255), 1, cv2.LINE_AA)
+    return vis
