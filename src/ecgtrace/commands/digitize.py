@@ -46,6 +46,8 @@ def register(subparsers) -> None:
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
+    """A file-safe output name (WFDB record names allow letters, digits, _ and -), unique in this batch."""
+    stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem) or "ecg"
     name, k = stem, 1
     while name in used:
         k += 1
