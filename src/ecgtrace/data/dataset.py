@@ -174,6 +174,9 @@ def write_dataset(out: str | Path, n: int, variants=(CLEAN,), seed: int = 0, wor
         raise EcgTraceError(f"fs must be positive, got {fs}")
     _check_out(out)
     wfdb_paths = _usable_wfdb(wfdb, n + n_test) if wfdb else None
+    if wfdb_paths and len(wfdb_paths) < n + n_test:
+        logger.warning(f"only {len(wfdb_paths)} usable WFDB record(s) for {n + n_test} records: they are reused "
+                       "(with different page styles), so train and test may share signals")
     pages = SyntheticPages(n + n_test, variants=variants, seed=seed, page=page,
                            fs_choices=(float(fs),) if fs else FS_CHOICES, method=method, wfdb_paths=wfdb_paths)
     ids = _record_ids(seed, n + n_test)
