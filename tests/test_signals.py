@@ -116,3 +116,12 @@ def test_wfdb_errors(tmp_path):
     with pytest.raises(EcgTraceError, match="none of the 2") as e:
         load_wfdb_folder(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_neurokit2_option_is_einthoven_consistent():
+    pytest.importorskip("neurokit2")
+    s = synthesize_ecg(np.random.default_rng(0), fs=250, method="neurokit2")
+    assert all(len(v) == 2500 and np.isfinite(v).all() for v in s.values())
+    np.testing.assert_allclose(s["aVF"], s["II"] - s["I"] / 2, atol=1e-12)
+    with pytest.raises(EcgTraceError, match="unknown synthesis method"):
+        synthesize_ecg(0, method="magic")
