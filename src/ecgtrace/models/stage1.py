@@ -1,0 +1,136 @@
+"""Stage 1 network: 5 mm grid-node heatmap + horizontal / vertical grid-line index maps.
+
+Heads (logits at the input size):
+
+- ``points``: 1 channel, a small disc at every 5 mm node (BCE, positive weight ~10);
+- ``hlines``: ``n_hlines + 1`` classes, which horizontal 5 mm line (counted from the page top,
+  class ``i + 1``) a pixel lies on, 0 = background;
+- ``vlines``: ``n_vlines + 1`` classes, likewise for vertical lines counted from the left.
+
+Inference (:func:`predict_grid`): connected components of the heatmap give the nodes, a
+majority vote of the two index maps inside each component gives its (row, column).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ecgtrace.models.backbone import register_model
+from ecgtrace.models.unet import UNet
+from ecgtrace.paper import CANONICAL, Page
+
+POINTS_HEAD = "points"
+HLINES_HEAD = "hlines"
+VLINES_HEAD = "vlines"
+
+
+def head_sizes(page: Page = CANONICAL) -> dict[str, int]:
+    """Channels of each head for ``page`` (45 / 57 line classes on the letter page)."""
+    return {POINTS_HEAD: 1, HLINES_HEAD: page.n_hlines + 1, VLINES_HEAD: page.n_vlines + 1}
+
+
+@register_model("stage1")
+def stage1_unet(encoder_name: str = "resnet18", decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32),
+                pretrained: bool = False, weights: str = "", **kwargs: Any) -> UNet:
+    """U-Net with the three stage-1 heads, CoordConv on (line indices depend on absolute position)."""
+    kwargs.setdefault("seg_heads", head_sizes(CANONICAL))
+    kwargs.setdefault("coord_conv", True)
+    return UNet(encoder_name=encoder_name, decoder_channels=decoder_channels, pretrained=pretrained,
+                weights=weights, **kwargs)
+
+
+def build_stage1(cfg: Any) -> UNet:
+    """Stage 1 model from a :class:`ecgtrace.config.Config` (``MODEL.BACKBONE.*``, ``MODEL.DECODER_CHANNELS``).
+
+    One decoder block per encoder skip plus one more, so the heads work at full input resolution
+    (grid nodes are only a few pixels apart at reduced resolution).
+    """
+    bb = cfg.MODEL.BACKBONE
+    dec = [int(c) for c in cfg.MODEL.DECODER_CHANNELS]
+    dec.append(max(8, dec[-1] // 2))  # the extra block past the shallowest skip brings resnets to stride 1
+    return stage1_unet(encoder_name=bb.NAME, decoder_channels=dec, pretrained=bool(bb.PRETRAINED), weights=bb.WEIGHTS)
+
+
+def load_stage1(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, tuple[int, int]]:
+    """A trained stage-1 network and the (h, w) input size it was trained at."""
+    from ecgtrace.errors import EcgTraceError
+    from ecgtrace.train.checkpoint import config_from_checkpoint, load_model
+
+    model, ckpt = load_model(path, device)
+    heads = set(getattr(model, "seg_heads", {}).keys())
+    if not {POINTS_HEAD, HLINES_HEAD, VLINES_HEAD} <= heads:
+        raise EcgTraceError(f"{path} is not a stage-1 checkpoint (heads: {', '.join(sorted(heads)) or 'none'}); "
+                            "give a stage1_*.pth from `ecgtrace train --stage 1`")
+    cfg = config_from_checkpoint(ckpt)
+    return model, (int(cfg.MODEL.INPUT_SIZE[0]), int(cfg.MODEL.INPUT_SIZE[1]))
+
+
+def decode_points(points_logit: np.ndarray, hlines_logit: np.ndarray, vlines_logit: np.ndarray,
+                  min_prob: float = 0.5, min_votes: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes from one image's head outputs (C, h, w) each.
+
+    Returns points (N, 2) in output px (x, y), index (N, 2) (hline i, vline j) and score (N,).
+    A component whose index votes are not a clear majority (< ``min_votes``) or that falls on
+    background in either index map is dropped.
+    """
+    prob = 1.0 / (1.0 + np.exp(-points_logit[0].astype(np.float64)))
+    mask = (prob >= min_prob).astype(np.uint8)
+    n, lab = cv2.connectedComponents(mask, connectivity=8)
+    if n <= 1:
+        return np.zeros((0, 2)), np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    hl = np.argmax(hlines_logit, axis=0)
+    vl = np.argmax(vlines_logit, axis=0)
+    flat = lab.ravel()
+    sel = flat > 0
+    comp = flat[sel]
+    w = prob.ravel()[sel]
+    h_img, w_img = prob.shape
+    ys, xs = np.divmod(np.flatnonzero(sel), w_img)
+    wsum = np.bincount(comp, weights=w, minlength=n)
+    cx = np.bincount(comp, weights=w * xs, minlength=n) / np.maximum(wsum, 1e-9)
+    cy = np.bincount(comp, weights=w * ys, minlength=n) / np.maximum(wsum, 1e-9)
+    size = np.bincount(comp, minlength=n)
+    peak = np.zeros(n)
+    np.maximum.at(peak, comp, w)
+
+    def vote(classes: np.ndarray, n_cls: int) -> tuple[np.ndarray, np.ndarray]:
+        counts = np.zeros((n, n_cls))
+        np.add.at(counts, (comp, classes.ravel()[sel]), 1.0)
+        best = counts.argmax(axis=1)
+        frac = counts.max(axis=1) / np.maximum(counts.sum(axis=1), 1)
+        return best, frac
+
+    hi, hf = vote(hl, hlines_logit.shape[0])
+    vj, vf = vote(vl, vlines_logit.shape[0])
+    ok = (np.arange(n) > 0) & (hi > 0) & (vj > 0) & (hf >= min_votes) & (vf >= min_votes) & (size >= 1)
+    pts = np.stack([cx, cy], axis=1)[ok]
+    idx = np.stack([hi - 1, vj - 1], axis=1)[ok].astype(np.int64)
+    return pts, idx, peak[ok]
+
+
+@torch.no_grad()
+def predict_grid(model: torch.nn.Module, image_bgr: np.ndarray, input_size: tuple[int, int], page: Page = CANONICAL,
+                 device: str = "cpu"):
+    """Run the network on a page of ``page.size`` and return a :class:`GridDetection` in page px."""
+    from ecgtrace.stages.grid_classical import GridDetection
+    from ecgtrace.train.augment import to_chw
+
+    h, w = int(input_size[0]), int(input_size[1])
+    H, W = image_bgr.shape[:2]
+    x = torch.from_numpy(to_chw(cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)))[None].to(device)
+    out = model(x)
+    get = lambda k: out[k][0].float().cpu().numpy()  # noqa: E731
+    pts, idx, score = decode_points(get(POINTS_HEAD), get(HLINES_HEAD), get(VLINES_HEAD))
+    oh, ow = out[POINTS_HEAD].shape[-2:]
+    # output px -> page px (pixel centres)
+    pts = np.stack([(pts[:, 0] + 0.5) * (W / ow) - 0.5, (pts[:, 1] + 0.5) * (H / oh) - 0.5], axis=1)
+    det = GridDetection(points=pts, index=idx, strength=score, feature="model", periodicity=float("nan"))
+    if len(pts) < 12:
+        det.ok = False
+        det.message = f"the network found only {len(pts)} grid nodes; page passed through unrectified"
+    return det
