@@ -212,3 +212,29 @@ def test_scheduler_warmup_and_decay():
         opt.step()
         sch.step()
     assert lrs[0] < lrs[4] <= 1.0 and math.isclose(max(lrs), 1.0) and lrs[-1] < 0.1
+
+
+def test_train_command_dump_config_and_stage_all(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from ecgtrace.cli import main as cli_main
+    from ecgtrace.train import tasks
+
+    assert cli_main(["train", "--stage", "0", "--preset", "small", "--dump-config", "TRAIN.EPOCHS=7"]) == 0
+    dumped = yaml.safe_load(capsys.readouterr().out)
+    assert dumped["TRAIN"]["EPOCHS"] == 7 and dumped["MODEL"]["INPUT_SIZE"] == [256, 320]
+
+    def fake_get_task(stage):
+        if int(stage) == 0:
+            return TinyTask(n_val=0)
+        raise tasks.StageNotAvailable(f"stage {stage} training is not available yet (test)")
+
+    monkeypatch.setattr(tasks, "get_task", fake_get_task)
+    rc = cli_main(["train", "--stage", "all", f"OUTPUT.ROOT={tmp_path}", "TRAIN.EPOCHS=1", "TRAIN.BATCH_SIZE=8",
+                   "DEVICE.DEVICE=cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "stage 1 training is not available yet" in err and "stage 2 training is not available yet" in err
+    assert (tmp_path / "stage0_checkpoints" / "stage0_final.pth").is_file()
+    assert cli_main(["train", "--stage", "1"]) == 2  # a single unavailable stage is an error (one line)
+    assert "stage 1 training is not available yet" in capsys.readouterr().err
