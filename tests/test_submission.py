@@ -54,7 +54,7 @@ def test_ids_and_build_order():
     assert validate_submission(sub, t).ok
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".csv.gz"])
 def test_round_trip(tmp_path, suffix):
     t = make_test_df()
     sub = build_submission(t, make_preds(t))
@@ -63,8 +63,11 @@ def test_round_trip(tmp_path, suffix):
     assert list(back["id"]) == list(sub["id"])
     if suffix == ".parquet":
         np.testing.assert_array_equal(back["value"].to_numpy(), sub["value"].to_numpy())
-    else:  # 7 significant digits
-        np.testing.assert_allclose(back["value"].to_numpy(), sub["value"].to_numpy(), rtol=1e-6, atol=1e-9)
+    else:  # rounded to 1e-6 mV
+        np.testing.assert_allclose(back["value"].to_numpy(), sub["value"].to_numpy(), rtol=0, atol=5.1e-7)
+        if suffix == ".csv":
+            head = path.read_text().splitlines()[:2]
+            assert head[0] == "id,value" and head[1].startswith("7_0_I,")
     assert not list(tmp_path.glob(".*tmp*"))  # nothing half-written left behind
     # the round-tripped file scores the ceiling against its own solution
     assert score(solution_from(t, make_preds(t)), back, "id") == pytest.approx(CEILING_DB)

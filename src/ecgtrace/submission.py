@@ -48,28 +48,48 @@ def row_ids(image_id: str, lead: str, n: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- write / read
-def write_submission(sub: pd.DataFrame, path: str | Path, float_format: str | None = "%.7g") -> Path:
-    """Write ``id,value`` to ``path`` (.csv or .parquet) atomically (temp file + rename).
+def write_submission(sub: pd.DataFrame, path: str | Path, decimals: int | None = 6) -> Path:
+    """Write ``id,value`` to ``path`` (.csv, .csv.gz or .parquet) atomically (temp file + rename).
 
-    CSV values keep 7 significant digits by default (sub-microvolt; the score
-    cannot tell), which halves the file; parquet keeps float64 exactly.
+    CSV values are rounded to ``decimals`` places (1e-6 mV by default: far below
+    what the score can see) and written by pyarrow, ~10x faster than pandas;
+    parquet keeps float64 exactly.
     """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
     path = Path(path)
     kind = _kind(path)
     missing = [c for c in SUBMISSION_COLUMNS if c not in sub.columns]
     if missing:
         raise EcgTraceError(f"submission table lacks column(s) {', '.join(missing)}; it needs id, value")
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        values = pd.to_numeric(sub["value"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError) as e:
+        raise EcgTraceError(f"submission values must be numbers (mV): {e}") from e
+    ids = sub["id"]
+    ids = ids if pd.api.types.is_string_dtype(ids) else ids.astype(str)
+    from ecgtrace.metric import _as_arrow_strings
+
+    if kind == "csv" and decimals is not None:
+        values = np.round(values, decimals)
+    table = pa.table({"id": _as_arrow_strings(ids), "value": pa.array(values)})
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame = sub[list(SUBMISSION_COLUMNS)]
     try:
         if kind == "parquet":
-            frame.to_parquet(tmp, index=False)
+            pq.write_table(table, tmp)
         else:
-            frame.to_csv(tmp, index=False, float_format=float_format,
-                         compression="gzip" if path.name.lower().endswith(".gz") else None)
+            # pyarrow quotes header names; write a plain header ourselves (ids hold no commas or quotes)
+            opts = pcsv.WriteOptions(include_header=False, quoting_style="none")
+            gz = path.name.lower().endswith(".gz")
+            with (pa.CompressedOutputStream(str(tmp), "gzip") if gz else pa.OSFile(str(tmp), "wb")) as out:
+                out.write(b"id,value\n")
+                pcsv.write_csv(table, out, write_options=opts)
         os.replace(tmp, path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise EcgTraceError(f"cannot write submission {path}: {e}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
