@@ -106,9 +106,14 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
         if kind == "parquet":
             df = pd.read_parquet(path)
         else:
-            try:
-                df = pd.read_csv(path, dtype={"id": str}, engine="pyarrow")
-            except Exception:  # the pyarrow engine is strict about odd rows; the C engine says more
+            try:  # pyarrow reads ~5x faster and keeps ids as arrow strings (no 20 M Python objects)
+                import pyarrow as pa
+                import pyarrow.csv as pcsv
+
+                table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={"id": pa.string()}))
+                df = table.to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string()),
+                                                   pa.large_string(): pd.ArrowDtype(pa.large_string())}.get)
+            except Exception:  # the pyarrow reader is strict about odd rows; pandas' C engine says more
                 df = pd.read_csv(path, dtype={"id": str})
     except Exception as e:  # any parse failure becomes one line
         raise EcgTraceError(f"cannot read {what} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
