@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from ecgtrace.data.render import RenderStyle, render_page  # noqa: E402
 from ecgtrace.data.signals import synthesize_ecg, window_indices  # noqa: E402
 from ecgtrace.data.synthetic import SyntheticPages, apply_variant, available_variants  # noqa: E402
-from ecgtrace.paper import CANONICAL, RHYTHM_KEY  # noqa: E402
+from ecgtrace.paper import CANONICAL, RHYTHM_KEY, Page  # noqa: E402
 
 cv2.setNumThreads(1)
 PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -146,15 +146,21 @@ def main() -> None:
         hp = SyntheticPages(10**6, variants=(heavy,), seed=0)
         res["heavy_render"] = timed(lambda k: hp[k], args.reps)
         res["heavy_render_png"] = timed(lambda k: cv2.imencode(".png", hp[k].image, PNG), args.reps)
+        small = Page(dpi=100)
+        res["clean_render_dpi100"] = timed(lambda k: SyntheticPages(10**6, seed=0, page=small).clean(k), args.reps)
+        res["heavy_render_dpi100"] = timed(lambda k: SyntheticPages(10**6, variants=(heavy,), seed=0, page=small)[k],
+                                           args.reps)
+    res["synth_signals_neurokit2"] = timed(lambda k: synthesize_ecg(k, fs=500, method="neurokit2"), 2)
     res["round_trip"] = round_trip(6)
     res["dataloader_clean"] = dataloader_rate(args.loader_pages, 2, ("0001",))
     res["dataloader_all_variants"] = dataloader_rate(args.loader_pages, 2, variants)
 
     print(f"page {res['page']}, 1 thread, load average {res['loadavg']:.1f} on {res['cpu_count']} cores")
-    for k in ("synth_signals", "clean_render", "clean_render_png", "heavy_render", "heavy_render_png"):
+    for k in ("synth_signals", "synth_signals_neurokit2", "clean_render", "clean_render_png", "heavy_render",
+              "heavy_render_png", "clean_render_dpi100", "heavy_render_dpi100"):
         if k in res:
             r = res[k]
-            print(f"  {k:18s} {r['pages_per_s_cpu']:6.2f} pages/s per core (CPU)  {r['pages_per_s_wall']:6.2f} "
+            print(f"  {k:23s} {r['pages_per_s_cpu']:6.2f} pages/s per core (CPU)  {r['pages_per_s_wall']:6.2f} "
                   f"pages/s wall  {r['ms_per_page_cpu']:7.1f} ms/page")
     print(f"  variant cost only (ms CPU): " + ", ".join(f"{v} {ms}" for v, ms in res["variant_only"].items()))
     print(f"  heaviest variant: {heavy}")
