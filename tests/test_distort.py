@@ -53,7 +53,9 @@ def make_page(dpi: float = DPI, dots_on: str = "grid") -> tuple[np.ndarray, Grou
     fwd = np.stack([gx, gy], -1)
     cand = pts_all if dots_on == "grid" else fwd.reshape(-1, 2).astype(np.float64)
     # dots in the page interior (away from torn corners/edges), apart from traces and each other
-    allv = np.vstack(list(traces.values()))
+    # distance to the drawn segments, not only the vertices (steep QRS segments are long)
+    allv = np.vstack([np.stack([np.interp(np.linspace(0, len(v) - 1, 20 * len(v)), np.arange(len(v)), v[:, k])
+                                for k in range(2)], 1) for v in traces.values()])
     inner = (cand[:, 0] > 0.1 * w) & (cand[:, 0] < 0.9 * w) & (cand[:, 1] > 0.1 * h) & (cand[:, 1] < 0.9 * h)
     far = np.array([np.min(np.hypot(*(allv - p).T)) > 12 for p in cand])
     sel = np.flatnonzero(inner & far)
