@@ -159,14 +159,15 @@ def test_all_zero_prediction_is_signal_over_variance():
     rng = np.random.default_rng(3)
     t = random_ecgish(rng, 50)
     t = {k: v + 0.3 for k, v in t.items()}  # non-zero means make the point
-    p = {k: np.zeros_like(v) for k, v in t.items()}
     sig = sum(np.sum(v ** 2) for v in t.values())
     noise = sum(np.sum((v - v.mean()) ** 2) for v in t.values())
     expected = 10 * np.log10(min(sig / noise, 384))
-    got = score_breakdown(*frames([t], [p], 50))
-    assert got.score_db == pytest.approx(expected, abs=1e-9)
-    assert (got.per_lead["shift"] == 0).all()
-    assert got.score_db > -384  # not zero: the offset absorbs the mean
+    for const in (0.0, 0.3, -1.7):  # 0.3 - mean(0.3, ...) is 5.6e-17, not 0: still a tie at every lag
+        p = {k: np.full_like(v, const) for k, v in t.items()}
+        got = score_breakdown(*frames([t], [p], 50))
+        assert got.score_db == pytest.approx(expected, abs=1e-9)
+        assert (got.per_lead["shift"] == 0).all()
+        assert got.score_db > -384  # not zero: the offset absorbs the mean
 
 
 def test_nan_padding_costs_label_power():

@@ -28,11 +28,13 @@ values (25.8433, 13.6291, 13.0576 dB). Like the official scorer it refuses NaN
 or inf submission values (a submission writer must fill them; see
 :func:`ecgtrace.submission.build_submission`).
 
-Cross-correlation ties are decided in exact arithmetic: correlations within
-``1e-11 * |label_c| * |pred_c|`` of the maximum count as tied. (Computed
-correlations carry rounding noise of about 1e-16 relative; without the
+Cross-correlation ties are decided as in exact arithmetic: correlations within
+``1e-11 * |label| * |pred|`` of the maximum count as tied. (Computed
+correlations carry rounding noise of about 1e-16 relative -- from the FFT, and
+from centring: ``0.3 - mean([0.3, 0.3, ...])`` is 5.6e-17, not 0. Without the
 tolerance a constant prediction, whose correlation is 0 at every lag, would get
-a shift chosen by that noise instead of 0.)
+a shift chosen by that noise instead of 0; the official code, comparing floats
+exactly, does pick such noise-driven shifts there.)
 
 Everything else here -- :func:`score_breakdown`, :func:`snr_for_image`,
 per-lead SNRs -- is **diagnostic, not part of the official score**.
@@ -137,7 +139,8 @@ def _best_shifts(lab: np.ndarray, pred: np.ndarray, kmax: int) -> np.ndarray:
         # irfft(A * conj(B))[k mod nfft] = sum_n a[n + k] b[n]
         full = sfft.irfft(sfft.rfft(a, nfft, axis=1) * np.conj(sfft.rfft(b, nfft, axis=1)), nfft, axis=1)
         corr = full[:, lags % nfft]
-    scale = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    # rounding scale: from the raw values, since centring a constant leaves ~1e-17 residue, not 0
+    scale = np.sqrt((lab * lab).sum(axis=1) * (pred * pred).sum(axis=1))
     best = corr.max(axis=1)
     tied = corr >= (best - TIE_RTOL * scale)[:, None]
     return lags[np.argmax(tied, axis=1)]  # first tied lag in priority order
