@@ -173,7 +173,8 @@ def test_geometric_op_moves_points_with_pixels(name, grid_page):
         assert out.shape[:2] == tuple(gt2.image_size) == warp.out_size
         err, frac = dot_errors(out, gt2.grid_points[idx])
         assert frac > 0.95, (name, seed, frac)
-        assert err.max() < 1.0 and np.median(err) < 0.25, (name, seed, err.max(), np.median(err))
+        # requirement: within 1 px; measured: max ~0.23 px, mostly the locator's own error (0.11 px on a clean page)
+        assert err.max() < 0.5 and np.median(err) < 0.15, (name, seed, err.max(), np.median(err))
         assert on_trace_fraction(out, gt2) > 0.98
 
 
@@ -188,7 +189,7 @@ def test_variant_geometry_is_exact(variant, grid_page):
         assert gt2.variant == variant and gt2.orientation == 0
         err, frac = dot_errors(out, gt2.grid_points[idx])
         assert frac > 0.95, (variant, seed, frac)
-        assert err.max() < 1.0, (variant, seed, err.max())
+        assert err.max() < 0.5 and np.median(err) < 0.15, (variant, seed, err.max())
         assert on_trace_fraction(out, gt2) > 0.97
 
 
