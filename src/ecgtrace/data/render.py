@@ -239,7 +239,7 @@ def _put_centered(img: np.ndarray, text: str, center: np.ndarray, font: int, sca
 
 def _draw_header(img: np.ndarray, page: Page, style: RenderStyle, rng: np.random.Generator) -> None:
     top_band = page.row_band(0)[0]  # never write into the first row's trace band
-    cap = 0.17 * page.px_per_mv * 1.0  # ~1.7 mm capitals
+    cap = 0.22 * page.px_per_mv * rng.uniform(0.85, 1.15)  # ~2.2 mm capitals
     font = cv2.FONT_HERSHEY_SIMPLEX if rng.random() < 0.7 else cv2.FONT_HERSHEY_DUPLEX
     scale = _font_scale(font, cap)
     th = max(1, int(round(page.dpi / 200.0)))

@@ -108,13 +108,13 @@ def _unit(v) -> np.ndarray:
 
 
 def _beat_times(rng: np.random.Generator, hr: float, duration: float, af: bool) -> tuple[np.ndarray, np.ndarray]:
-    """R-peak times (s) covering [-1, duration + 1] and a flag per beat for ectopic (PVC) beats."""
+    """R-peak times (s) from before 0 to past ``duration`` + 1 s, and a flag per beat for ectopic (PVC) beats."""
     rr0 = 60.0 / hr
     resp_f, resp_a = rng.uniform(0.15, 0.35), rng.uniform(0.0, 0.04)
     t = -rng.uniform(0.0, rr0) - 0.5
     times: list[float] = []
     pvc: list[bool] = []
-    pvc_rate = float(rng.choice([0.0, 0.0, 0.0, 0.08, 0.2]))
+    pvc_rate = float(rng.choice([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05, 0.15]))
     while t < duration + 1.0:
         times.append(t)
         pvc.append(False)
