@@ -120,3 +120,35 @@ def test_bad_input_is_a_clear_error():
 def test_blank_page_flags_missing_traces():
     out = Stage2()(np.full((850, 1100, 3), 255, np.uint8), 250)
     assert all(q.startswith("no trace") for q in out.quality.values()), out.quality
+
+
+def test_learned_targets_decode_exactly_and_loss_prefers_them():
+    """Two-pixel column targets decode back to the fractional y; the coordinate loss ranks them first."""
+    import torch
+
+    from ecgtrace.config import load_config
+    from ecgtrace.models.stage2 import TRACE_HEAD, decode_columns
+    from ecgtrace.train.stage2 import TASK, collate
+
+    cfg = load_config(2, overrides={"MODEL.INPUT_SIZE": [850, 1100], "DATA.VARIANTS": ["0001"],
+                                    "DATA.SYNTHETIC_PER_EPOCH": 2, "TRAIN.VAL_FRACTION": 0.0})
+    train, val = TASK.build_datasets(cfg)
+    assert val is None and len(train) == 2
+    batch = collate([train[0]])
+    n, _, h, w = batch["image"].shape
+    assert n == 4 and batch["ty"].shape == (4, w) and batch["valid"].float().mean() > 0.9
+    ty = batch["ty"]
+    y0 = ty.floor().long()
+    f = ty - y0
+    logits = torch.full((n, 1, h, w), -30.0)
+    p0, p1 = (1 - f).clamp_min(1e-6).log(), f.clamp_min(1e-6).log()
+    logits[:, 0].scatter_(1, y0[:, None], p0[:, None])
+    logits[:, 0].scatter_(1, (y0 + 1).clamp(max=h - 1)[:, None], p1[:, None])
+    for k in range(n):
+        y, _ = decode_columns(logits[k, 0])
+        v = batch["valid"][k].numpy()
+        assert np.max(np.abs(y - ty[k].numpy())[v]) < 0.05
+    good, _ = TASK.loss({TRACE_HEAD: logits}, batch)
+    bad, _ = TASK.loss({TRACE_HEAD: torch.randn(n, 1, h, w)}, batch)
+    assert good.item() < 0.8 < bad.item()
+    assert TASK.metrics({TRACE_HEAD: logits}, batch)["y_err_px"] < 0.05

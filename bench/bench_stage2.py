@@ -1,0 +1,150 @@
+"""Stage 2 / end-to-end score (competition rule, dB) on a held-out synthetic test split, per variant.
+
+Modes (each scored with ``ecgtrace.metric`` through a real submission):
+
+- ``e2e``: the whole pipeline on the test pictures (stage 0 -> 1 -> 2, classical unless
+  --checkpoints gives models);
+- ``gt_rect``: stage 2 alone on the pictures rectified with their *ground-truth* geometry,
+  so the difference to ``e2e`` is what stages 0/1 lose;
+- ``gt_rect_einthoven``: the same with the soft Einthoven correction, to measure the switch;
+- ``model_gt_rect`` / ``model_e2e``: with a stage-2 checkpoint (--stage2-checkpoint).
+
+Usage:
+    PYTHONPATH=src python bench/bench_stage2.py [--per-variant 2] [--variants 0001,0003,...]
+        [--modes e2e,gt_rect,gt_rect_einthoven] [--stage2-checkpoint PATH] [--name NAME]
+Writes bench/results/<name>.json (default bench_stage2.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from ecgtrace.commands.evaluate import evaluate  # noqa: E402
+from ecgtrace.data.groundtruth import GroundTruth  # noqa: E402
+from ecgtrace.paper import CANONICAL  # noqa: E402
+from ecgtrace.submission import build_submission, read_test_csv, write_submission  # noqa: E402
+
+ALL = "0001,0003,0004,0005,0006,0009,0010,0011,0012"
+
+
+def make_data(out: Path, variants: list[str], per_variant: int, seed: int) -> Path:
+    """A held-out test split (seed far from every training seed), rendered once and reused."""
+    from ecgtrace.data.dataset import write_dataset
+
+    marker = out / "bench_args.json"
+    args = {"variants": variants, "per_variant": per_variant, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == args:
+        return out
+    write_dataset(out, n=0, n_test=per_variant * len(variants), variants=tuple(variants), seed=seed,
+                  workers=1, progress=True)
+    marker.write_text(json.dumps(args))
+    return out
+
+
+def gt_rect_predictions(data: Path, stage2, ids: list[str], test_df) -> tuple[dict, float]:
+    """Stage 2 alone on GT-rectified test pictures."""
+    import cv2
+
+    from ecgtrace.train.stage2 import gt_rectify
+
+    preds, t_total = {}, 0.0
+    for image_id in ids:
+        rows = test_df[test_df["id"] == image_id]
+        fs = float(rows["fs"].iloc[0])
+        n_samples = {str(k): int(n) for k, n in zip(rows["lead"], rows["number_of_rows"])}
+        img = cv2.imread(str(data / "test" / f"{image_id}.png"))
+        gt = GroundTruth.load(data / "test_gt" / f"{image_id}.gt.npz")
+        rect = gt_rectify(img, gt, CANONICAL.size)
+        t = time.perf_counter()
+        preds[image_id] = stage2(rect, fs, n_samples=n_samples).signals
+        t_total += time.perf_counter() - t
+    return preds, t_total / max(1, len(ids))
+
+
+def score(data: Path, test_df, preds: dict, tag: str, out_dir: Path) -> dict:
+    sub = build_submission(test_df, preds, missing="zeros")
+    path = write_submission(sub, out_dir / f"submission_{tag}.csv")
+    rep = evaluate(path, data, split="test", worst=3)
+    return {"score_db": rep["score_db"], "per_variant": {v: r["score_db"] for v, r in rep["per_variant"].items()},
+            "per_lead": {k: r["snr_db"] for k, r in rep["per_lead"].items()}, "n_images": rep["n_images"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=ALL)
+    ap.add_argument("--per-variant", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=424242)
+    ap.add_argument("--modes", default="e2e,gt_rect,gt_rect_einthoven")
+    ap.add_argument("--checkpoints", default=None, help="stage 0/1/2 checkpoints folder for the e2e mode")
+    ap.add_argument("--stage2-checkpoint", default=None, help="a stage2_*.pth for the model_* modes")
+    ap.add_argument("--name", default="bench_stage2")
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "bench_stage2"))
+    args = ap.parse_args()
+
+    from ecgtrace.commands.predict import predict_split
+    from ecgtrace.stages.stage2 import Stage2
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    work = Path(args.work)
+    data = make_data(work / f"data_{'-'.join(variants)}_{args.per_variant}_{args.seed}", variants,
+                     args.per_variant, args.seed)
+    test_df = read_test_csv(data / "test.csv")
+    ids = list(dict.fromkeys(test_df["id"].astype(str)))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.stage2_checkpoint:
+        modes += [m for m in ("model_gt_rect", "model_e2e") if m not in modes]
+    results: dict = {"variants": variants, "per_variant_images": args.per_variant, "n_images": len(ids),
+                     "seed": args.seed, "cpu_threads": os.environ.get("OMP_NUM_THREADS", "default"), "modes": {}}
+    for mode in modes:
+        t0 = time.time()
+        if mode == "e2e":
+            out = predict_split(data, "test", checkpoints=args.checkpoints, progress=True)
+            path = write_submission(out.submission, work / "submission_e2e.csv")
+            rep = evaluate(path, data, split="test", worst=3)
+            res = {"score_db": rep["score_db"], "per_variant": {v: r["score_db"] for v, r in rep["per_variant"].items()},
+                   "per_lead": {k: r["snr_db"] for k, r in rep["per_lead"].items()}, "n_images": rep["n_images"],
+                   "failed": out.failed, "s_per_image": out.seconds / max(1, out.n_images)}
+        elif mode == "model_e2e":
+            ck = Path(args.stage2_checkpoint)
+            tmp = work / "ckpts_model_e2e"
+            tmp.mkdir(parents=True, exist_ok=True)
+            link = tmp / "stage2_bench.pth"
+            if link.exists() or link.is_symlink():
+                link.unlink()
+            link.symlink_to(ck.resolve())
+            out = predict_split(data, "test", checkpoints=tmp, progress=True)
+            path = write_submission(out.submission, work / "submission_model_e2e.csv")
+            rep = evaluate(path, data, split="test", worst=3)
+            res = {"score_db": rep["score_db"], "per_variant": {v: r["score_db"] for v, r in rep["per_variant"].items()},
+                   "n_images": rep["n_images"], "failed": out.failed, "s_per_image": out.seconds / max(1, out.n_images)}
+        elif mode in ("gt_rect", "gt_rect_einthoven", "model_gt_rect"):
+            st = Stage2(checkpoint=args.stage2_checkpoint if mode == "model_gt_rect" else None,
+                        einthoven=(mode == "gt_rect_einthoven"))
+            preds, spi = gt_rect_predictions(data, st, ids, test_df)
+            res = score(data, test_df, preds, mode, work)
+            res["stage2_s_per_image"] = spi
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+        res["seconds"] = round(time.time() - t0, 1)
+        results["modes"][mode] = res
+        pv = "  ".join(f"{v}:{s:.2f}" for v, s in res["per_variant"].items())
+        print(f"{mode:>20}: {res['score_db']:.2f} dB overall | {pv}", flush=True)
+    out_path = ROOT / "bench" / "results" / f"{args.name}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
