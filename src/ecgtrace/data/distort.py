@@ -702,6 +702,13 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), sigma) if sigma >= 0.2 else img
 
 
+def resolution_loss(img: np.ndarray, factor: float) -> np.ndarray:
+    """Down-sample by ``factor`` and back up: detail finer than the camera resolves is lost (size kept)."""
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(1, int(w * factor)), max(1, int(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def motion_blur(img: np.ndarray, rng: np.random.Generator, length: float) -> np.ndarray:
     """Short linear camera-shake blur of ``length`` px."""
     n = int(max(3, round(length)) | 1)
@@ -745,21 +752,42 @@ def scanner_streaks(img: np.ndarray, rng: np.random.Generator, n: int, u: float)
 
 
 def mould_spots(img: np.ndarray, rng: np.random.Generator, centers: np.ndarray, radii: np.ndarray, u: float) -> None:
-    """Clusters of dark green / black speckles (mould colonies), drawn in place with sub-pixel accuracy."""
-    palette = np.array([[25, 45, 25], [20, 20, 20], [40, 75, 45], [60, 95, 70], [35, 50, 60], [90, 120, 100]], F32)
+    """Mould colonies, in place: clusters of fuzzy dark green / black speckles and blotches.
+
+    Each colony is drawn as an alpha mask in its own bounding box (dense core, sparse
+    fringe, a few irregular blotches), softened so the specks look fuzzy, then
+    composited in one colour that varies from colony to colony.
+    """
+    h, w = img.shape[:2]
+    palette = np.array([[28, 48, 30], [22, 24, 22], [40, 78, 52], [55, 90, 80], [35, 45, 60]], F32)  # BGR
     for (cx, cy), rad in zip(centers, radii):
+        x0, x1 = int(max(0, cx - 2.2 * rad)), int(min(w, cx + 2.2 * rad))
+        y0, y1 = int(max(0, cy - 2.2 * rad)), int(min(h, cy + 2.2 * rad))
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        a = np.zeros((y1 - y0, x1 - x0), np.uint8)
         n_sub = int(rng.integers(2, 7))
-        subs = np.array([cx, cy]) + rng.normal(0, 0.45 * rad, (n_sub, 2))
-        n = int(rng.integers(60, 350))
+        subs = np.array([cx - x0, cy - y0]) + rng.normal(0, 0.5 * rad, (n_sub, 2))
+        n = int(rng.integers(80, 500))
         which = rng.integers(0, n_sub, n)
-        spread = rng.uniform(0.15, 0.4) * rad
-        pts = subs[which] + rng.normal(0, 1, (n, 2)) * spread
-        sizes = np.clip(rng.gamma(1.5, 1.0, n) * 1.2 * u, 0.4 * u, 7 * u)
-        cols = palette[rng.integers(0, len(palette), n)] + rng.normal(0, 8, (n, 3))
-        for (x, y), s, col in zip(pts, sizes, cols):
-            c = tuple(int(v) for v in np.clip(col, 0, 255))
-            cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), max(1, int(round(s * 16))), c, -1,
+        spread = rng.uniform(0.15, 0.45) * rad
+        pts = subs[which] + rng.standard_t(3, (n, 2)) * spread  # heavy tails: a sparse fringe
+        sizes = np.clip(rng.gamma(1.2, 0.9, n) * u * 1.5, 0.35 * u, 6 * u)
+        vals = rng.uniform(90, 255, n)
+        for (x, y), sz, v in zip(pts, sizes, vals):
+            cv2.circle(a, (int(round(x * 16)), int(round(y * 16))), max(1, int(round(sz * 16))), float(v), -1,
                        cv2.LINE_AA, 4)
+        for _ in range(int(rng.integers(0, 4))):  # irregular blotches
+            c = subs[rng.integers(0, n_sub)] + rng.normal(0, 0.2 * rad, 2)
+            ax = (rng.uniform(1, 5) * u, rng.uniform(1, 5) * u)
+            cv2.ellipse(a, (int(c[0] * 16), int(c[1] * 16)), (int(ax[0] * 16), int(ax[1] * 16)),
+                        rng.uniform(0, 180), 0, 360, float(rng.uniform(120, 230)), -1, cv2.LINE_AA, 4)
+        af = a.astype(F32) * F32(1 / 255)
+        soft = cv2.GaussianBlur(af, (0, 0), max(0.6, 1.5 * u))
+        af = np.maximum(af * F32(0.85), soft * F32(0.7))[..., None]  # fuzzy rims
+        col = palette[rng.integers(0, len(palette))] * F32(rng.uniform(0.8, 1.2))
+        roi = img[y0:y1, x0:x1]
+        roi[:] = np.clip(roi * (1 - af) + col * af + 0.5, 0, 255).astype(np.uint8)
 
 
 def screen_pixels(img: np.ndarray, rng: np.random.Generator, u: float) -> np.ndarray:
@@ -955,6 +983,8 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
     gt = warp.move(ctx.gt)
     if not ctx.photometric:
         return img, gt
+    if rp.random() < 0.5:  # the camera resolved less than the page has pixels
+        img = resolution_loss(img, rp.uniform(0.45, 0.85))
     L = Light(out, step)
     if shade is not None:
         L.gain(np.clip(1 + shade, 0.4, 1.6))
