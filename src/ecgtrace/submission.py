@@ -96,6 +96,14 @@ def write_submission(sub: pd.DataFrame, path: str | Path, decimals: int | None =
     return path
 
 
+def _arrow_to_pandas(table) -> pd.DataFrame:
+    """Arrow table -> DataFrame with string columns kept as arrow strings (no millions of Python objects)."""
+    import pyarrow as pa
+
+    return table.to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string()),
+                                         pa.large_string(): pd.ArrowDtype(pa.large_string())}.get)
+
+
 def _read_table(path: Path, what: str) -> pd.DataFrame:
     if not path.exists():
         raise EcgTraceError(f"{what} {path} does not exist; check the path")
@@ -104,15 +112,16 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
     kind = _kind(path)
     try:
         if kind == "parquet":
-            df = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            df = _arrow_to_pandas(pq.read_table(path))
         else:
             try:  # pyarrow reads ~5x faster and keeps ids as arrow strings (no 20 M Python objects)
                 import pyarrow as pa
                 import pyarrow.csv as pcsv
 
                 table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={"id": pa.string()}))
-                df = table.to_pandas(types_mapper={pa.string(): pd.ArrowDtype(pa.string()),
-                                                   pa.large_string(): pd.ArrowDtype(pa.large_string())}.get)
+                df = _arrow_to_pandas(table)
             except Exception:  # the pyarrow reader is strict about odd rows; pandas' C engine says more
                 df = pd.read_csv(path, dtype={"id": str})
     except Exception as e:  # any parse failure becomes one line
