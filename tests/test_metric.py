@@ -279,6 +279,8 @@ def test_errors_are_clear():
         score(sol, sub[sub["id"] != "343_2_V6"], "id")
     with pytest.raises(ScoreError, match="not in the solution .*343_3_I"):
         score(sol, pd.concat([sub, pd.DataFrame({"id": ["343_3_I"], "value": [0.0]})]), "id")
+    with pytest.raises(ScoreError, match="not in the solution .*343_-1_II"):
+        score(sol, sub.replace({"343_1_aVR": "343_-1_II"}), "id")
     with pytest.raises(ScoreError, match="not in the solution .*999_0_I"):
         score(sol, pd.concat([sub, pd.DataFrame({"id": ["999_0_I"], "value": [0.0]})]), "id")
     with pytest.raises(ScoreError, match="duplicate ids .*343_0_I"):

@@ -256,7 +256,7 @@ def parse_ids(ids, images: np.ndarray | None = None, what: str = "submission") -
         codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         images = np.asarray(enc.dictionary.to_pylist(), dtype=object)
     else:
-        codes_a = pc.index_in(img_s, value_set=pa.array(list(images), type=pa.string()))
+        codes_a = pc.index_in(img_s, value_set=pa.array(list(images), type=img_s.type))
         codes = np.asarray(codes_a.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
     return ParsedIds(
         image=codes,
@@ -347,7 +347,7 @@ def _match_submission(lay: _Layout, pp: ParsedIds, n_sol: int, sol_ids, sub_ids)
         seg_of = np.full(int(lay.seg_il.max(initial=0)) + len(LEADS) + 1, -1, dtype=np.int64)
         seg_of[lay.seg_il] = np.arange(lay.seg_il.size)
         seg = np.where(known & (il < seg_of.size), seg_of[np.clip(il, 0, seg_of.size - 1)], -1)
-        ok = (seg >= 0) & (pp.row < lay.lengths[np.maximum(seg, 0)])
+        ok = (seg >= 0) & (pp.row >= 0) & (pp.row < lay.lengths[np.maximum(seg, 0)])
         pos = lay.starts[np.maximum(seg, 0)] + pp.row
     else:
         key = il * (lay.max_row + 1) + pp.row
