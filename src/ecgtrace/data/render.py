@@ -117,7 +117,7 @@ def random_style(rng: np.random.Generator) -> RenderStyle:
         minor_width=float(rng.choice([0.5, 0.7, 1.0])),
         show_minor=bool(rng.random() < 0.9),
         trace_color=(grey, grey, grey),
-        trace_width_pt=float(rng.choice([0.4, 0.55, 0.75, 0.75, 0.75, 1.0, 1.3])),
+        trace_width_pt=float(rng.choice([0.4, 0.55, 0.75, 0.75, 0.75, 1.0])),
         label_scale=float(rng.uniform(0.8, 1.3)),
         label_font=int(rng.choice(_FONTS[:3])),
         header=bool(rng.random() < 0.6),
