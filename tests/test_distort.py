@@ -265,6 +265,7 @@ def test_rendered_page_traces_stay_on_ink():
     signals = pytest.importorskip("ecgtrace.data.signals")
     sig = signals.synthesize_ecg(0, fs=250)
     img, gt = render.render_page(sig, 250, Page(dpi=100), rng=0)
-    for v in ("0003", "0005", "0010"):
-        out, gt2 = distort.apply_variant(img, gt, v, 3, photometric=False)
-        assert on_trace_fraction(out, gt2) > 0.9, v
+    for k, v in enumerate(distort.VARIANTS):
+        out, gt2 = distort.apply_variant(img, gt, v, 3, orientation=k % 8, photometric=False)
+        assert out.shape[:2] == tuple(gt2.image_size) and gt2.orientation == k % 8
+        assert on_trace_fraction(out, gt2) > 0.95, v
