@@ -204,46 +204,27 @@ class Warp:
         q = np.stack([xs.ravel(), ys.ravel()], 1)
         return self._hinv(q).reshape(h, w, 2).astype(F32)
 
-    def _resample(self, image: np.ndarray, full: np.ndarray | None, border: int,
-                  value: tuple[float, ...] | float) -> np.ndarray:
+    def apply(self, image: np.ndarray, fill: tuple[float, float, float] | np.ndarray = (255, 255, 255)) -> np.ndarray:
+        """Warp ``image`` (one resampling); where the input does not cover the output, show ``fill``.
+
+        ``fill`` is a BGR colour or a full-size uint8 background image (a table, a screen bezel);
+        OpenCV blends the pixels on the paper's edge with it.
+        """
         h, w = self.out_size
+        full = None if self.disp is None else upsample(self.coarse_map(), self.out_size, self.step)
+        if isinstance(fill, np.ndarray):
+            if fill.shape[:2] != (h, w):
+                raise EcgTraceError(f"background is {fill.shape[:2]}, the warp makes {(h, w)}; pass a full-size image")
+            out, border, value = fill.copy(), cv2.BORDER_TRANSPARENT, 0
+        else:
+            out, border, value = None, cv2.BORDER_CONSTANT, tuple(float(v) for v in fill)
         if full is None:
             m = np.eye(3) if self.hinv is None else self.hinv
-            return cv2.warpPerspective(image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                       borderMode=border, borderValue=value)
-        return cv2.remap(image, full, None, cv2.INTER_LINEAR, borderMode=border, borderValue=value)
-
-    def apply(self, image: np.ndarray, fill: tuple[float, float, float] | np.ndarray = (255, 255, 255),
-              src_mask: np.ndarray | None = None) -> np.ndarray:
-        """Warp ``image``; where the input does not cover the output, show ``fill``.
-
-        ``fill`` is a BGR colour or a full-size uint8 background image (a table, a screen bezel).
-        ``src_mask`` (uint8, input size, 255 = paper) cuts holes (tears) in the paper.
-        """
-        full = None if self.disp is None else upsample(self.coarse_map(), self.out_size, self.step)
-        if isinstance(fill, np.ndarray) and src_mask is None:
-            # paper over the background; OpenCV blends the boundary pixels itself
-            out = fill.copy()
-            if full is None:
-                m = np.eye(3) if self.hinv is None else self.hinv
-                cv2.warpPerspective(image, m, (self.out_size[1], self.out_size[0]), dst=out,
-                                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_TRANSPARENT)
-            else:
-                cv2.remap(image, full, None, cv2.INTER_LINEAR, dst=out, borderMode=cv2.BORDER_TRANSPARENT)
-            return out
-        if isinstance(fill, np.ndarray) or src_mask is not None:
-            out = self._resample(image, full, cv2.BORDER_REPLICATE, 0)
-            if src_mask is None:
-                src_mask = np.full(image.shape[:2], 255, np.uint8)
-            m = self._resample(src_mask, full, cv2.BORDER_CONSTANT, 0)
-            if isinstance(fill, np.ndarray):
-                bg = fill
-            else:
-                bg = np.empty_like(out)
-                bg[:] = np.asarray(fill, dtype=np.uint8)
-            wm = m.astype(F32) * F32(1.0 / 255.0)
-            return cv2.blendLinear(out, bg, wm, 1.0 - wm)
-        return self._resample(image, full, cv2.BORDER_CONSTANT, tuple(float(v) for v in fill))
+            res = cv2.warpPerspective(image, m, (w, h), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderMode=border, borderValue=value)
+        else:
+            res = cv2.remap(image, full, None, cv2.INTER_LINEAR, dst=out, borderMode=border, borderValue=value)
+        return res
 
     def move(self, gt: GroundTruth | None, **changes) -> GroundTruth | None:
         """Move every ground-truth point with this warp."""
