@@ -24,7 +24,7 @@ import pandas as pd
 from loguru import logger
 
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.metric import ScoreError, fit_length, parse_ids
+from ecgtrace.metric import fit_length, parse_ids
 from ecgtrace.paper import LEADS
 
 SUBMISSION_COLUMNS = ("id", "value")
