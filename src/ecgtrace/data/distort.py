@@ -20,7 +20,6 @@ Sizes scale with the page: every length below is given for the canonical
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
@@ -706,9 +705,9 @@ def to_bw(img: np.ndarray, rng: np.random.Generator, threshold_p: float = 0.35) 
     g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     if rng.random() < threshold_p:
         t = rng.uniform(130, 200)
-        lut = np.where(np.arange(256) < t, rng.uniform(0, 40), rng.uniform(235, 255))
-        # soften the edge a little so anti-aliased lines do not break up
-        lut = np.clip(lut + (np.arange(256) - t) * 0.0, 0, 255)
+        dark, light = rng.uniform(0, 40), rng.uniform(235, 255)
+        ramp = rng.uniform(4, 24)  # a short ramp instead of a step keeps anti-aliased edges smooth
+        lut = dark + (light - dark) * np.clip((np.arange(256) - t) / ramp + 0.5, 0, 1)
     else:
         lo, hi = rng.uniform(0, 40), rng.uniform(200, 250)
         gamma = rng.uniform(0.7, 1.5)
