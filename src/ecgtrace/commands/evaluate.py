@@ -152,7 +152,7 @@ def evaluate(pred: str | Path, truth: str | Path, split: str = "test", worst: in
     """Score ``pred`` against ``truth``; returns the report dict (see :func:`build_report`)."""
     from loguru import logger
 
-    from ecgtrace.metric import parse_ids, score_breakdown
+    from ecgtrace.metric import ScoreError, parse_ids, score_breakdown
     from ecgtrace.submission import (_ID_PATTERN, load_solution, match_solution_to_images, read_submission,
                                      validate_submission)
 
@@ -179,12 +179,15 @@ def evaluate(pred: str | Path, truth: str | Path, split: str = "test", worst: in
         if not keep.all():
             logger.info(f"scoring the {int(keep.sum())} of {keep.size} truth images that the submission predicts")
             frame = frame[keep[ps.image]]
-    report = validate_submission(sub, frame)
-    if not report.ok:
+    try:
+        breakdown = score_breakdown(frame, sub, "id")
+    except ScoreError:  # say everything that is wrong at once, not just the first problem
+        report = validate_submission(sub, frame)
+        if report.ok:
+            raise
         raise EcgTraceError(f"submission {pred} does not match the truth: {'; '.join(report.problems())}"
                             + ("" if only_predicted or split == "train" else
-                               " (to score just the images it predicts, add --only-predicted)"))
-    breakdown = score_breakdown(frame, sub, "id")
+                               " (to score just the images it predicts, add --only-predicted)")) from None
     rep = build_report(breakdown, sol.variants, worst=worst)
     rep["pred"], rep["truth"], rep["split"] = str(pred), str(sol.source), split
     return rep
