@@ -573,6 +573,12 @@ def colour_cast(L: Light, rng: np.random.Generator, amount: float) -> None:
     L.gain((g / g.max()).astype(F32))
 
 
+def paper_texture(L: Light, rng: np.random.Generator, amount: float) -> None:
+    """Mottled paper: faint blotchy brightness variation a few mm across."""
+    ch, cw = L.G.shape[:2]
+    L.gain(1 + F32(amount) * _smooth_noise((ch, cw), rng.uniform(1.5, 4.0), rng))
+
+
 def paper_age(L: Light, rng: np.random.Generator, amount: float) -> None:
     """Yellowed paper (less blue, a little less green)."""
     a = rng.uniform(0.3, 1.0) * amount
@@ -904,6 +910,7 @@ def _scan(ctx: _Ctx, bw: bool, mould: bool) -> tuple[np.ndarray, GroundTruth | N
     img = blur(img, rp.uniform(0.2, 0.5) * u * 2)
     L = Light(size, _grid_step(u))
     paper_age(L, rp, 0.12 if mould else 0.05)
+    paper_texture(L, rp, rp.uniform(0.005, 0.02))
     colour_cast(L, rp, 0.02)
     light_gradient(L, rp, rp.uniform(0.0, 0.08))
     if rp.random() < 0.5:  # broad streaks along the scan direction
@@ -975,6 +982,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
         colour_cast(L, rp, 0.04)
     else:
         paper_age(L, rp, 0.15 if kind in ("stained", "damaged") else 0.04)
+        paper_texture(L, rp, rp.uniform(0.01, 0.03))
         colour_cast(L, rp, 0.05)
         if rp.random() < 0.6:
             shadow(L, rp, rp.uniform(0.15, 0.5))
