@@ -20,6 +20,7 @@ def stage0_unet(encoder_name: str = "resnet18", decoder_channels: list[int] | tu
     """U-Net with a 14-class ``markers`` head (background + 13 labels) and an 8-class ``orientation`` head."""
     kwargs.setdefault("seg_heads", {MARKER_HEAD: N_MARKER_CLASSES})
     kwargs.setdefault("cls_heads", {ORIENT_HEAD: N_ORIENTATIONS})
+    kwargs.setdefault("cls_pool", 2)  # orientation needs coarse layout (where the traces/labels are)
     return UNet(encoder_name=encoder_name, decoder_channels=decoder_channels, pretrained=pretrained,
                 weights=weights, **kwargs)
 

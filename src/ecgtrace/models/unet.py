@@ -61,6 +61,8 @@ class UNet(nn.Module):
             skip have no skip (e.g. a 5th block brings resnet18 to stride 1).
         seg_heads: name -> number of classes/channels of a per-pixel head.
         cls_heads: name -> number of classes of a per-image head (pooled deepest features).
+        cls_pool: the deepest features are average-pooled to a ``cls_pool x cls_pool`` grid before the
+            classification heads (1 = global pooling; 2 keeps a coarse layout, which page orientation needs).
         coord_conv: add two coordinate channels to the input.
         pretrained, weights: see :func:`ecgtrace.models.backbone.build_encoder`.
         out_stride: seg logits are returned at input size / out_stride.
@@ -78,6 +80,7 @@ class UNet(nn.Module):
         weights: str = "",
         out_stride: int = 1,
         in_chans: int = 3,
+        cls_pool: int = 1,
     ) -> None:
         super().__init__()
         seg_heads = dict(seg_heads or {})
@@ -97,9 +100,13 @@ class UNet(nn.Module):
                 "coord_conv": bool(coord_conv),
                 "out_stride": int(out_stride),
                 "in_chans": int(in_chans),
+                "cls_pool": int(cls_pool),
             },
         }
         self.coord_conv = coord_conv
+        if cls_pool < 1:
+            raise ValueError(f"cls_pool must be >= 1, got {cls_pool}")
+        self.cls_pool = int(cls_pool)
         self.out_stride = out_stride
         self.encoder = build_encoder(encoder_name, pretrained=pretrained, weights=weights,
                                      in_chans=in_chans + (2 if coord_conv else 0))
@@ -120,7 +127,8 @@ class UNet(nn.Module):
         feat = cin
         self.seg_heads = nn.ModuleDict({k: nn.Conv2d(feat, n, 3, padding=1) for k, n in seg_heads.items()})
         self.cls_heads = nn.ModuleDict({
-            k: nn.Sequential(nn.Dropout(0.1), nn.Linear(chans[-1], n)) for k, n in cls_heads.items()
+            k: nn.Sequential(nn.Dropout(0.1), nn.Linear(chans[-1] * cls_pool * cls_pool, n))
+            for k, n in cls_heads.items()
         })
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,7 +154,10 @@ class UNet(nn.Module):
                     logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
                 out[name] = logits
         if self.cls_heads:
-            pooled = deepest.mean(dim=(2, 3))
+            if self.cls_pool == 1:
+                pooled = deepest.mean(dim=(2, 3))
+            else:
+                pooled = F.adaptive_avg_pool2d(deepest, self.cls_pool).flatten(1)
             for name, head in self.cls_heads.items():
                 out[name] = head(pooled)
         return out
