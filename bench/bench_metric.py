@@ -96,12 +96,22 @@ def main() -> None:
             tr = time.perf_counter() - t0
             io[ext] = {"write_s": round(tw, 2), "read_s": round(tr, 2), "mb": round(path.stat().st_size / 1e6, 1)}
             print(f"{ext}: write {tw:.2f} s, read {tr:.2f} s, {io[ext]['mb']} MB ({len(back):,} rows)")
+        # the whole `ecgtrace evaluate` path: read both files, score, build the report
+        from ecgtrace.commands.evaluate import evaluate
+
+        sol_path = Path(tmp) / "solution.parquet"
+        sol.to_parquet(sol_path, index=False)
+        t0, c0 = time.perf_counter(), time.process_time()
+        rep = evaluate(Path(tmp) / "sub.parquet", sol_path)
+        t_eval, c_eval = time.perf_counter() - t0, time.process_time() - c0
+        print(f"evaluate (parquet in, report out): wall {t_eval:.2f} s, CPU {c_eval:.2f} s, {rep['score_db']} dB")
 
     out = {
         "images": args.images, "fs": args.fs, "rows": len(sol), "score_db": round(result.score_db, 4),
         "score_seconds": round(min(times), 3), "score_seconds_all": [round(t, 3) for t in times],
         "score_cpu_seconds": round(min(cpu), 3), "per_image_ms": round(1000 * min(times) / args.images, 3),
         "same_order_seconds": round(t_same, 3), "same_order_cpu_seconds": round(c_same, 3), "io": io,
+        "evaluate_seconds": round(t_eval, 2), "evaluate_cpu_seconds": round(c_eval, 2),
         "cpu_count": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -436,15 +436,16 @@ def load_solution(path_or_dir: str | Path, split: str = "test", ids: list[str] |
 _VARIANT_SUFFIX = re.compile(r"^(?P<rid>.+)-(?P<variant>[0-9]{4})$")
 
 
-def match_solution_to_images(solution: Solution, image_ids: list[str]) -> Solution:
+def match_solution_to_images(solution: Solution, image_ids: list[str], parsed=None) -> Solution:
     """Fit a solution to the images a submission predicts.
 
     Images of the train split are named ``{record}-{NNNN}`` (one per variant)
     while the truth is per record: each such image gets a copy of its record's
     truth, and ``NNNN`` becomes its variant. Image ids already in the solution
     are kept as they are. Other images are left alone (scoring reports them).
+    ``parsed``: the solution's ids already split by :func:`ecgtrace.metric.parse_ids`.
     """
-    sol_imgs = parse_ids(solution.frame["id"], what="solution")
+    sol_imgs = parsed if parsed is not None else parse_ids(solution.frame["id"], what="solution")
     have = set(sol_imgs.images)
     todo = {}
     for img in image_ids:

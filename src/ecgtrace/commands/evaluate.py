@@ -168,10 +168,12 @@ def evaluate(pred: str | Path, truth: str | Path, split: str = "test", worst: in
     if split == "train":  # read only the records the submission predicts
         ids = sorted({i.rsplit("-", 1)[0] if i.rsplit("-", 1)[-1].isdigit() else i for i in pred_images} | set(pred_images))
     sol = load_solution(truth, split=split, ids=ids)
-    sol = match_solution_to_images(sol, pred_images)
+    ps = parse_ids(sol.frame["id"], what="solution")
+    matched = match_solution_to_images(sol, pred_images, parsed=ps)
+    if matched is not sol:  # per-variant copies of record truth: new ids
+        sol, ps = matched, parse_ids(matched.frame["id"], what="solution")
     frame = sol.frame
     if only_predicted or split == "train":
-        ps = parse_ids(frame["id"], what="solution")
         keep = np.isin(ps.images, pred_images)
         if not keep.any():
             raise EcgTraceError(f"none of the {len(pred_images)} predicted images ({', '.join(pred_images[:3])}) "
