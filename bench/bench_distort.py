@@ -77,7 +77,8 @@ def step_costs(img: np.ndarray, gt, n: int) -> dict[str, float]:
         "scan warp: warpPerspective": lambda i: distort.rotation_warp(size, np.random.default_rng(i)).apply(img),
         "table background": lambda i: distort.table_background(warp.out_size, np.random.default_rng(i), u),
         "lighting + noise (uint8)": lambda i: L.apply(warped, noise),
-        "sensor noise tile": lambda i: distort.sensor_noise(warp.out_size, np.random.default_rng(i), 4.0),
+        "sensor noise (tile + saturating add)": lambda i: distort.add_noise(
+            warped, distort.sensor_noise(warp.out_size, np.random.default_rng(i), 4.0)),
         "stains (coarse)": lambda i: distort.stains(distort.Light(warp.out_size, 8), np.random.default_rng(i), 4),
         "screen subpixels": lambda i: distort.screen_pixels(img, np.random.default_rng(i), u),
         "gaussian blur": lambda i: distort.blur(warped, 1.0),

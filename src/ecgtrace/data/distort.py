@@ -520,7 +520,7 @@ class Light:
         if self.A is not None:
             out = cv2.add(out, upsample_u8(cv2.convertScaleAbs(np.clip(self.A, 0, 255)), self.size, self.step))
         if noise is not None:
-            out = cv2.add(out, noise, dtype=cv2.CV_8U)  # saturating
+            out = add_noise(out, noise)
         return out
 
 
@@ -657,22 +657,32 @@ def _noise_tile(grain: bool, colour: bool) -> np.ndarray:
 
 def sensor_noise(size: tuple[int, int], rng: np.random.Generator, sigma: float, grain: bool = False,
                  colour: bool = True) -> np.ndarray:
-    """Gaussian noise image (int16, BGR) of std ``sigma`` grey levels, for :meth:`Light.apply`.
+    """Gaussian noise (int16, BGR) of std ``sigma`` grey levels as a 1024 x 1024 tile, for :meth:`Light.apply`.
 
-    Drawn from a cached tile with a random shift and flips (drawing fresh normals for 11 M
-    values costs more than the rest of a scan variant).
+    A cached tile with a random shift and flips, repeated over the image (drawing fresh
+    normals for 11 M values costs more than the rest of a scan variant). ``size`` is unused
+    beyond documenting intent; the tile covers any size by repetition.
     """
-    h, w = size
     t = _noise_tile(bool(grain), bool(colour))
     oy, ox = rng.integers(0, 1024, 2)
-    t = np.roll(t, (int(oy), int(ox)), axis=(0, 1))
-    if rng.random() < 0.5:
-        t = t[::-1]
-    if rng.random() < 0.5:
-        t = t[:, ::-1]
-    t16 = np.round(t * F32(sigma)).astype(np.int16)
-    big = cv2.repeat(t16, -(-h // 1024), -(-w // 1024))
-    return big[:h, :w]
+    fy, fx = rng.random(2) < 0.5
+    t16 = np.rint(t * F32(max(sigma, 0.0))).astype(np.int16)
+    t16 = t16[::-1 if fy else 1, ::-1 if fx else 1]
+    return np.roll(t16, (int(oy), int(ox)), axis=(0, 1))  # a contiguous copy
+
+
+def add_noise(img: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Saturating ``img + noise`` where ``noise`` (int16) is full-size or a tile repeated over the image."""
+    h, w = img.shape[:2]
+    th, tw = noise.shape[:2]
+    if (th, tw) == (h, w):
+        return cv2.add(img, noise, dtype=cv2.CV_8U)
+    out = np.empty_like(img)
+    for y in range(0, h, th):
+        for x in range(0, w, tw):
+            roi = img[y:y + th, x:x + tw]
+            out[y:y + th, x:x + tw] = cv2.add(roi, noise[:roi.shape[0], :roi.shape[1]], dtype=cv2.CV_8U)
+    return out
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
