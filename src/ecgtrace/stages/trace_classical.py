@@ -33,6 +33,9 @@ from ecgtrace.paper import CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
 
 #: row key -> the leads it shows (rows 0-2: four leads; row 3: the rhythm strip).
 ROW_KEYS: tuple[str, ...] = ("row0", "row1", "row2", RHYTHM_KEY)
+#: Ink level that counts as "on the trace" when measuring a column's ink run (thin anti-aliased
+#: strokes rarely reach 0.5).
+RUN_THRESHOLD = 0.4
 
 
 @dataclass
@@ -285,7 +288,7 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     (plus half the line width), a trough its bottom, a monotone stroke its midpoint.
     """
     hb, n = prob_band.shape
-    ya, yb = _runs(prob_band, path, 0.5, max_run)
+    ya, yb = _runs(prob_band, path, RUN_THRESHOLD, max_run)
     offs = np.arange(-radius, radius + 1)
     rows = np.clip(path[None, :] + offs[:, None], 0, hb - 1)
     wts = prob_band[rows, np.arange(n)[None, :]] ** 2
@@ -303,7 +306,7 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     y = np.where(peak, ya + hw, np.where(trough, yb - hw, mid))
     # where a skeleton exists inside the run, its extent is the centre line's own span in this
     # column (the line width no longer bleeds in from the neighbouring columns of a sharp peak)
-    skel = thin(prob_band >= 0.5)
+    skel = thin(prob_band >= RUN_THRESHOLD)
     yy = np.arange(hb, dtype=np.float64)[:, None]
     inrun = skel & (yy >= np.floor(ya)[None, :]) & (yy <= np.ceil(yb)[None, :])
     has = inrun.any(axis=0)
@@ -339,10 +342,16 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     for row in range(N_ROWS):
         top, bot = _row_band(page, row, p, h)
         band = prob[top:bot + 1, x0:x1 + 1]
+        # the row's own ink level: the strongest ink of most columns is this row's trace (a thin
+        # grey trace can be much fainter than bold labels or a scanner streak, which set the page scale)
+        level = float(np.median(band.max(axis=0)))
+        if 0.05 < level < 0.85:
+            band = np.clip(band / (level / 0.85), 0.0, 1.0)
         ys = np.arange(top, bot + 1, dtype=np.float64)
         d_mv = np.minimum(np.abs(page.y_to_mv(row, ys)), p.baseline_pull_cap_mv)
         unary = (1.0 - band) + p.baseline_pull * (d_mv ** 2)[:, None] + claimed[top:bot + 1, x0:x1 + 1]
-        step = p.step_ink_cost * (1.0 - band) + p.step_base_cost
+        # moving along faint ink (a thin, anti-aliased steep stroke) should be as cheap as along solid ink
+        step = p.step_ink_cost * (1.0 - np.clip(band / 0.4, 0.0, 1.0)) + p.step_base_cost
         if row < N_ROWS - 1:
             # the row switches lead at each column start: the trace may jump there for free
             for c in range(1, paper.N_COLUMNS):
