@@ -87,7 +87,7 @@ def upsample(coarse: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray
 
 
 def upsample_u8(coarse: np.ndarray, size: tuple[int, int], step: int) -> np.ndarray:
-    """Like :func:`upsample` for a uint8 grid (fast fixed-point resize; for photometric fields only)."""
+    """Like :func:`upsample` for a uint8/uint16 grid (fast fixed-point resize; for photometric fields only)."""
     h, w = size
     ch, cw = coarse.shape[:2]
     out = coarse if step == 1 else cv2.resize(coarse, (cw * step, ch * step), interpolation=cv2.INTER_LINEAR)
@@ -337,7 +337,7 @@ def wrinkle_field(page_size: tuple[int, int], rng: np.random.Generator, amp_px: 
     height = z[..., 2]
     if ridged:
         h2 = _smooth_noise((gh, gw), cell_px / st / 2.3, rng)
-        height = -np.abs(height) - 0.5 * np.abs(h2)
+        height = -np.abs(height) - 0.3 * np.abs(h2)
     hx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3)
     hy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3)
     light = rng.normal(0, 1, 2)
@@ -514,9 +514,9 @@ class Light:
         self.A = a.astype(F32) if self.A is None else self.A + a
 
     def apply(self, img: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        """img * G + A (+ int16 noise) at full resolution, in uint8 arithmetic (gain quantized to 1/128)."""
-        g8 = cv2.convertScaleAbs(np.clip(self.G, 0, 1.99), alpha=128.0)
-        out = cv2.multiply(img, upsample_u8(g8, self.size, self.step), scale=1.0 / 128)
+        """img * G + A (+ int16 noise) at full resolution, in integer arithmetic (gain in 1/4096 steps)."""
+        g16 = np.rint(np.clip(self.G, 0, 15.9) * 4096).astype(np.uint16)
+        out = cv2.multiply(img, upsample_u8(g16, self.size, self.step), scale=1.0 / 4096, dtype=cv2.CV_8U)
         if self.A is not None:
             out = cv2.add(out, upsample_u8(cv2.convertScaleAbs(np.clip(self.A, 0, 255)), self.size, self.step))
         if noise is not None:
@@ -920,7 +920,7 @@ def _scan(ctx: _Ctx, bw: bool, mould: bool) -> tuple[np.ndarray, GroundTruth | N
     img = blur(img, rp.uniform(0.2, 0.5) * u * 2)
     L = Light(size, _grid_step(u))
     paper_age(L, rp, 0.12 if mould else 0.05)
-    paper_texture(L, rp, rp.uniform(0.005, 0.02))
+    paper_texture(L, rp, rp.uniform(0.002, 0.008))
     colour_cast(L, rp, 0.02)
     light_gradient(L, rp, rp.uniform(0.0, 0.08))
     if rp.random() < 0.5:  # broad streaks along the scan direction
@@ -961,8 +961,8 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
             fields.append(wrinkle_field(size, rg, rg.uniform(1.0, 3.0) * u, rg.uniform(120, 300) * u, 0.06))
         if kind == "damaged":
             fields.append(crease_field(size, rg, int(rg.integers(2, 6)), u))
-            fields.append(wrinkle_field(size, rg, rg.uniform(1.5, 3.5) * u, rg.uniform(60, 160) * u,
-                                        rg.uniform(0.15, 0.3), ridged=True))
+            fields.append(wrinkle_field(size, rg, rg.uniform(1.5, 3.5) * u, rg.uniform(100, 250) * u,
+                                        rg.uniform(0.06, 0.2), ridged=True))
         elif rg.random() < 0.3:
             fields.append(crease_field(size, rg, int(rg.integers(1, 3)), u))
     warp, shade = build_warp(size, out, hinv, fields, step)
@@ -992,7 +992,7 @@ def _photo(ctx: _Ctx, kind: str) -> tuple[np.ndarray, GroundTruth | None]:
         colour_cast(L, rp, 0.04)
     else:
         paper_age(L, rp, 0.15 if kind in ("stained", "damaged") else 0.04)
-        paper_texture(L, rp, rp.uniform(0.01, 0.03))
+        paper_texture(L, rp, rp.uniform(0.005, 0.02))
         colour_cast(L, rp, 0.05)
         if rp.random() < 0.6:
             shadow(L, rp, rp.uniform(0.15, 0.5))
