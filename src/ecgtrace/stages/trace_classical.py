@@ -52,6 +52,7 @@ class ClassicalParams:
     claimed_halfwidth_px: float = 2.5  # at 200 dpi; scales with the page
     label_weight: float = 0.35  # ink inside lead-label boxes counts this much
     weak_ink: float = 0.35  # a path column on less ink than this is "off trace"
+    max_wander_mv: float = 0.5  # median |mV - median| above this is not an ECG trace
 
 
 @dataclass
@@ -341,11 +342,11 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     out = ClassicalResult(prob=prob)
     for row in range(N_ROWS):
         top, bot = _row_band(page, row, p, h)
-        band = prob[top:bot + 1, x0:x1 + 1]
+        band = raw = prob[top:bot + 1, x0:x1 + 1]
         # the row's own ink level: the strongest ink of most columns is this row's trace (a thin
         # grey trace can be much fainter than bold labels or a scanner streak, which set the page scale)
         level = float(np.median(band.max(axis=0)))
-        if 0.05 < level < 0.85:
+        if 0.25 < level < 0.85:
             band = np.clip(band / (level / 0.85), 0.0, 1.0)
         ys = np.arange(top, bot + 1, dtype=np.float64)
         d_mv = np.minimum(np.abs(page.y_to_mv(row, ys)), p.baseline_pull_cap_mv)
@@ -359,7 +360,7 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
                 step[:, max(0, xb - 2):min(step.shape[1], xb + 3)] = p.step_base_cost
         path = _viterbi(unary, step)
         ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
-        ink = band[path, np.arange(len(path))]
+        ink = raw[path, np.arange(len(path))]  # quality is judged on the page's own ink scale
         clipped = (path <= 1) | (path >= band.shape[0] - 2)
         key = ROW_KEYS[row]
         out.rows[key] = RowTrace(key=key, row=row, x=xs.copy(), y=ysub + top, ink=ink, clipped=clipped)
@@ -452,6 +453,8 @@ def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | No
         tr = res.rows[ROW_KEYS[r]]
         t = page.x_to_time(tr.x.astype(np.float64))
         leads = (paper.RHYTHM_LEAD,) if r == N_ROWS - 1 else LAYOUT_3X4[r]
+        row_mv = page.y_to_mv(r, tr.y)
+        row_mad = float(np.median(np.abs(row_mv - np.median(row_mv)))) if len(row_mv) else 0.0
         for lead in leads:
             if r < N_ROWS - 1 and lead == paper.RHYTHM_LEAD and RHYTHM_KEY in res.rows:
                 continue
@@ -462,7 +465,13 @@ def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | No
                 continue
             weak = float(np.mean(tr.ink[m] < p.weak_ink))
             clip = float(np.mean(tr.clipped[m]))
-            if weak > 0.5:
+            # an ECG trace spends most of its time near its isoelectric line; a path that follows
+            # random strokes (a photo that is not an ECG) wanders far from its median
+            mv = page.y_to_mv(r, tr.y[m])
+            mad = max(float(np.median(np.abs(mv - np.median(mv)))), row_mad)
+            if mad > p.max_wander_mv:
+                flags[lead] = f"no trace found (path wanders {mad:.1f} mV around its median)"
+            elif weak > 0.5:
                 flags[lead] = f"no trace found ({weak:.0%} of columns without ink)"
             elif weak > 0.15:
                 flags[lead] = f"weak trace ({weak:.0%} of columns without ink)"
