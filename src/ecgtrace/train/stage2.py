@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.models.stage2 import TRACE_HEAD, build_stage2, decode_columns, row_strip
+from ecgtrace.models.stage2 import BAND_ABOVE_MV, BAND_BELOW_MV, TRACE_HEAD, build_stage2, decode_columns, row_strip
 from ecgtrace.paper import CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
 from ecgtrace.train import augment as aug
 
@@ -204,7 +204,8 @@ class Stage2Task:
             if valid[k].any():
                 errs.append(np.abs(y - ty[k])[valid[k]])
         e = np.concatenate(errs) if errs else np.array([np.nan])
-        px_per_mv = CANONICAL.scaled_to(logits.shape[-1]).px_per_mv if False else CANONICAL.px_per_mv
+        # strips are BAND_ABOVE_MV + BAND_BELOW_MV tall (rounded up to a multiple of 8 px)
+        px_per_mv = logits.shape[1] / (BAND_ABOVE_MV + BAND_BELOW_MV)
         return {"y_err_px": float(np.mean(e)), "y_err_median_px": float(np.median(e)),
                 "y_err_p95_px": float(np.percentile(e, 95)), "y_err_mv": float(np.mean(e) / px_per_mv)}
 
