@@ -94,13 +94,14 @@ def test_rendered_clean_page_is_identity() -> None:
     render = pytest.importorskip("ecgtrace.data.render")
     from ecgtrace.data.signals import synthesize_ecg
 
-    page = Page(dpi=100)
+    page = CANONICAL  # the requirement: a clean canonical page is rectified by (numerically) the identity
     rng = np.random.default_rng(0)
     img, gt = render.render_page(synthesize_ecg(rng, fs=500.0), 500.0, page=page,
                                  style=render.RenderStyle(grid="red"), rng=rng)
     rect = Stage1(page=page)(img)
     assert rect.ok
     assert np.abs(rect.map_xy - L.identity_map(page)).max() < 0.5
+    assert np.median(np.abs(rect.map_xy - L.identity_map(page))) < 0.1
 
 
 @pytest.mark.parametrize("colours", [((0, 0, 255), (219, 223, 254)), ((110, 110, 110), (215, 215, 215))],

@@ -64,7 +64,16 @@ def grid_features(image_bgr: np.ndarray, page: Page = CANONICAL) -> dict[str, np
     dark = 255.0 - img.mean(axis=2)
     feats = {}
     c = _highpass(chroma, sigma)
+    # Ink (trace, text) is dark; coloured grid lines are not. Blank the ink and a 2 px rim (blurred ink
+    # edges pick up the paper's colour) so a flat trace baseline next to a grid line cannot pull it.
+    maxc = img.max(axis=2)
+    paper = cv2.GaussianBlur(maxc, (0, 0), 2.0 * L.pitch_px(page))
+    ink = (maxc < 0.5 * paper).astype(np.uint8)
+    rim = max(1, int(round(0.05 * L.pitch_px(page))))
+    ink = cv2.dilate(ink, np.ones((2 * rim + 1, 2 * rim + 1), np.uint8))
+    c[ink > 0] = 0.0
     feats["colour"] = c
+    feats["colour_valid"] = (ink == 0).astype(np.float32)
     d = _highpass(dark, sigma)
     # The trace is darker than any grid line: clip so it weighs no more than a grid pixel.
     pos = d[d > 4.0]
@@ -187,13 +196,13 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
     search = int(np.ceil(search_frac * pitch))
     a = np.arange(-half, half + 1, dtype=np.float32)
     aa, bb = np.meshgrid(a, a, indexing="xy")  # rows run along ey, columns along ex
-    xs = c[:, None, None, 0] + aa[None] * ex[:, None, None, 0] + bb[None] * ey[:, None, None, 0]
-    ys = c[:, None, None, 1] + aa[None] * ex[:, None, None, 1] + bb[None] * ey[:, None, None, 1]
+    c32, ex32, ey32 = c.astype(np.float32), ex.astype(np.float32), ey.astype(np.float32)  # float32: half the memory
     k, n = len(c), len(a)
-    mx = xs.reshape(k * n, n).astype(np.float32)
-    my = ys.reshape(k * n, n).astype(np.float32)
+    mx = (c32[:, None, None, 0] + aa[None] * ex32[:, None, None, 0] + bb[None] * ey32[:, None, None, 0]).reshape(k * n, n)
+    my = (c32[:, None, None, 1] + aa[None] * ex32[:, None, None, 1] + bb[None] * ey32[:, None, None, 1]).reshape(k * n, n)
     step = max(1, (30000 // n)) * n  # cv2.remap wants fewer than 32767 rows per call
-    fv, fh = feat if isinstance(feat, tuple) else (feat, feat)
+    fv, fh = feat[:2] if isinstance(feat, tuple) else (feat, feat)
+    valid = feat[2] if isinstance(feat, tuple) and len(feat) > 2 else None
 
     def sample(img: np.ndarray) -> np.ndarray:
         return np.concatenate([
@@ -203,8 +212,16 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
         ]).reshape(k, n, n)
 
     kern = np.array([[0.25, 0.5, 0.25]], dtype=np.float32)  # light smoothing against pixel noise
-    col = cv2.filter2D(sample(fv).mean(axis=1), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across vertical lines
-    row = cv2.filter2D(sample(fh).mean(axis=2), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across horizontal lines
+    if valid is None:
+        pv, ph = sample(fv).mean(axis=1), sample(fh).mean(axis=2)
+        cover = None
+    else:  # mean over the pixels not covered by ink: a trace crossing part of a line must not skew its profile
+        vs = sample(valid)
+        pv = (sample(fv) * vs).sum(axis=1) / np.maximum(vs.sum(axis=1), 1.0)
+        ph = (sample(fh) * vs).sum(axis=2) / np.maximum(vs.sum(axis=2), 1.0)
+        cover = (vs.mean(axis=1), vs.mean(axis=2))  # ink-free fraction along each profile position
+    col = cv2.filter2D(pv.astype(np.float32), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across vertical lines
+    row = cv2.filter2D(ph.astype(np.float32), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across horizontal lines
     # A line cut by the image border (or the border itself) biases the centroid: only nodes well inside count.
     mg = max(3.0, 0.15 * pitch)
     hh, ww = fv.shape[:2]
@@ -212,7 +229,7 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
     fine = max(2, int(round(0.08 * pitch)))
     offsets = []
     contrast = np.full(k, np.inf)
-    for prof in (col, row):
+    for axis, prof in enumerate((col, row)):
         z = _robust_z(prof)
         zl = np.zeros((nh, nv, n))
         zl[sel[:, 0], sel[:, 1]] = z
@@ -223,6 +240,12 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
         kf = _peak_near(prof, kc, fine)  # this node's own line near it (z is clipped: use prof)
         offsets.append(_centroid(prof, kf) - half)
         contrast = np.minimum(contrast, z[np.arange(k), kf])
+        if cover is not None:
+            # Ink next to the line (a QRS spike along it) leaves its anti-aliased rim on one side and
+            # biases the centroid by up to a pixel: leave such nodes to the lattice interpolation.
+            cols = np.clip(kf[:, None] + np.arange(-2, 3)[None, :], 0, n - 1)
+            free = cover[axis][np.arange(k)[:, None], cols].min(axis=1)
+            contrast = np.where(free < 0.85, 0.0, contrast)
     meas_k = c + offsets[0][:, None] * ex + offsets[1][:, None] * ey
     inside &= (meas_k[:, 0] > mg) & (meas_k[:, 0] < ww - 1 - mg) & (meas_k[:, 1] > mg) & (meas_k[:, 1] < hh - 1 - mg)
     meas = np.zeros((nh, nv, 2))
@@ -247,9 +270,11 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
         empty.message = f"image {w}x{h} is too small to hold a 5 mm grid at this scale"
         return empty
     feats = grid_features(image_bgr, page)
-    scores = {k: periodicity(v, pitch) for k, v in feats.items()}
+    scores = {k: periodicity(v, pitch) for k, v in feats.items() if not k.endswith("_valid")}
     name = max(scores, key=scores.get)
     feat = ridge_features(np.ascontiguousarray(feats[name], dtype=np.float32), pitch)
+    if f"{name}_valid" in feats:
+        feat = feat + (feats[f"{name}_valid"],)
     if scores[name] < min_periodicity:
         empty.feature, empty.periodicity = name, scores[name]
         empty.message = (f"no 5 mm grid found (periodicity {scores[name]:.1f} < {min_periodicity}); "
@@ -335,7 +360,7 @@ def refine_detection(image_bgr: np.ndarray, det: GridDetection, page: Page = CAN
         return det
     pitch = L.pitch_px(page)
     feats = grid_features(image_bgr, page)
-    scores = {k: periodicity(v, pitch) for k, v in feats.items()}
+    scores = {k: periodicity(v, pitch) for k, v in feats.items() if not k.endswith("_valid")}
     name = max(scores, key=scores.get)
     if scores[name] < 6.0:
         return det
@@ -344,6 +369,8 @@ def refine_detection(image_bgr: np.ndarray, det: GridDetection, page: Page = CAN
     except ValueError:
         return det
     feat = ridge_features(np.ascontiguousarray(feats[name], dtype=np.float32), pitch)
+    if f"{name}_valid" in feats:
+        feat = feat + (feats[f"{name}_valid"],)
     nh, nv = page.n_hlines, page.n_vlines
     m, ctr = measure_nodes(feat, fit.nodes, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.25)
     good = (ctr >= min_contrast) & (np.linalg.norm(m - fit.nodes, axis=-1) < 0.25 * pitch)

@@ -112,7 +112,7 @@ def _neighbour_median(index: np.ndarray, values: np.ndarray, radius: int, shape:
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(stack, axis=0)
     med[count < 3] = np.nan
-    return med
+    return med, count
 
 
 def fit_lattice(
@@ -123,6 +123,8 @@ def fit_lattice(
     ransac_frac: float = 0.45,
     outlier_frac: float = 0.25,
     smoothing: float | str = "auto",
+    edge_frac: float = 0.12,
+    inner_frac: float = 0.08,
 ) -> LatticeFit:
     """Fit the 5 mm lattice to detections.
 
@@ -133,6 +135,9 @@ def fit_lattice(
         ransac_frac: RANSAC reprojection threshold as a fraction of the lattice pitch.
         outlier_frac: a point whose homography residual differs from its neighbours' by more than
             this fraction of the pitch is rejected (a wrong index is off by a whole pitch).
+        inner_frac: the same test, stricter, for a point with (almost) all its neighbours present.
+        edge_frac: an edge node further than this fraction of the pitch from the linear extrapolation
+            of its two inward neighbours is rejected.
         smoothing: weight of the bending energy in :func:`smooth_lattice_field` (0 ~ interpolate), or
             ``"auto"``: the value of :data:`SMOOTHING_CHOICES` that best predicts held-out points
             (wrinkled paper wants little smoothing, noisy detections on a flat page want more).
@@ -180,13 +185,19 @@ def fit_lattice(
         ci = np.flatnonzero(keep)
         if len(ci) < 4:
             break
-        med = _neighbour_median(idx[ci], resid[ci], radius, (nh, nv))
+        med, count = _neighbour_median(idx[ci], resid[ci], radius, (nh, nv))
         dev = np.linalg.norm(resid[ci] - med, axis=1)
         isolated = ~np.isfinite(dev)
-        bad = np.where(isolated, ~inl[ci], dev > outlier_frac * pitch)
+        # Surrounded on all sides, the neighbours' median predicts a smooth field to second order: be strict.
+        tol = np.where(count >= (4 * radius + 2) * radius, inner_frac, outlier_frac) * pitch
+        bad = np.where(isolated, ~inl[ci], dev > tol)
         keep[ci[bad]] = False
     if keep.sum() < 4:
         keep = inl.copy()
+    # The outermost lines have neighbours on one side only, so a distractor running along them (a header
+    # text line, the paper edge) can shift a whole edge line consistently: check each edge node against the
+    # linear extrapolation of the two nodes inward of it.
+    keep &= ~_edge_outliers(idx, resid, keep, (nh, nv), edge_frac * pitch)
 
     # 3) smooth residual field over the index lattice; fills gaps, then reject what the fit cannot explain.
     all_idx = np.stack(np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij"), axis=-1).reshape(-1, 2)
@@ -223,6 +234,28 @@ def fit_lattice(
         n_inliers=int(keep.sum()),
         page=page,
     )
+
+
+def _edge_outliers(index: np.ndarray, resid: np.ndarray, keep: np.ndarray, shape: tuple[int, int],
+                   tol: float) -> np.ndarray:
+    """Boolean mask of kept points on the outermost lattice lines that disagree with their inward extrapolation."""
+    nh, nv = shape
+    grid = np.full((nh, nv, 2), np.nan)
+    k = np.flatnonzero(keep)
+    grid[index[k, 0], index[k, 1]] = resid[k]
+    bad = np.zeros(len(index), dtype=bool)
+    for n in k:
+        i, j = index[n]
+        for edge, step in ((i == 0, (1, 0)), (i == nh - 1, (-1, 0)), (j == 0, (0, 1)), (j == nv - 1, (0, -1))):
+            if not edge:
+                continue
+            i1, j1, i2, j2 = i + step[0], j + step[1], i + 2 * step[0], j + 2 * step[1]
+            if not (0 <= i2 < nh and 0 <= j2 < nv):
+                continue
+            r1, r2 = grid[i1, j1], grid[i2, j2]
+            if np.isfinite(r1).all() and np.isfinite(r2).all() and np.linalg.norm(resid[n] - (2 * r1 - r2)) > tol:
+                bad[n] = True
+    return bad
 
 
 #: Candidate smoothing weights tried by ``fit_lattice(smoothing="auto")``.
