@@ -290,7 +290,7 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
     meas = np.zeros((nh, nv, 2))
     fit = None
     # Grow outwards from the centre: each ring is predicted by the lattice fitted to the nodes inside it.
-    for radius in (6, 11, 17, 23, 29, np.inf):
+    for radius in (7, 14, 22, np.inf):
         todo = ring <= radius
         m, ctr = measure_nodes(feat, pred, todo, pitch, search_frac=0.45)
         near = np.linalg.norm(m - pred, axis=-1) < 0.4 * pitch
@@ -298,7 +298,7 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
         meas = m
         if accepted.sum() >= 12:
             try:
-                fit = L.fit_lattice(meas[accepted], np.argwhere(accepted), page, smoothing=5.0)
+                fit = L.fit_lattice(meas[accepted], np.argwhere(accepted), page, smoothing=5.0, heldout=False)
             except ValueError:
                 continue
             pred = fit.nodes
@@ -365,7 +365,7 @@ def refine_detection(image_bgr: np.ndarray, det: GridDetection, page: Page = CAN
     if scores[name] < 6.0:
         return det
     try:
-        fit = L.fit_lattice(det.points, det.index, page, smoothing=1.0)
+        fit = L.fit_lattice(det.points, det.index, page, smoothing=1.0, heldout=False)
     except ValueError:
         return det
     feat = ridge_features(np.ascontiguousarray(feats[name], dtype=np.float32), pitch)

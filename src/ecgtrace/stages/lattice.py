@@ -125,6 +125,7 @@ def fit_lattice(
     smoothing: float | str = "auto",
     edge_frac: float = 0.12,
     inner_frac: float = 0.08,
+    heldout: bool = True,
 ) -> LatticeFit:
     """Fit the 5 mm lattice to detections.
 
@@ -135,6 +136,8 @@ def fit_lattice(
         ransac_frac: RANSAC reprojection threshold as a fraction of the lattice pitch.
         outlier_frac: a point whose homography residual differs from its neighbours' by more than
             this fraction of the pitch is rejected (a wrong index is off by a whole pitch).
+        heldout: estimate :attr:`LatticeFit.heldout_px` by cross-validation (4 extra solves when
+            ``smoothing`` is fixed; callers that only need the nodes can skip it).
         inner_frac: the same test, stricter, for a point with (almost) all its neighbours present.
         edge_frac: an edge node further than this fraction of the pitch from the linear extrapolation
             of its two inward neighbours is rejected.
@@ -216,7 +219,8 @@ def fit_lattice(
     if smoothing == "auto":
         smoothing, cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv))
     else:
-        cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv), choices=(float(smoothing),))[1]
+        cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv), choices=(float(smoothing),))[1] \
+            if heldout else float("nan")
     field = smooth_lattice_field(idx[ki], resid[ki], (nh, nv), float(smoothing))
     nodes = base.reshape(nh, nv, 2) + field
     err = np.linalg.norm(resid[ki] - field[idx[ki, 0], idx[ki, 1]], axis=1)
