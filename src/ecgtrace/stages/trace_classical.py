@@ -117,6 +117,7 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     xr = int(np.ceil(float(page.time_to_x(paper.DURATION_S)) + 0.5 * page.px_per_mm))
     if w - xr >= 8:
         score = _remove_lines(score.T, np.median(score[:, xr:], axis=1)).T
+        score = _erase_long_lines(score, page, xr)
     score = np.clip(score, 0.0, 1.0)
     # robust stretch: the floor sits above paper and most grid, the top at solid ink
     lo = float(np.percentile(score, 80))
@@ -147,6 +148,35 @@ def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = 0.2) ->
     f = np.where(rc > lc, (cols - lc) / np.maximum(rc - lc, 1), 0.5)[None, :]
     out[:, cols] = (1 - f) * out[:, lc] + f * out[:, rc]
     return out
+
+
+def _erase_long_lines(score: np.ndarray, page: Page, xr: int) -> np.ndarray:
+    """Erase long straight strokes that are not traces: page edges, folds, ruled lines, scanner streaks.
+
+    A trace is never straight for long (a QRS comes every second or so; even a flat, lead-off
+    trace spans one 2.5 s window, 0.22 of the page width), so near-horizontal segments longer than
+    0.3 of the width and near-vertical ones longer than 0.3 of the height are erased (a little
+    extended, as a curled edge bends away from the fitted segment). Found with a probabilistic
+    Hough transform, so a slight slant left by rectification does not matter.
+    """
+    h, w = score.shape
+    mask = (score >= 0.5).astype(np.uint8) * 255
+    th = max(3, int(round(0.6 * page.px_per_mm)))
+    erase = np.zeros_like(mask)
+    for long_side, near_h in ((w, True), (h, False)):
+        lines = cv2.HoughLinesP(mask, 1, np.pi / 720, threshold=int(0.15 * long_side),
+                                minLineLength=int(0.3 * long_side), maxLineGap=max(3, int(0.002 * long_side)))
+        if lines is None:
+            continue
+        for x1, y1, x2, y2 in np.asarray(lines).reshape(-1, 4).astype(np.float64):
+            dx, dy = abs(x2 - x1), abs(y2 - y1)
+            if not ((near_h and dy < 0.05 * dx) or (not near_h and dx < 0.05 * dy)):
+                continue
+            ext = 0.1 * long_side / max(np.hypot(dx, dy), 1.0)
+            ax, ay = x1 - ext * (x2 - x1), y1 - ext * (y2 - y1)
+            bx, by = x2 + ext * (x2 - x1), y2 + ext * (y2 - y1)
+            cv2.line(erase, (int(round(ax)), int(round(ay))), (int(round(bx)), int(round(by))), 255, th)
+    return np.where(erase > 0, 0.0, score) if erase.any() else score
 
 
 def mask_furniture(prob: np.ndarray, page: Page, params: ClassicalParams | None = None) -> np.ndarray:
