@@ -152,3 +152,33 @@ def test_learned_targets_decode_exactly_and_loss_prefers_them():
     bad, _ = TASK.loss({TRACE_HEAD: torch.randn(n, 1, h, w)}, batch)
     assert good.item() < 0.8 < bad.item()
     assert TASK.metrics({TRACE_HEAD: logits}, batch)["y_err_px"] < 0.05
+
+
+def test_stage2_loads_a_checkpoint_and_reads_with_the_model(tmp_path):
+    """A stage2_*.pth in the engine's format drives Stage2 (untrained weights: shapes and plumbing only)."""
+    import torch
+
+    from ecgtrace.config import load_config
+    from ecgtrace.train.checkpoint import save_checkpoint
+    from ecgtrace.train.stage2 import TASK
+
+    torch.manual_seed(0)
+    cfg = load_config(2, overrides={"MODEL.INPUT_SIZE": [850, 1100], "MODEL.DECODER_CHANNELS": [16, 16, 8, 8, 8]})
+    model = TASK.build_model(cfg)
+    path = tmp_path / "stage2_best.pth"
+    save_checkpoint({"model_state_dict": model.state_dict(), "arch": model.arch, "config": cfg.to_dict(),
+                     "stage": 2, "epoch": 1}, path)
+    st = Stage2(checkpoint=path)
+    assert st.method == "model"
+    page = np.full((850, 1100, 3), 255, np.uint8)
+    out = st(page, 500.0)
+    assert out.method == "model" and list(out.signals) == list(paper.LEADS)
+    assert len(out.signals["II"]) == 5000 and len(out.signals["V6"]) == 1250
+    assert all(np.isfinite(v).all() for v in out.signals.values())
+    with pytest.raises(EcgTraceError, match="not a stage-2"):
+        bad = tmp_path / "stage2_bad.pth"
+        from ecgtrace.models.stage1 import stage1_unet
+
+        m1 = stage1_unet(decoder_channels=[16, 16, 8, 8])
+        save_checkpoint({"model_state_dict": m1.state_dict(), "arch": m1.arch, "config": cfg.to_dict(), "stage": 2}, bad)
+        Stage2(checkpoint=bad)
