@@ -131,6 +131,13 @@ class Stage1:
         conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
         msg = (f"{self.method}: {fit.n_inliers}/{fit.n_points} nodes kept, {100 * fit.coverage:.0f} % of the "
                f"lattice observed, grid error {err:.2f} px")
+        drift = float(np.median(np.linalg.norm(fit.nodes - L.canonical_nodes(self.page), axis=-1)))
+        if drift > 0.5 * pitch:
+            # The grid itself cannot tell which box is which: far from the canonical geometry the indices
+            # are only the nearest guess (stage 0 did not normalize the page?).
+            conf = min(conf, 0.25)
+            msg += (f"; the page sits {drift / pitch:.1f} boxes from the canonical geometry, so the 5 mm "
+                    "boxes may be numbered off by one or more (was stage 0 able to normalize it?)")
         if conf < 0.3:
             msg += "; low confidence, check lattice_overlay.png"
         logger.debug(msg)
