@@ -5,14 +5,17 @@ geometry of :mod:`ecgtrace.paper`, so every 5 mm node ``(i, j)`` starts near its
 canonical position ``(vline_x(j), hline_y(i))``; that is also how nodes get their
 indices (the lattice phase nearest the canonical one).
 
-1. A grid-line feature image: colour saturation (red/pink/blue/green grids; the black
-   trace has none) or darkness (grey / black-and-white grids, trace clipped), high-passed
-   to remove shading; the one with the stronger 5 mm periodicity is used.
+1. A grid-line feature image: colour saturation (red/pink/blue/green grids; dark ink, i.e. the
+   trace and text, is masked out) or darkness (grey / black-and-white grids, trace clipped),
+   high-passed to remove shading; the one with the stronger 5 mm periodicity is used. A ridge
+   filter (above both neighbours) then keeps thin lines and drops steps such as the paper edge.
 2. Periodicity test: the power at the 5 mm frequency in band-wise projections. A page
    without it (blank, a photo that is not an ECG, a "none"-grid page) is reported, not warped.
 3. Node measurement: around each predicted node a patch is sampled along the local
-   lattice axes; the column/row profiles of the patch peak at the major (5 mm) lines,
-   found with sub-pixel centroids.
+   lattice axes; the column/row profiles of the patch peak at the major (5 mm) lines. The
+   peak is chosen on the profiles summed over the node's lattice neighbours (a trace baseline
+   or a text line is not periodic), then refined on the node's own profile (3-sample centroid);
+   nodes with ink right along their line are left to the lattice interpolation.
 4. Growth: nodes near the page centre are measured first; the lattice fitted to them
    (:func:`ecgtrace.stages.lattice.fit_lattice`) predicts the next ring, so that
    perspective and curl that drift by more than half a box over the page are followed.
