@@ -150,32 +150,69 @@ def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = 0.2) ->
     return out
 
 
+def _follow_line(mask: np.ndarray, x: int, y: float, slope: float, direction: int, max_gap: int) -> list[tuple[int, float]]:
+    """Walk along a near-horizontal ridge of ``mask`` from column ``x`` in ``direction`` (+1/-1).
+
+    Each step looks 2 px either side of the position the recent slope predicts, so a gently bent
+    line (a page edge after rectification) is followed to its true end, while a trace, which
+    leaves the predicted position within a few columns, is not.
+    """
+    h, w = mask.shape
+    pts: list[tuple[int, float]] = []
+    gap = 0
+    while 0 <= x + direction < w and gap <= max_gap:
+        x += direction
+        y += slope * direction
+        yi = int(round(y))
+        lo, hi = max(0, yi - 2), min(h, yi + 3)
+        hits = np.nonzero(mask[lo:hi, x])[0]
+        if hits.size:
+            y_new = float(lo + hits.mean())
+            if len(pts) >= 20:  # update the slope from the last stretch followed
+                x_old, y_old = pts[-20]
+                slope = (y_new - y_old) / (x - x_old)
+            y = y_new
+            pts.append((x, y))
+            gap = 0
+        else:
+            gap += 1
+    return pts
+
+
 def _erase_long_lines(score: np.ndarray, page: Page, xr: int) -> np.ndarray:
     """Erase long straight strokes that are not traces: page edges, folds, ruled lines, scanner streaks.
 
     A trace is never straight for long (a QRS comes every second or so; even a flat, lead-off
     trace spans one 2.5 s window, 0.22 of the page width), so near-horizontal segments longer than
-    0.3 of the width and near-vertical ones longer than 0.3 of the height are erased (a little
-    extended, as a curled edge bends away from the fitted segment). Found with a probabilistic
-    Hough transform, so a slight slant left by rectification does not matter.
+    0.3 of the width and near-vertical ones longer than 0.3 of the height are found with a
+    probabilistic Hough transform, then followed along their ridge to their real ends (after
+    rectification such a line is often gently bent) and erased.
     """
-    h, w = score.shape
     mask = (score >= 0.5).astype(np.uint8) * 255
     th = max(3, int(round(0.6 * page.px_per_mm)))
     erase = np.zeros_like(mask)
-    for long_side, near_h in ((w, True), (h, False)):
-        lines = cv2.HoughLinesP(mask, 1, np.pi / 720, threshold=int(0.15 * long_side),
-                                minLineLength=int(0.3 * long_side), maxLineGap=max(3, int(0.002 * long_side)))
+    for transpose in (False, True):  # near-horizontal lines, then near-vertical ones (transposed)
+        m = mask.T if transpose else mask
+        e = np.zeros_like(m)
+        long_side = m.shape[1]
+        max_gap = max(3, int(0.002 * long_side))
+        lines = cv2.HoughLinesP(m, 1, np.pi / 720, threshold=int(0.15 * long_side),
+                                minLineLength=int(0.3 * long_side), maxLineGap=max_gap)
         if lines is None:
             continue
         for x1, y1, x2, y2 in np.asarray(lines).reshape(-1, 4).astype(np.float64):
             dx, dy = abs(x2 - x1), abs(y2 - y1)
-            if not ((near_h and dy < 0.05 * dx) or (not near_h and dx < 0.05 * dy)):
+            if dy >= 0.05 * dx:
                 continue
-            ext = 0.1 * long_side / max(np.hypot(dx, dy), 1.0)
-            ax, ay = x1 - ext * (x2 - x1), y1 - ext * (y2 - y1)
-            bx, by = x2 + ext * (x2 - x1), y2 + ext * (y2 - y1)
-            cv2.line(erase, (int(round(ax)), int(round(ay))), (int(round(bx)), int(round(by))), 255, th)
+            if x1 > x2:
+                x1, y1, x2, y2 = x2, y2, x1, y1
+            slope = (y2 - y1) / max(x2 - x1, 1.0)
+            left = _follow_line(m, int(x1), y1, slope, -1, max_gap)[::-1]
+            right = _follow_line(m, int(x2), y2, slope, +1, max_gap)
+            pts = [(x, y) for x, y in left] + [(x1, y1), (x2, y2)] + [(x, y) for x, y in right]
+            poly = np.round(np.array(pts)).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(e, [poly], False, 255, th)
+        erase = np.maximum(erase, e.T if transpose else e)
     return np.where(erase > 0, 0.0, score) if erase.any() else score
 
 
