@@ -292,6 +292,18 @@ class Stage0:
             return page
         if hom is None:
             ok = False
+            # no label homography: the orientation alone decides the page. An unsure network is
+            # overruled on the quarter turn by a confident classical reading (it cannot see flips).
+            if conf < 0.9:
+                c_cl, conf_cl, cues = classical_orientation(img)
+                ratio = max(cues["row_peakiness"], cues["col_peakiness"]) / (
+                    min(cues["row_peakiness"], cues["col_peakiness"]) + 1e-9)
+                # the row direction (ratio) is a reliable cue even where up/down (conf_cl) is not
+                axis_wrong = ratio >= 1.3 and (c_cl % 2) != (c % 2)
+                if (conf_cl >= 0.3 and c_cl != c % 4) or axis_wrong:
+                    message += (f"; network unsure ({orient.describe(c)}, {conf:.2f}), trace rows say "
+                                f"{orient.describe(c_cl)}: used that")
+                    c = c_cl
             hom = resize_matrix(orient.oriented_size(hw, c), _PAGE_HW) @ unorient_matrix(c, hw)
             message += "; fell back to undoing the orientation and resizing (no perspective correction)"
         warped = cv2.warpPerspective(img, hom, (_PAGE_HW[1], _PAGE_HW[0]), flags=cv2.INTER_LINEAR,
