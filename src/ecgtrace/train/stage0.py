@@ -31,6 +31,7 @@ from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD, build_stage0
 from ecgtrace.paper import CANONICAL, LABEL_HEIGHT_MV, MARKERS, N_MARKER_CLASSES, Page
 from ecgtrace.train import augment as aug
+from ecgtrace.train.onthefly import OnTheFlyPages, render_dpi  # noqa: F401  (render_dpi: public here too)
 
 #: Loss weight of the background class (markers cover < 1 % of the pixels).
 BACKGROUND_WEIGHT = 0.05
@@ -38,15 +39,6 @@ BACKGROUND_WEIGHT = 0.05
 DISC_FRACTION = 0.6
 MIN_DISC_PX = 2.5
 _LABEL_PX = LABEL_HEIGHT_MV * CANONICAL.px_per_mv  # label height on the canonical page (27.6 px)
-
-
-def render_dpi(input_size: tuple[int, int] | list[int]) -> float:
-    """Page resolution to render synthetic pages at for a network input of (h, w).
-
-    About 1.5x the input width (so resizing down keeps detail), between 50 and 200 dpi:
-    rendering a 2200 px page for a 352 px input would be wasted time.
-    """
-    return float(np.clip(1.5 * max(input_size) / CANONICAL.width_in, 50.0, CANONICAL.dpi))
 
 
 def marker_scale(markers_xy: np.ndarray, valid: np.ndarray) -> float:
@@ -146,46 +138,8 @@ def _warn_once(msg: str) -> None:
         logger.warning(msg)
 
 
-class Stage0Synthetic(torch.utils.data.Dataset):
-    """Synthetic stage-0 items rendered on the fly.
-
-    Item ``i`` in epoch ``e`` is record ``e * n + i`` when ``fresh_per_epoch`` (a new
-    page every time), else record ``i``; variant, orientation and augmentation are
-    drawn from ``(seed, record)``. Nothing depends on process state, so DataLoader
-    workers and resumed runs see the same items.
-    """
-
-    def __init__(self, n: int, seed: int, input_size: tuple[int, int], variants: tuple[str, ...] = (),
-                 augment: bool = True, fresh_per_epoch: bool = True, page: Page | None = None) -> None:
-        from ecgtrace.data.synthetic import available_variants
-
-        self.n, self.seed, self.input_size = int(n), int(seed), tuple(int(v) for v in input_size)
-        usable = tuple(available_variants())
-        self.variants = tuple(variants) or usable
-        bad = [v for v in self.variants if v not in usable]
-        if bad:
-            raise EcgTraceError(f"variant(s) {', '.join(bad)} cannot be rendered here; use some of {', '.join(usable)}")
-        self.augment, self.fresh = bool(augment), bool(fresh_per_epoch)
-        self.page = page or CANONICAL.scaled_to(int(round(render_dpi(self.input_size) * CANONICAL.width_in)))
-        self.epoch = 0
-        self._pages = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def pages(self):
-        """The underlying :class:`SyntheticPages` (made lazily so the object pickles small)."""
-        if self._pages is None:
-            from ecgtrace.data.synthetic import SyntheticPages
-
-            self._pages = SyntheticPages(2**31 - 1, variants=("0001",), seed=self.seed, page=self.page)
-        return self._pages
-
-    def record_index(self, i: int) -> int:
-        return (self.epoch * self.n + int(i)) if self.fresh else int(i)
+class Stage0Synthetic(OnTheFlyPages):
+    """Synthetic stage-0 items rendered on the fly: a distorted page in a random orientation."""
 
     def page_sample(self, i: int) -> tuple[np.ndarray, Any, str]:
         """(image, gt, variant) of item ``i``: distorted and oriented, before resizing/augmentation."""
@@ -210,10 +164,6 @@ class Stage0Synthetic(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.record_index(i), 2000])
         return make_sample(image, gt.markers, int(gt.orientation), self.input_size, rng, self.augment)
 
-    def __getstate__(self) -> dict:
-        d = dict(self.__dict__)
-        d["_pages"] = None
-        return d
 
 
 class Stage0Folder(torch.utils.data.Dataset):

@@ -44,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 from ecgtrace.errors import EcgTraceError  # noqa: E402
 from ecgtrace.models.stage1 import HLINES_HEAD, POINTS_HEAD, VLINES_HEAD, build_stage1, decode_points  # noqa: E402
 from ecgtrace.train import augment as aug  # noqa: E402
+from ecgtrace.train.onthefly import OnTheFlyPages  # noqa: E402
 
 #: BCE positive weight of the node heatmap (nodes cover ~2 % of the pixels).
 POS_WEIGHT = 10.0
@@ -54,11 +55,6 @@ DISC_FRACTION, MIN_DISC_PX = 0.16, 1.5
 LINE_FRACTION, MIN_LINE_PX = 0.08, 1.0
 #: Std of the label-marker noise of the simulated stage 0, canonical px.
 MARKER_NOISE_PX = 2.0
-
-
-def render_dpi(input_size: tuple[int, int] | list[int]) -> float:
-    """Resolution to render training pages at: ~1.5x the input width, 50..200 dpi."""
-    return float(np.clip(1.5 * max(input_size) / CANONICAL.width_in, 50.0, CANONICAL.dpi))
 
 
 def make_targets(nodes: np.ndarray, size: tuple[int, int], page: Page = CANONICAL) -> dict[str, np.ndarray]:
@@ -118,44 +114,8 @@ def make_sample(image: np.ndarray, gt: Any, input_size: tuple[int, int], rng: np
     }
 
 
-class Stage1Synthetic(torch.utils.data.Dataset):
-    """Synthetic stage-1 items rendered on the fly: a distorted page, normalized as stage 0 would.
-
-    Item ``i`` in epoch ``e`` is record ``e * n + i`` when ``fresh_per_epoch``, else record ``i``;
-    everything random is drawn from ``(seed, record)`` so workers and resumed runs agree.
-    """
-
-    def __init__(self, n: int, seed: int, input_size: tuple[int, int], variants: tuple[str, ...] = (),
-                 augment: bool = True, fresh_per_epoch: bool = True) -> None:
-        from ecgtrace.data.synthetic import available_variants
-
-        self.n, self.seed = int(n), int(seed)
-        self.input_size = tuple(int(v) for v in input_size)
-        usable = tuple(available_variants())
-        self.variants = tuple(variants) or usable
-        bad = [v for v in self.variants if v not in usable]
-        if bad:
-            raise EcgTraceError(f"variant(s) {', '.join(bad)} cannot be rendered here; use some of {', '.join(usable)}")
-        self.augment, self.fresh = bool(augment), bool(fresh_per_epoch)
-        self.page = CANONICAL.scaled_to(int(round(render_dpi(self.input_size) * CANONICAL.width_in)))
-        self.epoch = 0
-        self._pages = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def record_index(self, i: int) -> int:
-        return (self.epoch * self.n + int(i)) if self.fresh else int(i)
-
-    def pages(self):
-        if self._pages is None:
-            from ecgtrace.data.synthetic import SyntheticPages
-
-            self._pages = SyntheticPages(2**31 - 1, variants=("0001",), seed=self.seed, page=self.page)
-        return self._pages
+class Stage1Synthetic(OnTheFlyPages):
+    """Synthetic stage-1 items rendered on the fly: a distorted page, normalized as stage 0 would."""
 
     def normalized(self, i: int) -> tuple[np.ndarray, Any, str]:
         """(normalized image at the render page size, moved gt, variant) of item ``i``."""
@@ -175,10 +135,6 @@ class Stage1Synthetic(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.record_index(i), 2001])
         return make_sample(image, gt, self.input_size, rng, self.augment)
 
-    def __getstate__(self) -> dict:
-        d = dict(self.__dict__)
-        d["_pages"] = None
-        return d
 
 
 class Stage1Task:
