@@ -182,3 +182,22 @@ def test_stage2_loads_a_checkpoint_and_reads_with_the_model(tmp_path):
         m1 = stage1_unet(decoder_channels=[16, 16, 8, 8])
         save_checkpoint({"model_state_dict": m1.state_dict(), "arch": m1.arch, "config": cfg.to_dict(), "stage": 2}, bad)
         Stage2(checkpoint=bad)
+
+
+def test_long_straight_lines_are_erased_not_read(clean_page):
+    """A scanner streak / page edge (straight, slightly bent after rectification) is never taken for a trace."""
+    import cv2
+
+    img, gt, signals, fs = clean_page
+    dirty = img.copy()
+    y_rhythm = CANONICAL.baseline_y(3) + 1.2 * CANONICAL.px_per_mv  # inside the rhythm row's band
+    xs = np.arange(0, dirty.shape[1], 20)
+    ys = y_rhythm + 6.0 * (xs / xs[-1]) ** 2  # gently bent, as after a rectification
+    cv2.polylines(dirty, [np.stack([xs, ys], 1).astype(np.int32).reshape(-1, 1, 2)], False, (20, 20, 20), 3)
+    cv2.line(dirty, (2150, 0), (2152, 1699), (20, 20, 20), 3)  # a near-vertical edge line
+    prob = tc.trace_probability(dirty)
+    on_line = prob[np.round(ys).astype(int)[5:-5], xs[5:-5]]
+    assert on_line.max() < 0.2, on_line.max()
+    score_clean = snr_for_image(_truth(signals, fs), Stage2()(img, fs).signals, fs).db
+    score_dirty = snr_for_image(_truth(signals, fs), Stage2()(dirty, fs).signals, fs).db
+    assert score_dirty >= score_clean - 1.0, (score_clean, score_dirty)

@@ -193,7 +193,7 @@ def _erase_long_lines(score: np.ndarray, page: Page, xr: int) -> np.ndarray:
     erase = np.zeros_like(mask)
     for transpose in (False, True):  # near-horizontal lines, then near-vertical ones (transposed)
         m = mask.T if transpose else mask
-        e = np.zeros_like(m)
+        e = np.zeros(m.shape, np.uint8)  # C order: cv2 cannot draw into a transposed view
         long_side = m.shape[1]
         max_gap = max(3, int(0.002 * long_side))
         lines = cv2.HoughLinesP(m, 1, np.pi / 720, threshold=int(0.15 * long_side),
