@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ecgtrace.data.render import RenderStyle, render_page  # noqa: E402
+from ecgtrace.data.render import RenderStyle, render_page, trace_pixel_errors  # noqa: E402
 from ecgtrace.data.signals import synthesize_ecg, window_indices  # noqa: E402
 from ecgtrace.data.synthetic import SyntheticPages, apply_variant, available_variants  # noqa: E402
 from ecgtrace.paper import CANONICAL, RHYTHM_KEY, Page  # noqa: E402
@@ -46,26 +46,6 @@ def timed(fn, reps: int) -> dict:
     w, c = time.perf_counter() - w0, time.process_time() - c0
     return {"pages": reps, "wall_s": round(w, 3), "cpu_s": round(c, 3), "pages_per_s_wall": round(reps / w, 2),
             "pages_per_s_cpu": round(reps / c, 2), "ms_per_page_cpu": round(1000 * c / reps, 1)}
-
-
-def trace_pixel_errors(img: np.ndarray, gt, half: int = 4) -> list[float]:
-    """|ink centroid - GT y| (px) in each flat trace column (ink = 255 - max channel; red grid is not ink)."""
-    ink = 255.0 - img.max(axis=2).astype(np.float64)
-    errs = []
-    for poly in gt.traces.values():
-        x, y = poly[:, 0], poly[:, 1]
-        cols = np.arange(int(np.ceil(x[0])) + 3, int(np.floor(x[-1])) - 3, 2)
-        gy = np.interp(cols, x, y)
-        slope = np.abs(np.gradient(gy, cols))
-        for c, yy, sl in zip(cols, gy, slope):
-            if sl > 0.25 or not half < yy < img.shape[0] - half - 1:
-                continue
-            y0 = int(round(yy)) - half
-            w = ink[y0:y0 + 2 * half + 1, c]
-            w = np.where(w > 20, w, 0.0)
-            if w.sum() > 0:
-                errs.append(abs(y0 + float((w * np.arange(len(w))).sum() / w.sum()) - yy))
-    return errs
 
 
 def round_trip(n_pages: int) -> dict:

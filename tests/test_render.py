@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ecgtrace.data.groundtruth import GroundTruth
-from ecgtrace.data.render import GRID_SCHEMES, RenderStyle, random_style, render_page
+from ecgtrace.data.render import GRID_SCHEMES, RenderStyle, random_style, render_page, trace_pixel_errors
 from ecgtrace.data.signals import synthesize_ecg, window_indices
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, LEADS, MARKERS, RHYTHM_KEY, Page
@@ -57,30 +57,6 @@ def test_round_trip_other_dpi(dpi, min_db):
     est = np.concatenate([e for _, e in pairs.values()])
     assert np.abs(ref - est).max() <= (1 / 32 + 1e-6) / page.px_per_mv
     assert snr_db(ref, est) >= min_db
-
-
-def trace_pixel_errors(img: np.ndarray, gt: GroundTruth, half: int = 4) -> np.ndarray:
-    """|ink centroid - GT y| (px) in each flat, isolated column of every trace.
-
-    Ink = 255 - max(B, G, R): black trace ink counts, a red/pink grid does not. Columns where
-    the polyline is steep (a column then holds a vertical run of ink) are skipped.
-    """
-    ink = 255.0 - img.max(axis=2).astype(np.float64)
-    errs = []
-    for poly in gt.traces.values():
-        x, y = poly[:, 0], poly[:, 1]
-        cols = np.arange(int(np.ceil(x[0])) + 3, int(np.floor(x[-1])) - 3, 2)
-        gy = np.interp(cols, x, y)
-        slope = np.abs(np.gradient(np.interp(cols, x, y), cols))
-        for c, yy, sl in zip(cols, gy, slope):
-            if sl > 0.25 or not half < yy < img.shape[0] - half - 1:
-                continue
-            y0 = int(round(yy)) - half
-            w = ink[y0:y0 + 2 * half + 1, c]
-            w = np.where(w > 20, w, 0.0)
-            if w.sum() > 0:
-                errs.append(abs(y0 + float((w * np.arange(len(w))).sum() / w.sum()) - yy))
-    return np.asarray(errs)
 
 
 @pytest.mark.parametrize("dpi", [200.0, 100.0])

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.stages.base import as_bgr
 
 #: Largest picture we open (pixels): beyond this a decoded image would take GBs of memory.
 MAX_PIXELS = 80_000_000
@@ -62,18 +63,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def check_image(img: np.ndarray, what: str = "image") -> np.ndarray:
     """Validate an in-memory picture (BGR/grey/BGRA uint8) and return it as BGR uint8."""
-    if not isinstance(img, np.ndarray) or img.ndim not in (2, 3) or img.size == 0:
-        raise EcgTraceError(f"{what}: expected an image array (H, W) or (H, W, 3)")
-    if img.dtype != np.uint8:
-        if np.issubdtype(img.dtype, np.floating) and np.nanmax(img) <= 1.0:
-            img = np.clip(img * 255.0, 0, 255)
-        img = np.clip(np.nan_to_num(img), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    elif img.shape[2] != 3:
-        raise EcgTraceError(f"{what}: expected 1, 3 or 4 colour channels, got {img.shape[2]}")
+    img = as_bgr(img, what)
     h, w = img.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise EcgTraceError(f"{what}: image is only {w}x{h} px; an ECG page needs at least {MIN_SIDE} px a side "

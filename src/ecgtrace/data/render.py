@@ -362,3 +362,29 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
         extra={"fs": np.float64(fs)},
     )
     return img, gt
+
+
+def trace_pixel_errors(img: np.ndarray, gt: GroundTruth, half: int = 4) -> np.ndarray:
+    """How far drawn ink sits from the ground truth: |ink centroid - GT y| (px) per flat trace column.
+
+    Used by the tests and ``bench/bench_render.py`` to check that the polylines are where the ink is.
+
+    Ink = 255 - max(B, G, R): black trace ink counts, a red/pink grid does not. Columns where
+    the polyline is steep (a column then holds a vertical run of ink) are skipped.
+    """
+    ink = 255.0 - img.max(axis=2).astype(np.float64)
+    errs = []
+    for poly in gt.traces.values():
+        x, y = poly[:, 0], poly[:, 1]
+        cols = np.arange(int(np.ceil(x[0])) + 3, int(np.floor(x[-1])) - 3, 2)
+        gy = np.interp(cols, x, y)
+        slope = np.abs(np.gradient(gy, cols))
+        for c, yy, sl in zip(cols, gy, slope):
+            if sl > 0.25 or not half < yy < img.shape[0] - half - 1:
+                continue
+            y0 = int(round(yy)) - half
+            w = ink[y0:y0 + 2 * half + 1, c]
+            w = np.where(w > 20, w, 0.0)
+            if w.sum() > 0:
+                errs.append(abs(y0 + float((w * np.arange(len(w))).sum() / w.sum()) - yy))
+    return np.asarray(errs)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ecgtrace import orient
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
-from ecgtrace.stages.base import NormalizedPage, StageError
+from ecgtrace.stages.base import NormalizedPage, StageError, as_bgr
 
 _PAGE_HW = CANONICAL.size  # (1700, 2200)
 #: RANSAC inlier threshold on the canonical page (px): ~1/3 of a label height.
@@ -73,25 +73,13 @@ FLIP_CLASS = _flip_class_map()
 
 def check_image(image_bgr: Any) -> np.ndarray:
     """A BGR uint8 (h, w, 3) copy of the input, or StageError saying what is wrong."""
-    if not isinstance(image_bgr, np.ndarray):
-        raise StageError(f"expected an image array (cv2.imread), got {type(image_bgr).__name__}")
-    img = image_bgr
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise StageError(f"expected a colour or grey image, got an array of shape {image_bgr.shape}")
-    if img.dtype != np.uint8:
-        if np.issubdtype(img.dtype, np.floating) and np.nanmax(img) <= 1.0:
-            img = np.clip(np.nan_to_num(img) * 255.0, 0, 255)
-        img = np.clip(img, 0, 255).astype(np.uint8)
+    img = as_bgr(image_bgr, "stage 0")
     if min(img.shape[:2]) < 64:
         raise StageError(f"image is {img.shape[1]}x{img.shape[0]} px, too small to hold a readable ECG; "
                          "use a picture at least ~600 px wide")
     if float(img.std()) < 2.0:
         raise StageError("image is blank (a single colour); check the file")
-    return np.ascontiguousarray(img)
+    return img
 
 
 # --- classical orientation -----------------------------------------------------------------

@@ -25,25 +25,11 @@ from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
-from ecgtrace.stages.base import RectifiedPage
+from ecgtrace.stages.base import RectifiedPage, as_bgr
 
 #: A fitted lattice may move nodes at most this many 5 mm boxes from their canonical place
 #: (stage 0 already normalized the page; more means the fit latched onto something else).
 MAX_SHIFT_BOXES = 3.0
-
-
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
-        raise EcgTraceError("stage 1 needs an image array (H, W) or (H, W, 3); pass the page stage 0 returned")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.shape[2] != 3:
-        raise EcgTraceError(f"stage 1 needs 1, 3 or 4 channels, got {image.shape[2]}")
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return image
 
 
 def lattice_is_plausible(nodes: np.ndarray, page: Page) -> tuple[bool, str]:
@@ -106,7 +92,7 @@ class Stage1:
     # -- the stage --------------------------------------------------------------------
     def __call__(self, page_bgr: np.ndarray) -> RectifiedPage:
         """Rectify ``page_bgr`` (stage 0's page; other sizes are scaled to the page first)."""
-        img = _as_bgr(page_bgr)
+        img = as_bgr(page_bgr, "stage 1")
         H, W = self.page.size
         h_in, w_in = img.shape[:2]
         sx, sy = w_in / W, h_in / H
@@ -165,7 +151,7 @@ class Stage1:
 
 def lattice_overlay(image_bgr: np.ndarray, rect: RectifiedPage, page: Page = CANONICAL) -> np.ndarray:
     """The input page with the fitted lattice (green lines), kept detections (blue) and rejected ones (red)."""
-    vis = _as_bgr(image_bgr).copy()
+    vis = as_bgr(image_bgr, "stage 1").copy()
     h_in, w_in = vis.shape[:2]
     H, W = page.size
     s = np.array([w_in / W, h_in / H])
