@@ -7,11 +7,16 @@ so DataLoader workers and resumed runs see the same items.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import torch
 
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, Page
+
+#: Validation items come from records far from any training record of the same seed.
+VAL_SEED_OFFSET = 1_000_003
 
 
 def render_dpi(input_size: tuple[int, int] | list[int]) -> float:
@@ -62,3 +67,19 @@ class OnTheFlyPages(torch.utils.data.Dataset):
         d = dict(self.__dict__)
         d["_pages"] = None
         return d
+
+
+def train_val_sets(cfg: Any, make: Callable[[int, int, bool], torch.utils.data.Dataset], min_val: int = 4
+                   ) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+    """The training set (fresh pages each epoch) and a fixed validation set of TRAIN.VAL_FRACTION of it.
+
+    ``make(n, seed, fresh_per_epoch)`` builds one data set; validation gets at least ``min_val``
+    items, or none when TRAIN.VAL_FRACTION is 0.
+    """
+    n = int(cfg.DATA.SYNTHETIC_PER_EPOCH)
+    frac = float(cfg.TRAIN.VAL_FRACTION)
+    n_val = max(min_val, int(round(n * frac))) if frac > 0 else 0
+    seed = int(cfg.DATA.SYNTHETIC_SEED)
+    train = make(n, seed, True)
+    val = make(n_val, seed + VAL_SEED_OFFSET, False) if n_val else None
+    return train, val

@@ -31,7 +31,7 @@ from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD, build_stage0
 from ecgtrace.paper import CANONICAL, LABEL_HEIGHT_MV, MARKERS, N_MARKER_CLASSES, Page
 from ecgtrace.train import augment as aug
-from ecgtrace.train.onthefly import OnTheFlyPages, render_dpi  # noqa: F401  (render_dpi: public here too)
+from ecgtrace.train.onthefly import OnTheFlyPages, render_dpi, train_val_sets  # noqa: F401  (render_dpi: public here too)
 
 #: Loss weight of the background class (markers cover < 1 % of the pixels).
 BACKGROUND_WEIGHT = 0.05
@@ -216,13 +216,9 @@ class Stage0Task:
         if not cfg.DATA.SYNTHETIC:
             raise EcgTraceError(f"DATA.ROOT={cfg.DATA.ROOT!r} holds no data set (no train.csv) and "
                                 "DATA.SYNTHETIC is False; point DATA.ROOT at a data set or set DATA.SYNTHETIC=True")
-        n = int(cfg.DATA.SYNTHETIC_PER_EPOCH)
-        n_val = max(4, int(round(n * float(cfg.TRAIN.VAL_FRACTION)))) if float(cfg.TRAIN.VAL_FRACTION) > 0 else 0
-        train = Stage0Synthetic(n, seed, size, variants, augment=True, fresh_per_epoch=True)
-        # validation: other records (a far-away seed), fixed across epochs, same augmentation family
-        val = Stage0Synthetic(n_val, seed + 1_000_003, size, variants, augment=True, fresh_per_epoch=False) \
-            if n_val else None
-        return train, val
+        # validation: other records, fixed across epochs, same augmentation family
+        return train_val_sets(cfg, lambda n, s, fresh: Stage0Synthetic(n, s, size, variants, augment=True,
+                                                                         fresh_per_epoch=fresh))
 
     def _folder_datasets(self, cfg: Any, size: tuple[int, int], seed: int, variants: tuple[str, ...]):
         from ecgtrace.data.dataset import PageSource

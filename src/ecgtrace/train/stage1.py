@@ -44,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 from ecgtrace.errors import EcgTraceError  # noqa: E402
 from ecgtrace.models.stage1 import HLINES_HEAD, POINTS_HEAD, VLINES_HEAD, build_stage1, decode_points  # noqa: E402
 from ecgtrace.train import augment as aug  # noqa: E402
-from ecgtrace.train.onthefly import OnTheFlyPages  # noqa: E402
+from ecgtrace.train.onthefly import OnTheFlyPages, train_val_sets  # noqa: E402
 
 #: BCE positive weight of the node heatmap (nodes cover ~2 % of the pixels).
 POS_WEIGHT = 10.0
@@ -155,14 +155,9 @@ class Stage1Task:
         if not cfg.DATA.SYNTHETIC:
             raise EcgTraceError("stage 1 trains on synthetic pages rendered on the fly; set DATA.SYNTHETIC=True")
         size = tuple(int(v) for v in cfg.MODEL.INPUT_SIZE)
-        seed = int(cfg.DATA.SYNTHETIC_SEED)
         variants = tuple(str(v).zfill(4) for v in cfg.DATA.VARIANTS)
-        n = int(cfg.DATA.SYNTHETIC_PER_EPOCH)
-        n_val = max(4, int(round(n * float(cfg.TRAIN.VAL_FRACTION)))) if float(cfg.TRAIN.VAL_FRACTION) > 0 else 0
-        train = Stage1Synthetic(n, seed, size, variants, augment=True, fresh_per_epoch=True)
-        val = Stage1Synthetic(n_val, seed + 1_000_003, size, variants, augment=False, fresh_per_epoch=False) \
-            if n_val else None
-        return train, val
+        return train_val_sets(cfg, lambda n, s, fresh: Stage1Synthetic(n, s, size, variants, augment=fresh,
+                                                                         fresh_per_epoch=fresh))
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -29,6 +29,7 @@ from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.stage2 import BAND_ABOVE_MV, BAND_BELOW_MV, TRACE_HEAD, build_stage2, decode_columns, row_strip
 from ecgtrace.paper import CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
 from ecgtrace.train import augment as aug
+from ecgtrace.train.onthefly import OnTheFlyPages, train_val_sets
 
 #: Width of the random training window, in seconds of signal (the page is read at full resolution).
 CROP_S = 3.0
@@ -71,45 +72,19 @@ def column_targets(gt: Any, page: Page, width: int, tops: list[int], strip_h: in
     return ty, valid
 
 
-class Stage2Pages(torch.utils.data.Dataset):
+class Stage2Pages(OnTheFlyPages):
     """Synthetic pages rendered on the fly, GT-rectified; item = the four row strips of one page."""
 
     def __init__(self, n: int, seed: int, page_size: tuple[int, int], variants: tuple[str, ...] = (),
                  crop: bool = True, fresh_per_epoch: bool = True) -> None:
-        self.n = int(n)
-        self.seed = int(seed)
         self.page_size = (int(page_size[0]), int(page_size[1]))
-        self.variants = tuple(variants) or ("0001",)
+        super().__init__(n, seed, self.page_size, tuple(variants) or ("0001",), augment=False,
+                         fresh_per_epoch=fresh_per_epoch, page=CANONICAL.scaled_to(self.page_size[1]))
         self.crop = crop
-        self.fresh = fresh_per_epoch
-        self.epoch = 0
-        self._pages = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def page(self) -> Page:
-        return CANONICAL.scaled_to(self.page_size[1])
-
-    def pages(self):
-        if self._pages is None:
-            from ecgtrace.data.synthetic import SyntheticPages
-
-            self._pages = SyntheticPages(1 << 30, variants=("0001",), seed=self.seed, page=self.page)
-        return self._pages
-
-    def __getstate__(self) -> dict:
-        d = dict(self.__dict__)
-        d["_pages"] = None
-        return d
 
     def page_item(self, i: int) -> tuple[np.ndarray, Any]:
         """(GT-rectified page image, clean-page ground truth) of item ``i`` this epoch."""
-        k = (self.epoch * self.n + int(i)) if self.fresh else int(i)
+        k = self.record_index(i)
         image, gt, _, _ = self.pages().clean(k)
         variant = self.variants[k % len(self.variants)]
         if variant != "0001":
@@ -174,14 +149,11 @@ class Stage2Task:
         if not cfg.DATA.SYNTHETIC:
             raise EcgTraceError("stage 2 trains on synthetic pages with exact trace ground truth; set "
                                 "DATA.SYNTHETIC=True (the competition images carry no trace geometry)")
-        seed = int(cfg.DATA.SYNTHETIC_SEED)
-        variants = tuple(str(v).zfill(4) for v in cfg.DATA.VARIANTS) or ("0001", "0003", "0004", "0005", "0006",
-                                                                         "0009", "0010", "0011", "0012")
-        n = int(cfg.DATA.SYNTHETIC_PER_EPOCH)
-        n_val = max(2, int(round(n * float(cfg.TRAIN.VAL_FRACTION)))) if float(cfg.TRAIN.VAL_FRACTION) > 0 else 0
-        train = Stage2Pages(n, seed, size, variants, crop=True, fresh_per_epoch=True)
-        val = Stage2Pages(n_val, seed + 1_000_003, size, variants, crop=True, fresh_per_epoch=False) if n_val else None
-        return train, val
+        from ecgtrace.data.distort import VARIANTS
+
+        variants = tuple(str(v).zfill(4) for v in cfg.DATA.VARIANTS) or VARIANTS
+        return train_val_sets(cfg, lambda n, s, fresh: Stage2Pages(n, s, size, variants, crop=True,
+                                                                     fresh_per_epoch=fresh), min_val=2)
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, float]]:
