@@ -238,3 +238,20 @@ def test_train_command_dump_config_and_stage_all(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "stage0_checkpoints" / "stage0_final.pth").is_file()
     assert cli_main(["train", "--stage", "1"]) == 2  # a single unavailable stage is an error (one line)
     assert "stage 1 training is not available yet" in capsys.readouterr().err
+
+
+def test_model_init_starts_from_a_checkpoint_and_refuses_a_mismatch(tmp_path, captured):
+    """MODEL.INIT: fine-tuning starts from another run's weights (its first loss is already low);
+    a checkpoint of another architecture is a one-line error, not a silent partial load."""
+    first = fit(tiny_cfg(tmp_path / "a", epochs=3), task=TinyTask())
+    best = Path(ck.checkpoint_dir(str(tmp_path / "a"), 0)) / "stage0_best.pth"
+    captured.clear()
+    fit(tiny_cfg(tmp_path / "b", epochs=1, **{"MODEL.INIT": str(best)}), task=TinyTask())
+    text = "\n".join(captured)
+    assert "Initialised weights from " + str(best) in text
+    start = float(re.search(r"Batch 0/4, Loss: (\d+\.\d+)", text).group(1))
+    assert start < first.history[0]["loss"], (start, first.history)
+    other = tmp_path / "other.pth"
+    ck.save_checkpoint({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 1}, other)
+    with pytest.raises(EcgTraceError, match="does not fit this model"):
+        fit(tiny_cfg(tmp_path / "c", epochs=1, **{"MODEL.INIT": str(other)}), task=TinyTask())

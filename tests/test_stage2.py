@@ -201,3 +201,49 @@ def test_long_straight_lines_are_erased_not_read(clean_page):
     score_clean = snr_for_image(_truth(signals, fs), Stage2()(img, fs).signals, fs).db
     score_dirty = snr_for_image(_truth(signals, fs), Stage2()(dirty, fs).signals, fs).db
     assert score_dirty >= score_clean - 1.0, (score_clean, score_dirty)
+
+
+def test_path_decoding_stays_on_its_trace_where_a_neighbour_intrudes():
+    """A neighbouring row's peak holding more probability than this row's trace: the column mode jumps to
+    it, the path decode stays; at a lead switch (a free column) the path follows a real jump."""
+    from ecgtrace.models.stage2 import decode_columns, decode_path
+
+    h, w = 128, 60
+    logits = np.full((h, w), -20.0, np.float32)
+    logits[70, :30] = 0.0  # this row's trace ...
+    logits[95, 30:] = 0.0  # ... which switches lead (jumps) at column 30
+    logits[10, 10:14] = 1.0  # a tall intruding peak, 2.7x as probable as the trace in its 4 columns
+    mode, _ = decode_columns(logits)
+    assert np.allclose(mode[10:14], 10.0, atol=0.01)  # the column-wise decode is fooled
+    y, conf = decode_path(logits, free_cols=(30,))
+    assert np.allclose(y[:30], 70.0, atol=0.01) and np.allclose(y[31:], 95.0, atol=0.01), y
+    assert conf[:10].min() > 0.99 and conf[10:14].max() < 0.5  # the contested columns are marked uncertain
+    y_nofree, _ = decode_path(logits)
+    assert np.allclose(y_nofree[33:], 95.0, atol=0.01)  # a lasting jump is followed even where it is not free
+
+
+def test_model_read_maps_pixel_centres_back_to_the_page():
+    """A model that runs on a page half the canonical size: column c covers input px [2c, 2c + 2), so its
+    reading belongs to x = 2c + 0.5 (not 2c); likewise y. A 0.5 px error is 2.5 ms, a sample at 500 Hz."""
+    import torch
+
+    from ecgtrace.models.stage2 import TRACE_HEAD, Stage2Model, row_strip, strip_height
+
+    half = CANONICAL.scaled_to(CANONICAL.width_px // 2)
+    sh = strip_height(half)
+    k = sh // 3
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            out = torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), -30.0)
+            out[:, 0, k] = 0.0  # every column at strip row k exactly
+            return {TRACE_HEAD: out}
+
+    m = Stage2Model(Fixed(), (half.height_px, half.width_px))
+    img = np.full((CANONICAL.height_px, CANONICAL.width_px, 3), 255, np.uint8)
+    rows = m.read_rows(img)
+    for r, (key, tr) in enumerate(rows.items()):
+        _, top = row_strip(np.zeros((half.height_px, half.width_px, 3), np.uint8), half, r)
+        c = (tr.x + 0.5) / 2.0 - 0.5
+        assert np.allclose(c, np.round(c)), key  # x = 2c + 0.5 for integer model columns c
+        assert np.allclose(tr.y, (k + top + 0.5) * 2.0 - 0.5), key

@@ -35,6 +35,8 @@ BAND_ABOVE_MV = 3.2
 BAND_BELOW_MV = 2.6
 #: Half-width (px) of the window around the column mode used for the sub-pixel mean.
 DECODE_RADIUS = 3
+#: Path decoding: cost (nats of -log p) per pixel of vertical move between columns.
+PATH_STEP_NATS = 0.05
 
 
 @register_model("stage2")
@@ -96,6 +98,33 @@ def decode_columns(logits: torch.Tensor | np.ndarray, radius: int = DECODE_RADIU
     return y.cpu().numpy().astype(np.float64), w.sum(0).cpu().numpy().astype(np.float64)
 
 
+def decode_path(logits: torch.Tensor | np.ndarray, step_nats: float = PATH_STEP_NATS, free_cols: tuple[int, ...] = (),
+                radius: int = DECODE_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) logits of one strip -> (sub-pixel y per column, confidence), decoded as one continuous path.
+
+    The column-wise mode jumps to a neighbouring row's peak wherever that peak holds
+    more probability than this row's trace; a minimum-cost path over ``-log p`` that
+    pays ``step_nats`` per pixel of vertical move stays on the trace it is following.
+    ``free_cols`` are columns where a jump is free (the lead switches of a row).
+    The sub-pixel y is the probability-weighted mean within ``radius`` of the path.
+    """
+    from ecgtrace.stages.trace_classical import viterbi
+
+    t = torch.as_tensor(logits).float()
+    logp = torch.log_softmax(t, dim=0)
+    cost = (-logp).cpu().numpy().astype(np.float64)
+    step = np.full_like(cost, float(step_nats))
+    for c in free_cols:
+        step[:, max(0, c - 2):c + 3] = 0.0
+    path = torch.from_numpy(viterbi(cost, step))
+    p = logp.exp()
+    offs = torch.arange(-radius, radius + 1)
+    idx = (path[None, :] + offs[:, None]).clamp(0, p.shape[0] - 1)
+    w = torch.gather(p, 0, idx)
+    y = (w * idx.float()).sum(0) / w.sum(0).clamp_min(1e-8)
+    return y.numpy().astype(np.float64), w.sum(0).numpy().astype(np.float64)
+
+
 class Stage2Model:
     """A trained stage-2 network wrapped for inference on rectified pages."""
 
@@ -126,13 +155,15 @@ class Stage2Model:
         xs = np.arange(x0, x1 + 1)
         sx, sy = w0 / pw, h0 / ph
         rows = {}
+        switches = tuple(int(round(page.column_x(c))) for c in range(1, paper.N_COLUMNS))
         for r in range(N_ROWS):
-            y, conf = decode_columns(out[r])
+            y, conf = decode_path(out[r], free_cols=switches if r < N_ROWS - 1 else ())
             y, conf = y[x0:x1 + 1], conf[x0:x1 + 1]
             hs = out.shape[1]
             clipped = (y <= 1) | (y >= hs - 2)
-            rows[ROW_KEYS[r]] = RowTrace(key=ROW_KEYS[r], row=r, x=np.round(xs * sx).astype(np.int64),
-                                         y=(y + tops[r]) * sy, ink=conf, clipped=clipped)
+            # pixel centres: column c of the resized page covers input px [c * sx, (c + 1) * sx)
+            rows[ROW_KEYS[r]] = RowTrace(key=ROW_KEYS[r], row=r, x=(xs + 0.5) * sx - 0.5,
+                                         y=(y + tops[r] + 0.5) * sy - 0.5, ink=conf, clipped=clipped)
         return rows
 
 

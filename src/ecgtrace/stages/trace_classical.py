@@ -61,7 +61,7 @@ class RowTrace:
 
     key: str
     row: int
-    x: np.ndarray  # (n,) int pixel columns
+    x: np.ndarray  # (n,) pixel columns (int for the classical reader; float for a model read at another scale)
     y: np.ndarray  # (n,) float sub-pixel y
     ink: np.ndarray  # (n,) trace probability under the path
     clipped: np.ndarray  # (n,) bool: the path touches the band edge (a peak left the band)
@@ -256,7 +256,7 @@ def _row_band(page: Page, row: int, params: ClassicalParams, h: int) -> tuple[in
     return int(max(0, np.floor(top))), int(min(h - 1, np.ceil(bot)))
 
 
-def _viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
+def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     """Minimum-cost path through a (Hb, n) cost image, one y per column.
 
     ``step[y, x]`` is the cost of passing pixel ``y`` of column ``x`` while moving
@@ -425,7 +425,7 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
             for c in range(1, paper.N_COLUMNS):
                 xb = int(round(page.column_x(c))) - x0
                 step[:, max(0, xb - 2):min(step.shape[1], xb + 3)] = p.step_base_cost
-        path = _viterbi(unary, step)
+        path = viterbi(unary, step)
         ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
         ink = raw[path, np.arange(len(path))]  # quality is judged on the page's own ink scale
         clipped = (path <= 1) | (path >= band.shape[0] - 2)

@@ -254,3 +254,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, ckpt
+
+
+def init_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the weights of checkpoint ``path`` into ``model`` (fine-tuning); a mismatch is a one-line error."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    state = strip_module_prefix(ckpt["model_state_dict"])
+    rep = compare_state_dict(model, state)
+    if not rep.ok:
+        raise EcgTraceError(f"MODEL.INIT={path} does not fit this model: {rep.summary()}; use the MODEL.* "
+                            "settings it was trained with (`ecgtrace check --test CKPT` prints them)")
+    model.load_state_dict(state, strict=True)

@@ -315,6 +315,11 @@ def fit(cfg: Any, task: Task | str | None = None, resume: bool = False,
                 resumed_from = str(path)
                 log(f"Resumed from {path} (epoch {state['epoch']}, best loss {best_loss:.4f})")
 
+        init = str(getattr(cfg.MODEL, "INIT", "") or "")
+        if init and not resumed_from:  # a resumed run continues its own weights
+            ck.init_weights(_unwrap(model), init)
+            log(f"Initialised weights from {init}")
+
         # -- epochs ------------------------------------------------------------------------------
         log_every = 1 if debug else max(1, int(cfg.TRAIN.LOG_EVERY))
         tty = dd.main and sys.stderr.isatty()
