@@ -315,7 +315,7 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
     acc_idx = np.argwhere(accepted)
     shift = _best_index_shift(meas[accepted][fit.inliers], acc_idx[fit.inliers], page)
     if shift != (0, 0):
-        pred = _shift_lattice(pred, shift)
+        pred = shift_lattice(pred, shift)
     # Final pass: every node re-measured at the converged prediction, narrower search.
     m, ctr = measure_nodes(feat, pred, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.3)
     near = np.linalg.norm(m - pred, axis=-1) < 0.3 * pitch
@@ -342,7 +342,7 @@ def _best_index_shift(points: np.ndarray, index: np.ndarray, page: Page, reach: 
     return best
 
 
-def _shift_lattice(nodes: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+def shift_lattice(nodes: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
     """Node lattice re-indexed so that old node (i, j) becomes (i + di, j + dj); the edges are extrapolated."""
     di, dj = shift
     nh, nv = nodes.shape[:2]

@@ -11,8 +11,9 @@ orientation alone (``ok=False`` and a message say so).
 Without a checkpoint (``method="classical"``): the 4 rotations are told apart
 from the direction of the long trace rows (ink profiles) and from which edge
 the rhythm strip is near (the traces fill the lower 60 % of an upright page);
-a mirrored page cannot be told apart this way, and the page is only resized to
-the canonical size (no perspective correction).
+a mirrored page cannot be told apart this way. When the whole sheet is in view
+(:mod:`ecgtrace.stages.paper_outline`), its four corners give the perspective;
+otherwise the page is only resized to the canonical size.
 
 ``NormalizedPage.homography`` always maps original-image px to canonical px.
 """
@@ -313,13 +314,40 @@ class Stage0:
         if cues["ink_fraction"] < 1e-4:
             raise StageError("no dark strokes in this image (no ECG traces); check that it is an ECG picture")
         hom = resize_matrix(orient.oriented_size(hw, c), _PAGE_HW) @ unorient_matrix(c, hw)
+        msg = "classical: rotation from trace-row direction and rhythm-strip side; mirror images are not corrected"
+        sheet = outline_homography(img, c)
+        if sheet is not None:
+            hom = sheet
+            msg += "; perspective from the sheet's outline"
+        else:
+            msg += "; no whole sheet outline in view, so perspective is not corrected"
         warped = cv2.warpPerspective(img, hom, (_PAGE_HW[1], _PAGE_HW[0]), flags=cv2.INTER_AREA
                                      if max(hw) > max(_PAGE_HW) else cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REPLICATE)
-        msg = ("classical: rotation from trace-row direction and rhythm-strip side; mirror images and "
-               "perspective are not corrected")
         return NormalizedPage(image=warped, homography=hom, orientation=c, orientation_confidence=conf,
                               markers={}, method="classical", ok=conf > 0.2, message=msg)
+
+
+def outline_homography(img: np.ndarray, c: int) -> np.ndarray | None:
+    """Picture px -> canonical px from the sheet's four corners (the sheet is the page), given the
+    rotation class ``c``; None when no clean outline is seen or it disagrees with ``c``."""
+    from ecgtrace.stages.paper_outline import MAX_FIT_FRACTION, find_paper_outline
+
+    hw = img.shape[:2]
+    out = find_paper_outline(img)
+    if out is None or out.fit_px > MAX_FIT_FRACTION * max(hw):
+        return None
+    up = apply_h(unorient_matrix(c, hw), out.corners)  # corners in the upright picture
+    order = [int(np.argmin(up.sum(1))), int(np.argmin(up[:, 1] - up[:, 0])),
+             int(np.argmax(up.sum(1))), int(np.argmax(up[:, 1] - up[:, 0]))]  # TL, TR, BR, BL
+    if len(set(order)) != 4:
+        return None
+    h, w = _PAGE_HW
+    dst = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float32)
+    hom = cv2.getPerspectiveTransform(out.corners[order].astype(np.float32), dst).astype(np.float64)
+    if not _sane(hom, hw) or orientation_of_homography(hom, hw) != c:
+        return None
+    return hom
 
 
 def _sane(h: np.ndarray, image_hw: tuple[int, int]) -> bool:

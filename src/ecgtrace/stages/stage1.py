@@ -26,10 +26,18 @@ from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages.base import RectifiedPage, as_bgr
+from ecgtrace.stages.register import content_offset, registered_nodes
 
 #: A fitted lattice may move nodes at most this many 5 mm boxes from their canonical place
 #: (stage 0 already normalized the page; more means the fit latched onto something else).
 MAX_SHIFT_BOXES = 3.0
+
+
+def apply_homography(hom: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """A 3x3 homography applied to points of any leading shape (..., 2)."""
+    p = np.asarray(pts, dtype=np.float64)
+    q = cv2.perspectiveTransform(p.reshape(1, -1, 2), hom)[0]
+    return q.reshape(p.shape)
 
 
 def lattice_is_plausible(nodes: np.ndarray, page: Page) -> tuple[bool, str]:
@@ -95,30 +103,38 @@ class Stage1:
         img = as_bgr(page_bgr, "stage 1")
         H, W = self.page.size
         h_in, w_in = img.shape[:2]
-        sx, sy = w_in / W, h_in / H
         work = img if (h_in, w_in) == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
         det = self.detect(work)
+        pre = self._perspective_pass(work, det)
+        if pre is not None:  # the nodes of the second pass are in the pre-warped page: bring them back
+            det, back = pre
         if not det.ok:
             return self._passthrough(img, det.message, det)
         try:
             fit = L.fit_lattice(det.points, det.index, self.page)
         except ValueError as e:
             return self._passthrough(img, f"lattice fit failed ({e}); page passed through unrectified", det)
-        ok, why = lattice_is_plausible(fit.nodes, self.page)
+        nodes = fit.nodes if pre is None else apply_homography(back, fit.nodes)
+        ok, why = lattice_is_plausible(nodes, self.page)
         if not ok:
             return self._passthrough(img, f"{why}; page passed through unrectified", det)
         det.fit = fit
-        map_xy = L.dense_map(fit.nodes, self.page)
-        if (sx, sy) != (1.0, 1.0):
-            map_xy = (map_xy * np.array([sx, sy], dtype=np.float32)).astype(np.float32)
-        rect = L.remap(img, map_xy, border_value=255)
+        map_xy, rect = self._rectify(img, work, nodes)
+        # the grid numbers boxes only up to a whole-box shift; the traces say which shift is right
+        reg = content_offset(rect)
+        if reg.confident and reg.shift != (0, 0):
+            nodes = registered_nodes(nodes, reg.shift)
+            map_xy, rect = self._rectify(img, work, nodes)
         pitch = L.pitch_px(self.page)
         err = fit.heldout_px if np.isfinite(fit.heldout_px) else fit.residual_px
         conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
         msg = (f"{self.method}: {fit.n_inliers}/{fit.n_points} nodes kept, {100 * fit.coverage:.0f} % of the "
                f"lattice observed, grid error {err:.2f} px")
-        drift = float(np.median(np.linalg.norm(fit.nodes - L.canonical_nodes(self.page), axis=-1)))
-        if drift > 0.5 * pitch:
+        if reg.shift != (0, 0):
+            msg += (f"; traces {'found' if reg.confident else 'not sure of'} a {reg.shift[0]:+d} / {reg.shift[1]:+d} "
+                    f"box offset{' (applied)' if reg.confident else ''}")
+        drift = float(np.median(np.linalg.norm(nodes - L.canonical_nodes(self.page), axis=-1)))
+        if drift > 0.5 * pitch and not reg.confident:
             # The grid itself cannot tell which box is which: far from the canonical geometry the indices
             # are only the nearest guess (stage 0 did not normalize the page?).
             conf = min(conf, 0.25)
@@ -131,6 +147,38 @@ class Stage1:
                             method=self.method, ok=True, message=msg)
         out.detection = det  # type: ignore[attr-defined]  # for overlays and benches
         return out
+
+    def _perspective_pass(self, work: np.ndarray, det: G.GridDetection
+                          ) -> tuple[G.GridDetection, np.ndarray] | None:
+        """Second look at a page far from the canonical geometry (stage 0 could not correct the
+        perspective): the homography of the largest consistently numbered part of the lattice
+        pre-warps the page, the grid is found again there. Returns (detection on the pre-warped
+        page, its px -> ``work`` px homography), or None when no second pass is needed or it fails."""
+        if self.model is not None or not det.ok or len(det.points) < 12:
+            return None
+        pitch = L.pitch_px(self.page)
+        canon = L.canonical_points(det.index, self.page)
+        if np.median(np.linalg.norm(det.points - canon, axis=1)) <= 0.5 * pitch:
+            return None
+        hom, inl = cv2.findHomography(det.points.astype(np.float32), canon.astype(np.float32), cv2.RANSAC,
+                                      0.3 * pitch)
+        if hom is None or inl is None or int(inl.sum()) < 12:
+            return None
+        H, W = self.page.size
+        warped = cv2.warpPerspective(work, hom, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        det2 = self.detect(warped)
+        if not det2.ok:
+            return None
+        return det2, np.linalg.inv(hom)
+
+    def _rectify(self, img: np.ndarray, work: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dense map (canonical px -> ``img`` px) from lattice nodes found on ``work``, and the remapped page."""
+        H, W = self.page.size
+        map_xy = L.dense_map(nodes, self.page)
+        h_in, w_in = img.shape[:2]
+        if (h_in, w_in) != (H, W):
+            map_xy = (map_xy * np.array([w_in / W, h_in / H], dtype=np.float32)).astype(np.float32)
+        return map_xy, L.remap(img, map_xy, border_value=255)
 
     def _passthrough(self, img: np.ndarray, message: str, det: G.GridDetection | None) -> RectifiedPage:
         """Identity result (flagged): never warp a page by a lattice that was not found."""
