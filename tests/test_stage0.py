@@ -149,3 +149,41 @@ def test_loader_inference_writes_outputs(tmp_path, capsys):
     assert rc == 0 and "Orientation: class" in out and "confidence" in out
     with pytest.raises(StageError, match="not found"):
         loader.inference(tmp_path / "missing.png")
+
+
+def _photo_of_sheet(sheet: np.ndarray, corners: np.ndarray, size=(1100, 1400), seed: int = 0) -> np.ndarray:
+    """The sheet warped onto a dark, textured 'table' with its corners at ``corners``."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 6)
+    table = np.clip(np.stack([40 + 300 * noise, 70 + 300 * noise, 110 + 300 * noise], -1), 0, 255).astype(np.uint8)
+    sh, sw = sheet.shape[:2]
+    src = np.float32([[-0.5, -0.5], [sw - 0.5, -0.5], [sw - 0.5, sh - 0.5], [-0.5, sh - 0.5]])
+    hom = cv2.getPerspectiveTransform(src, corners.astype(np.float32))
+    warped = cv2.warpPerspective(sheet, hom, (w, h), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpPerspective(np.full((sh, sw), 255, np.uint8), hom, (w, h)) > 127
+    table[inside] = warped[inside]
+    return table
+
+
+def test_sheet_outline_gives_the_perspective():
+    """A whole sheet in a photo: its four corners are found (a few px) and stage 0 undoes the perspective."""
+    from ecgtrace.data import render
+    from ecgtrace.data.signals import synthesize_ecg
+    from ecgtrace.stages.paper_outline import find_paper_outline
+
+    rng = np.random.default_rng(4)
+    sheet, _ = render.render_page(synthesize_ecg(rng, fs=250.0), 250.0, page=Page(dpi=100),
+                                  style=render.RenderStyle(grid="red"), rng=rng)
+    corners = np.array([[160.0, 120.0], [1250.0, 180.0], [1210.0, 1000.0], [120.0, 930.0]])
+    photo = _photo_of_sheet(sheet, corners)
+    out = find_paper_outline(photo)
+    assert out is not None
+    assert np.abs(out.corners - corners).max() < 4.0, out.corners
+    page = Stage0()(photo)  # classical: no checkpoint
+    assert "perspective from the sheet's outline" in page.message
+    canon = np.array([[-0.5, -0.5], [2199.5, -0.5], [2199.5, 1699.5], [-0.5, 1699.5]])
+    assert np.abs(apply_h(page.homography, corners) - canon).max() < 12.0  # < 0.3 box at 200 dpi
+    # a sheet that runs off the picture, and a picture of nothing, give no outline
+    assert find_paper_outline(_photo_of_sheet(sheet, corners - [200.0, 0.0])) is None
+    assert find_paper_outline(np.full((600, 800, 3), 128, np.uint8)) is None

@@ -258,3 +258,49 @@ def test_task_loss_and_metrics_run() -> None:
     loss.backward()
     m = TASK.metrics(out, batch)
     assert set(m) >= {"point_err_px", "node_recall", "index_error_rate"}
+
+
+P100 = Page(dpi=100)
+
+
+def _rendered(page: Page, seed: int = 0) -> tuple[np.ndarray, object]:
+    from ecgtrace.data import render
+    from ecgtrace.data.signals import synthesize_ecg
+
+    rng = np.random.default_rng(seed)
+    return render.render_page(synthesize_ecg(rng, fs=250.0), 250.0, page=page, style=render.RenderStyle(grid="red"),
+                              rng=rng)
+
+
+def test_whole_box_offset_is_read_from_the_calibration_pulses() -> None:
+    """The grid cannot say which box is which; the pulses can. A blank page says nothing."""
+    from ecgtrace.stages.register import content_offset
+
+    img, _ = _rendered(P100)
+    reg = content_offset(img)
+    assert reg.shift == (0, 0) and reg.confident
+    pitch = 5 * P100.px_per_mm
+    m = np.float32([[1, 0, -2 * pitch], [0, 1, 1 * pitch]])  # content 1 box lower, 2 boxes further left
+    moved = cv2.warpAffine(img, m, (P100.width_px, P100.height_px), borderValue=(255, 255, 255))
+    reg = content_offset(moved)
+    assert reg.shift == (1, -2) and reg.confident, reg
+    assert not content_offset(np.full_like(img, 255)).confident
+
+
+def test_strong_perspective_is_rectified_in_a_second_pass() -> None:
+    """A page stage 0 could not correct (corners moved by up to 3 boxes): the lattice's own homography
+    pre-warps it, the grid is found again, and the pulses fix the numbering."""
+    img, gt = _rendered(P100, seed=1)
+    h, w = P100.size
+    src = np.float32([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]])
+    dst = src + np.float32([[45, 30], [-20, 55], [-50, -25], [25, -40]])
+    hom = cv2.getPerspectiveTransform(src, dst)
+    warped = cv2.warpPerspective(img, hom, (w, h), borderValue=(255, 255, 255))
+    nodes_in = L.apply_homography(hom.astype(np.float64), gt.grid_points)
+    canon = L.canonical_points(gt.grid_index, P100)
+    assert np.median(np.linalg.norm(nodes_in - canon, axis=1)) > 0.5 * 5 * P100.px_per_mm
+    rect = Stage1(page=P100)(warped)
+    assert rect.ok, rect.message
+    inside = (nodes_in[:, 0] > 5) & (nodes_in[:, 0] < w - 5) & (nodes_in[:, 1] > 5) & (nodes_in[:, 1] < h - 5)
+    err = np.linalg.norm(L.invert_points(rect.map_xy, nodes_in[inside], init=canon[inside]) - canon[inside], axis=1)
+    assert np.median(err) < 0.5 and np.percentile(err, 95) < 1.5, (np.median(err), np.percentile(err, 95))
