@@ -114,8 +114,8 @@ def decode_path(logits: torch.Tensor | np.ndarray, step_nats: float = PATH_STEP_
     logp = torch.log_softmax(t, dim=0)
     cost = (-logp).cpu().numpy().astype(np.float64)
     step = np.full_like(cost, float(step_nats))
-    for c in free_cols:
-        step[:, max(0, c - 2):c + 3] = 0.0
+    for c in free_cols:  # the drawn jump sits on the switch column; wider, the path may jump early
+        step[:, max(0, c - 1):c + 2] = 0.0
     path = torch.from_numpy(viterbi(cost, step))
     p = logp.exp()
     offs = torch.arange(-radius, radius + 1)

@@ -499,8 +499,8 @@ def cut_leads(rows: dict[str, tuple[np.ndarray, np.ndarray]], fs: float,
             t0, t1 = paper.lead_window(lead)
             i0, i1 = lead_indices(lead if lead != paper.RHYTHM_LEAD else "I", fs)
             n = int((n_samples or {}).get(lead) or (i1 - i0))
-            # stay one column inside the window: the neighbouring lead's jump sits on its edge
-            eps = float(t[1] - t[0]) if len(t) > 1 else 0.0
+            # stay two columns inside the window: the neighbouring lead's jump sits on its edge
+            eps = 2.0 * float(t[1] - t[0]) if len(t) > 1 else 0.0
             m = (t >= t0 + eps) & (t <= t1 - eps)
             out[lead] = resample_window(t[m], v[m], i0 / fs, fs, n)
     if RHYTHM_KEY in rows:
