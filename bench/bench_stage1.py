@@ -1,10 +1,11 @@
 """Stage 1 accuracy on held-out synthetic pages of every variant.
 
 For each page: render (``SyntheticPages``, a seed no training run uses), distort into the variant,
-simulate stage 0 (the homography from the ground-truth lead-label markers to their canonical places),
-run stage 1, then send the ground-truth grid nodes and trace points of the normalized page through
-the inverse of the rectification map and compare them with where ``paper.Page`` (the clean render)
-puts them. Errors are in canonical px (200 dpi; 7.87 px = 1 mm).
+simulate stage 0 (the homography from the ground-truth lead-label markers to their canonical places;
+``--stage0 classical`` runs the classical stage 0 instead), run stage 1, then send the ground-truth
+grid nodes and trace points of the normalized page through the inverse of the rectification map and
+compare them with where ``paper.Page`` (the clean render) puts them. Errors are in canonical px
+(200 dpi; 7.87 px = 1 mm).
 
 Methods: ``none`` (stage 0 alone, no rectification), ``classical`` (no checkpoint), and with
 ``--checkpoint``: ``model`` (network nodes refined by the classical sub-pixel measurement) and
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ecgtrace.data.synthetic import ALL_VARIANTS, SyntheticPages, available_variants  # noqa: E402
 from ecgtrace.paper import CANONICAL  # noqa: E402
 from ecgtrace.stages import lattice as L  # noqa: E402
+from ecgtrace.stages.stage0 import Stage0  # noqa: E402
 from ecgtrace.stages.stage1 import Stage1  # noqa: E402
 from ecgtrace.train.stage1 import simulate_stage0  # noqa: E402
 
@@ -68,6 +70,9 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None, help="stage 1 checkpoint to bench as well")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     ap.add_argument("--trace-step", type=int, default=8, help="use every k-th trace vertex")
+    ap.add_argument("--stage0", choices=("gt", "classical"), default="gt",
+                    help="what normalizes the page first: the ground-truth marker homography (stage 1 alone), "
+                         "or the classical stage 0 (the chain a fresh install runs)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stage1.json"))
     args = ap.parse_args()
 
@@ -88,7 +93,12 @@ def main() -> int:
         for k in range(args.n):
             s = sp[k]
             _, clean_gt, _, _ = sp.clean(k)
-            img, gt, _ = simulate_stage0(s.image, s.gt, CANONICAL)
+            if args.stage0 == "gt":
+                img, gt, _ = simulate_stage0(s.image, s.gt, CANONICAL)
+            else:
+                norm = Stage0()(s.image)
+                img, gt = norm.image, s.gt.transformed(lambda p, h=norm.homography: L.apply_homography(h, p),
+                                                       CANONICAL.size)
             g_in, g_can = gt.grid_points, L.canonical_points(gt.grid_index)
             t_in = np.concatenate([gt.traces[key][:: args.trace_step] for key in gt.traces])
             t_can = np.concatenate([clean_gt.traces[key][:: args.trace_step] for key in gt.traces])
@@ -131,7 +141,8 @@ def main() -> int:
                   f"  {npass}/{args.n * len(vs)}")
         results["methods"][m] = {"by_variant": per, "seconds_per_page": float(np.mean(secs[m]))}
     results["settings"] = {"n_per_variant": args.n, "seed": args.seed, "checkpoint": args.checkpoint,
-                           "units": "canonical px (200 dpi)", "stage0": "ground-truth marker homography",
+                           "units": "canonical px (200 dpi)",
+                           "stage0": {"gt": "ground-truth marker homography", "classical": "classical stage 0"}[args.stage0],
                            "device": "cpu", "gpu": "none this session", "machine": platform.platform()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
