@@ -242,26 +242,26 @@ def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return state
 
 
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], what: str, fix: str) -> None:
+    """Load ``ckpt``'s weights into ``model`` (strict); a mismatch is one line: ``what: <what differs>; fix``."""
+    state = strip_module_prefix(ckpt["model_state_dict"])
+    rep = compare_state_dict(model, state)
+    if not rep.ok:
+        raise EcgTraceError(f"{what}: {rep.summary()}; {fix}")
+    model.load_state_dict(state, strict=True)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes, load its weights (strict), eval mode. Returns (model, ckpt)."""
     ckpt = load_checkpoint(path, map_location="cpu")
     model = build_model_from_checkpoint(ckpt)
-    state = strip_module_prefix(ckpt["model_state_dict"])
-    rep = compare_state_dict(model, state)
-    if not rep.ok:
-        raise EcgTraceError(f"{path}: architecture mismatch: {rep.summary()}; the file does not belong to "
-                            "the architecture recorded with it")
-    model.load_state_dict(state, strict=True)
+    load_weights(model, ckpt, f"{path}: architecture mismatch",
+                 "the file does not belong to the architecture recorded with it")
     model.to(device).eval()
     return model, ckpt
 
 
 def init_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load the weights of checkpoint ``path`` into ``model`` (fine-tuning); a mismatch is a one-line error."""
-    ckpt = load_checkpoint(path, map_location="cpu")
-    state = strip_module_prefix(ckpt["model_state_dict"])
-    rep = compare_state_dict(model, state)
-    if not rep.ok:
-        raise EcgTraceError(f"MODEL.INIT={path} does not fit this model: {rep.summary()}; use the MODEL.* "
-                            "settings it was trained with (`ecgtrace check --test CKPT` prints them)")
-    model.load_state_dict(state, strict=True)
+    load_weights(model, load_checkpoint(path, map_location="cpu"), f"MODEL.INIT={path} does not fit this model",
+                 "use the MODEL.* settings it was trained with (`ecgtrace check --test CKPT` prints them)")
