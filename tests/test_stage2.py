@@ -247,3 +247,25 @@ def test_model_read_maps_pixel_centres_back_to_the_page():
         c = (tr.x + 0.5) / 2.0 - 0.5
         assert np.allclose(c, np.round(c)), key  # x = 2c + 0.5 for integer model columns c
         assert np.allclose(tr.y, (k + top + 0.5) * 2.0 - 0.5), key
+
+
+def test_stage2_command_writes_signals_that_match_the_page(clean_page, tmp_path):
+    """`ecgtrace stage2` on a rectified page: the CSV holds the page's leads (scored against the truth)."""
+    import cv2
+    import pandas as pd
+
+    from ecgtrace.cli import main
+
+    img, _, signals, fs = clean_page
+    page = tmp_path / "rect.png"
+    cv2.imwrite(str(page), img)
+    out = tmp_path / "out"
+    assert main(["stage2", "--image", str(page), "--output", str(out), "--fs", str(fs)]) == 0
+    for name in ("signals.csv", "trace_overlay.png", "signals.png"):
+        assert (out / name).is_file(), name
+    df = pd.read_csv(out / "signals.csv")
+    assert list(df.columns) == ["time_s", *paper.LEADS] and len(df) == int(round(paper.DURATION_S * fs))
+    pred = {lead: df[lead].dropna().to_numpy() for lead in paper.LEADS}
+    assert snr_for_image(_truth(signals, fs), pred, fs).db >= 15.0
+    assert main(["stage2", "--image", str(tmp_path / "missing.png"), "--output", str(out)]) == 2
+    assert main(["stage2", "--image", str(page), "--output", str(out), "--fs", "0"]) == 2
