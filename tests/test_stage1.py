@@ -304,3 +304,29 @@ def test_strong_perspective_is_rectified_in_a_second_pass() -> None:
     inside = (nodes_in[:, 0] > 5) & (nodes_in[:, 0] < w - 5) & (nodes_in[:, 1] > 5) & (nodes_in[:, 1] < h - 5)
     err = np.linalg.norm(L.invert_points(rect.map_xy, nodes_in[inside], init=canon[inside]) - canon[inside], axis=1)
     assert np.median(err) < 0.5 and np.percentile(err, 95) < 1.5, (np.median(err), np.percentile(err, 95))
+
+
+def test_coordinate_heads_split_a_line_index_linearly() -> None:
+    """With coord_heads the index heads see x, y: a network with zeroed features still tells grid lines apart
+    by position alone (what lets a small CPU-trained stage 1 number the lines), and old checkpoints
+    (no coord_heads in their arch) rebuild without them."""
+    import torch
+
+    from ecgtrace.models.backbone import create_model
+    from ecgtrace.models.stage1 import VLINES_HEAD, stage1_unet
+
+    m = stage1_unet(encoder_name="resnet18", decoder_channels=(16, 8, 8, 8, 8))
+    assert m.arch["kwargs"]["coord_heads"] is True
+    head = m.seg_heads[VLINES_HEAD]
+    n_cls = head.out_channels
+    with torch.no_grad():  # logit_k = a_k * x + b_k: class k wins on the k-th interval of x
+        head.weight.zero_()
+        head.bias.zero_()
+        centres = torch.linspace(-1, 1, n_cls)
+        head.weight[:, -2, 1, 1] = 50 * centres
+        head.bias[:] = -25 * centres**2
+    y = m(torch.zeros(1, 3, 32, 64))[VLINES_HEAD][0].argmax(0)
+    assert (y[:, 1:] >= y[:, :-1]).all() and int(y[0, -1]) - int(y[0, 0]) > n_cls // 2
+    old = dict(m.arch["kwargs"])
+    old.pop("coord_heads")
+    assert create_model("unet", **old).coord_heads is False

@@ -37,9 +37,12 @@ def head_sizes(page: Page = CANONICAL) -> dict[str, int]:
 @register_model("stage1")
 def stage1_unet(encoder_name: str = "resnet18", decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32),
                 pretrained: bool = False, weights: str = "", **kwargs: Any) -> UNet:
-    """U-Net with the three stage-1 heads, CoordConv on (line indices depend on absolute position)."""
+    """U-Net with the three stage-1 heads, CoordConv on the input and at the heads (a line's index
+    is a function of absolute position: with the coordinates at hand the heads split x and y into
+    the lines' intervals linearly)."""
     kwargs.setdefault("seg_heads", head_sizes(CANONICAL))
     kwargs.setdefault("coord_conv", True)
+    kwargs.setdefault("coord_heads", True)
     return UNet(encoder_name=encoder_name, decoder_channels=decoder_channels, pretrained=pretrained,
                 weights=weights, **kwargs)
 

@@ -64,6 +64,9 @@ class UNet(nn.Module):
         cls_pool: the deepest features are average-pooled to a ``cls_pool x cls_pool`` grid before the
             classification heads (1 = global pooling; 2 keeps a coarse layout, which page orientation needs).
         coord_conv: add two coordinate channels to the input.
+        coord_heads: also give the segmentation heads the two coordinate channels. A head that
+            classifies by absolute position (which grid line is this?) then needs only a linear
+            function of x or y, instead of carrying coordinates through the whole network.
         pretrained, weights: see :func:`ecgtrace.models.backbone.build_encoder`.
         out_stride: seg logits are returned at input size / out_stride.
         in_chans: image channels (3).
@@ -81,6 +84,7 @@ class UNet(nn.Module):
         out_stride: int = 1,
         in_chans: int = 3,
         cls_pool: int = 1,
+        coord_heads: bool = False,
     ) -> None:
         super().__init__()
         seg_heads = dict(seg_heads or {})
@@ -101,6 +105,7 @@ class UNet(nn.Module):
                 "out_stride": int(out_stride),
                 "in_chans": int(in_chans),
                 "cls_pool": int(cls_pool),
+                "coord_heads": bool(coord_heads),
             },
         }
         self.coord_conv = coord_conv
@@ -124,7 +129,8 @@ class UNet(nn.Module):
         if self.final_stride < 1:
             raise ValueError(f"{len(blocks)} decoder blocks go below stride 1 for {encoder_name} "
                              f"(deepest stride {self.strides[-1]}); use fewer decoder_channels")
-        feat = cin
+        self.coord_heads = bool(coord_heads)
+        feat = cin + (2 if self.coord_heads else 0)
         self.seg_heads = nn.ModuleDict({k: nn.Conv2d(feat, n, 3, padding=1) for k, n in seg_heads.items()})
         self.cls_heads = nn.ModuleDict({
             k: nn.Sequential(nn.Dropout(0.1), nn.Linear(chans[-1] * cls_pool * cls_pool, n))
@@ -147,6 +153,8 @@ class UNet(nn.Module):
                 else:  # past the shallowest skip: just double the size
                     skip, size = None, (y.shape[-2] * 2, y.shape[-1] * 2)
                 y = block(y, skip, tuple(size))
+            if self.coord_heads:
+                y = torch.cat([y, coord_channels(y)], dim=1)
             oh, ow = max(1, h // self.out_stride), max(1, w // self.out_stride)
             for name, head in self.seg_heads.items():
                 logits = head(y)
