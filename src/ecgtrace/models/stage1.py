@@ -4,7 +4,7 @@ Heads (logits at the input size):
 
 - ``points``: 1 channel, a small disc at every 5 mm node (BCE, positive weight ~10);
 - ``hlines``: ``n_hlines + 1`` classes, which horizontal 5 mm line (counted from the page top,
-  class ``i + 1``) a pixel lies on, 0 = background;
+  class ``i + 1``) is nearest to a pixel (within half a pitch), 0 = background beyond the lattice;
 - ``vlines``: ``n_vlines + 1`` classes, likewise for vertical lines counted from the left.
 
 Inference (:func:`predict_grid`): connected components of the heatmap give the nodes, a

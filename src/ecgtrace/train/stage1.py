@@ -50,9 +50,13 @@ from ecgtrace.train.onthefly import OnTheFlyPages, train_val_sets  # noqa: E402
 POS_WEIGHT = 10.0
 #: Cross-entropy weight of the background class of the line-index maps.
 LINE_BACKGROUND_WEIGHT = 0.2
-#: Node disc radius and line half-width as fractions of the 5 mm pitch at the input size (floors in px).
+#: Node disc radius as a fraction of the 5 mm pitch at the input size (floor in px).
 DISC_FRACTION, MIN_DISC_PX = 0.16, 1.5
-LINE_FRACTION, MIN_LINE_PX = 0.08, 1.0
+#: Line-index bands: every pixel within half a pitch of line i is labelled i + 1, so the index maps are
+#: dense (each pixel says which line is nearest) rather than thin lines on background. A thin-line target
+#: gives the 45/57-way heads a few pixels each to learn from; the dense one trains in a fraction of the
+#: steps, and a node disc, centred on its lines, sits in the middle of its bands.
+LINE_FRACTION, MIN_LINE_PX = 0.5, 1.0
 #: Std of the label-marker noise of the simulated stage 0, canonical px.
 MARKER_NOISE_PX = 2.0
 
@@ -60,7 +64,8 @@ MARKER_NOISE_PX = 2.0
 def make_targets(nodes: np.ndarray, size: tuple[int, int], page: Page = CANONICAL) -> dict[str, np.ndarray]:
     """Targets at an input of ``size`` (h, w) from node positions (n_hlines, n_vlines, 2) in input px.
 
-    ``points`` float32 (h, w) discs; ``hlines`` / ``vlines`` int64 (h, w) line index + 1 (0 background).
+    ``points`` float32 (h, w) discs; ``hlines`` / ``vlines`` int64 (h, w) index + 1 of the nearest line
+    within half a pitch (0 = background: beyond the lattice's outer lines).
     """
     h, w = size
     nh, nv = page.n_hlines, page.n_vlines
@@ -72,10 +77,10 @@ def make_targets(nodes: np.ndarray, size: tuple[int, int], page: Page = CANONICA
     vl = np.zeros((h, w), np.uint8)
     s = 16
     for i in range(nh):
-        cv2.polylines(hl, [np.round(nodes[i] * s).astype(np.int32)], False, i + 1, max(1, int(round(2 * t))),
+        cv2.polylines(hl, [np.round(nodes[i] * s).astype(np.int32)], False, i + 1, max(1, int(np.ceil(2 * t)) + 1),
                       cv2.LINE_8, 4)
     for j in range(nv):
-        cv2.polylines(vl, [np.round(nodes[:, j] * s).astype(np.int32)], False, j + 1, max(1, int(round(2 * t))),
+        cv2.polylines(vl, [np.round(nodes[:, j] * s).astype(np.int32)], False, j + 1, max(1, int(np.ceil(2 * t)) + 1),
                       cv2.LINE_8, 4)
     for p in nodes.reshape(-1, 2):
         if -r <= p[0] < w + r and -r <= p[1] < h + r:
