@@ -306,27 +306,38 @@ def test_strong_perspective_is_rectified_in_a_second_pass() -> None:
     assert np.median(err) < 0.5 and np.percentile(err, 95) < 1.5, (np.median(err), np.percentile(err, 95))
 
 
-def test_coordinate_heads_split_a_line_index_linearly() -> None:
-    """With coord_heads the index heads see x, y: a network with zeroed features still tells grid lines apart
-    by position alone (what lets a small CPU-trained stage 1 number the lines), and old checkpoints
-    (no coord_heads in their arch) rebuild without them."""
+def test_index_heads_start_from_the_canonical_lines() -> None:
+    """GridNet's line-index heads carry the canonical position prior: with the learned part zeroed, every
+    output pixel is given its nearest canonical line (background beyond the lattice), at any input size;
+    the checkpoint arch rebuilds the same network, and plain-UNet checkpoints rebuild without the prior."""
     import torch
 
     from ecgtrace.models.backbone import create_model
-    from ecgtrace.models.stage1 import VLINES_HEAD, stage1_unet
+    from ecgtrace.models.stage1 import HLINES_HEAD, VLINES_HEAD, GridNet, stage1_unet
 
-    m = stage1_unet(encoder_name="resnet18", decoder_channels=(16, 8, 8, 8, 8))
-    assert m.arch["kwargs"]["coord_heads"] is True
-    head = m.seg_heads[VLINES_HEAD]
-    n_cls = head.out_channels
-    with torch.no_grad():  # logit_k = a_k * x + b_k: class k wins on the k-th interval of x
-        head.weight.zero_()
-        head.bias.zero_()
-        centres = torch.linspace(-1, 1, n_cls)
-        head.weight[:, -2, 1, 1] = 50 * centres
-        head.bias[:] = -25 * centres**2
-    y = m(torch.zeros(1, 3, 32, 64))[VLINES_HEAD][0].argmax(0)
-    assert (y[:, 1:] >= y[:, :-1]).all() and int(y[0, -1]) - int(y[0, 0]) > n_cls // 2
-    old = dict(m.arch["kwargs"])
-    old.pop("coord_heads")
-    assert create_model("unet", **old).coord_heads is False
+    m = stage1_unet(encoder_name="resnet18", decoder_channels=(16, 8, 8, 8, 8)).eval()
+    assert isinstance(m, GridNet) and m.arch["kwargs"]["coord_heads"] is True
+    for head in (m.seg_heads[HLINES_HEAD], m.seg_heads[VLINES_HEAD]):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    for h, w in ((170, 220), (352, 448)):
+        with torch.no_grad():
+            out = m(torch.rand(1, 3, h, w))
+        cx = (np.arange(w) + 0.5) * CANONICAL.width_px / w - 0.5
+        cy = (np.arange(h) + 0.5) * CANONICAL.height_px / h - 0.5
+        pitch = CANONICAL.vline_x(1) - CANONICAL.vline_x(0)
+        for head, u, lines in ((VLINES_HEAD, cx, CANONICAL.vline_x(np.arange(CANONICAL.n_vlines))),
+                               (HLINES_HEAD, cy, CANONICAL.hline_y(np.arange(CANONICAL.n_hlines)))):
+            got = out[head][0].argmax(0).numpy()
+            got = got[0] if head == VLINES_HEAD else got[:, 0]
+            d = np.abs(u[:, None] - lines[None, :])
+            want = np.where(d.min(1) < 0.5 * pitch, d.argmin(1) + 1, 0)
+            sure = np.abs(np.sort(d, 1)[:, 1] - d.min(1)) > 0.05 * pitch  # not on a band boundary
+            sure &= np.abs(d.min(1) - 0.5 * pitch) > 0.05 * pitch
+            assert (got[sure] == want[sure]).all(), head
+    rebuilt = create_model(m.arch["name"], **m.arch["kwargs"])
+    assert isinstance(rebuilt, GridNet)
+    plain = dict(m.arch["kwargs"])
+    plain.pop("coord_heads")
+    old = create_model("unet", **plain)
+    assert not isinstance(old, GridNet) and old.coord_heads is False

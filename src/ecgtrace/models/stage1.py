@@ -34,20 +34,71 @@ def head_sizes(page: Page = CANONICAL) -> dict[str, int]:
     return {POINTS_HEAD: 1, HLINES_HEAD: page.n_hlines + 1, VLINES_HEAD: page.n_vlines + 1}
 
 
+#: Width (in 5 mm pitches) of the canonical position prior of the line-index heads; see :class:`GridNet`.
+PRIOR_SIGMA_PITCH = 0.25
+
+
+def index_prior(n_lines: int, centres_px: np.ndarray, length_px: float, out_len: int, sigma_px: float) -> torch.Tensor:
+    """Log-prior over (background, line 0 .. n_lines - 1) along one axis of ``out_len`` output pixels.
+
+    Line ``k`` scores ``-0.5 * ((u - centre_k) / sigma)**2`` at canonical position ``u`` of the output
+    pixel; background scores what a line scores at half a pitch, so it wins only beyond the lattice.
+    Returns (n_lines + 1, out_len) float32.
+    """
+    u = (np.arange(out_len) + 0.5) * (length_px / out_len) - 0.5
+    d = (u[None, :] - np.asarray(centres_px, dtype=np.float64)[:, None]) / sigma_px
+    pitch = float(np.median(np.abs(np.diff(centres_px))))
+    bg = np.full((1, out_len), -0.5 * (0.5 * pitch / sigma_px) ** 2)
+    return torch.from_numpy(np.concatenate([bg, -0.5 * d**2], axis=0).astype(np.float32))
+
+
+class GridNet(UNet):
+    """The stage-1 U-Net; its line-index heads start from the canonical page.
+
+    Which 5 mm line a pixel belongs to is, on a page stage 0 has normalized, mostly a matter of
+    where it is: the heads add a fixed log-prior (:func:`index_prior`, from ``paper.py``) that puts
+    every line where the canonical page has it, and learn from the image only how far this page's
+    lines sit from there. Learning the 45/57-way split by position alone needs logits tens of nats
+    apart, which a from-scratch network reaches only after many thousands of steps.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arch["name"] = "stage1"  # rebuilt by `stage1_unet`, prior included
+        self._priors: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _prior(self, h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if (h, w) not in self._priors:  # the input is a whole page: positions scale with the output size
+            page = CANONICAL
+            sigma = PRIOR_SIGMA_PITCH * float(page.vline_x(1) - page.vline_x(0))
+            hp = index_prior(page.n_hlines, page.hline_y(np.arange(page.n_hlines)), page.height_px, h, sigma)
+            vp = index_prior(page.n_vlines, page.vline_x(np.arange(page.n_vlines)), page.width_px, w, sigma)
+            self._priors[(h, w)] = (hp[None, :, :, None], vp[None, :, None, :])
+        hp, vp = self._priors[(h, w)]
+        return hp.to(like.device, like.dtype), vp.to(like.device, like.dtype)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(x)
+        h, w = out[HLINES_HEAD].shape[-2:]
+        hp, vp = self._prior(h, w, out[HLINES_HEAD])
+        out[HLINES_HEAD] = out[HLINES_HEAD] + hp
+        out[VLINES_HEAD] = out[VLINES_HEAD] + vp
+        return out
+
+
 @register_model("stage1")
 def stage1_unet(encoder_name: str = "resnet18", decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32),
-                pretrained: bool = False, weights: str = "", **kwargs: Any) -> UNet:
-    """U-Net with the three stage-1 heads, CoordConv on the input and at the heads (a line's index
-    is a function of absolute position: with the coordinates at hand the heads split x and y into
-    the lines' intervals linearly)."""
+                pretrained: bool = False, weights: str = "", **kwargs: Any) -> GridNet:
+    """Stage-1 network: U-Net with the three heads, CoordConv on the input and at the heads, and the
+    canonical position prior on the line-index heads (:class:`GridNet`)."""
     kwargs.setdefault("seg_heads", head_sizes(CANONICAL))
     kwargs.setdefault("coord_conv", True)
     kwargs.setdefault("coord_heads", True)
-    return UNet(encoder_name=encoder_name, decoder_channels=decoder_channels, pretrained=pretrained,
-                weights=weights, **kwargs)
+    return GridNet(encoder_name=encoder_name, decoder_channels=decoder_channels, pretrained=pretrained,
+                   weights=weights, **kwargs)
 
 
-def build_stage1(cfg: Any) -> UNet:
+def build_stage1(cfg: Any) -> GridNet:
     """Stage 1 model from a :class:`ecgtrace.config.Config` (``MODEL.BACKBONE.*``, ``MODEL.DECODER_CHANNELS``).
 
     One decoder block per encoder skip plus one more, so the heads work at full input resolution
