@@ -31,6 +31,11 @@ def test_yaml_round_trip_and_overrides(tmp_path):
 
 def test_preset_and_errors(tmp_path):
     assert load_config(0, preset="small").MODEL.INPUT_SIZE == [256, 320]
+    # the cpu preset is per stage; an override still wins over it
+    assert load_config(1, preset="cpu").MODEL.INPUT_SIZE == [352, 448]
+    assert load_config(2, preset="cpu").MODEL.INPUT_SIZE == [850, 1100]
+    assert load_config(2, preset="cpu").TRAIN.LEARNING_RATE == 1e-3
+    assert load_config(2, preset="cpu", overrides=["TRAIN.EPOCHS=3"]).TRAIN.EPOCHS == 3
     with pytest.raises(KeyError, match="unknown config key"):
         load_config(0, overrides=["TRAIN.EPOCS=3"])
     with pytest.raises(ValueError, match="TRAIN.BATCH_SIZE"):
