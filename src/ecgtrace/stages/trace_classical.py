@@ -36,6 +36,8 @@ ROW_KEYS: tuple[str, ...] = ("row0", "row1", "row2", RHYTHM_KEY)
 #: Ink level that counts as "on the trace" when measuring a column's ink run (thin anti-aliased
 #: strokes rarely reach 0.5).
 RUN_THRESHOLD = 0.4
+#: Columns left out at a lead's window edge where a jump sits (see :func:`cut_leads`).
+EDGE_COLUMNS = 1.0
 
 
 @dataclass
@@ -499,9 +501,11 @@ def cut_leads(rows: dict[str, tuple[np.ndarray, np.ndarray]], fs: float,
             t0, t1 = paper.lead_window(lead)
             i0, i1 = lead_indices(lead if lead != paper.RHYTHM_LEAD else "I", fs)
             n = int((n_samples or {}).get(lead) or (i1 - i0))
-            # stay two columns inside the window: the neighbouring lead's jump sits on its edge
-            eps = 2.0 * float(t[1] - t[0]) if len(t) > 1 else 0.0
-            m = (t >= t0 + eps) & (t <= t1 - eps)
+            # stay two columns inside the window where a neighbour's jump sits on its edge (the
+            # calibration pulse before the first column, the next lead after); the last column's
+            # leads end with the trace itself, so they are read to the end (a QRS there is kept)
+            eps = EDGE_COLUMNS * float(t[1] - t[0]) if len(t) > 1 else 0.0
+            m = (t >= t0 + eps) & (t <= (t1 - eps if t1 < paper.DURATION_S else t1))
             out[lead] = resample_window(t[m], v[m], i0 / fs, fs, n)
     if RHYTHM_KEY in rows:
         t, v = rows[RHYTHM_KEY]
