@@ -7,7 +7,8 @@ Modes (each scored with ``ecgtrace.metric`` through a real submission):
 - ``gt_rect``: stage 2 alone on the pictures rectified with their *ground-truth* geometry,
   so the difference to ``e2e`` is what stages 0/1 lose;
 - ``gt_rect_einthoven``: the same with the soft Einthoven correction, to measure the switch;
-- ``model_gt_rect`` / ``model_e2e``: with a stage-2 checkpoint (--stage2-checkpoint).
+- ``model_gt_rect`` / ``model_e2e``: with a stage-2 checkpoint (--stage2-checkpoint);
+  ``model_gt_rect_einthoven``: the model on GT-rectified pictures with the Einthoven switch on.
 
 Usage:
     PYTHONPATH=src python bench/bench_stage2.py [--per-variant 2] [--variants 0001,0003,...]
@@ -127,9 +128,9 @@ def main() -> int:
             rep = evaluate(path, data, split="test", worst=3)
             res = {"score_db": rep["score_db"], "per_variant": {v: r["score_db"] for v, r in rep["per_variant"].items()},
                    "n_images": rep["n_images"], "failed": out.failed, "s_per_image": out.seconds / max(1, out.n_images)}
-        elif mode in ("gt_rect", "gt_rect_einthoven", "model_gt_rect"):
-            st = Stage2(checkpoint=args.stage2_checkpoint if mode == "model_gt_rect" else None,
-                        einthoven=(mode == "gt_rect_einthoven"))
+        elif mode in ("gt_rect", "gt_rect_einthoven", "model_gt_rect", "model_gt_rect_einthoven"):
+            st = Stage2(checkpoint=args.stage2_checkpoint if mode.startswith("model") else None,
+                        einthoven=mode.endswith("einthoven"))
             preds, spi = gt_rect_predictions(data, st, ids, test_df)
             res = score(data, test_df, preds, mode, work)
             res["stage2_s_per_image"] = spi
