@@ -259,6 +259,64 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
 
 
 # -- the whole detection ---------------------------------------------------------------
+#: Rings (in vertical-line steps from the page centre) of the lattice growth: each is predicted by the
+#: lattice fitted to the nodes inside it, so the numbering stays consistent under perspective and curl.
+GROWTH_RADII = (7, 14, 22, np.inf)
+
+
+def _rings(page: Page) -> np.ndarray:
+    """(n_hlines, n_vlines) ring number of every node: its distance from the lattice centre, in column steps."""
+    nh, nv = page.n_hlines, page.n_vlines
+    ii, jj = np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij")
+    return np.maximum(np.abs(ii - (nh - 1) / 2.0) * (nv / nh), np.abs(jj - (nv - 1) / 2.0))
+
+
+def renumber_by_growth(det: GridDetection, page: Page = CANONICAL, reach: float = 0.4) -> GridDetection:
+    """Give another detector's nodes (the network's) indices that are consistent across the page.
+
+    A network numbers lines mostly by where they are, so a region that perspective or curl moves
+    more than half a box from its canonical place comes out numbered one off, as a block, which no
+    outlier test sees. Here the network's indices are trusted only in the central ring; every other
+    node takes the index of the nearest node of the lattice grown ring by ring from the centre
+    (as :func:`detect_grid` does), within ``reach`` pitches; one node per index (the nearest).
+    """
+    if not det.ok or len(det.points) < 12:
+        return det
+    from scipy.spatial import cKDTree
+
+    pitch = L.pitch_px(page)
+    nh, nv = page.n_hlines, page.n_vlines
+    ring = _rings(page)
+    core = ring[det.index[:, 0], det.index[:, 1]] <= GROWTH_RADII[0]
+    if core.sum() < 12:
+        return det
+    try:
+        fit = L.fit_lattice(det.points[core], det.index[core], page, smoothing=5.0, heldout=False)
+    except ValueError:
+        return det
+    pred = fit.nodes
+    for radius in GROWTH_RADII[1:]:
+        d, k = cKDTree(pred.reshape(-1, 2)).query(det.points)
+        idx = np.stack(np.unravel_index(k, (nh, nv)), axis=1)
+        take = (d < reach * pitch) & (ring[idx[:, 0], idx[:, 1]] <= radius)
+        # one point per node: the nearest
+        order = np.argsort(d)
+        first = np.zeros(len(d), dtype=bool)
+        _, u = np.unique(k[order][take[order]], return_index=True)
+        first[order[take[order]][u]] = True
+        if first.sum() < 12:
+            return det
+        try:
+            fit = L.fit_lattice(det.points[first], idx[first], page, smoothing=5.0, heldout=False)
+        except ValueError:
+            return det
+        pred = fit.nodes
+    changed = int((idx[first] != det.index[first]).any(axis=1).sum())
+    return GridDetection(points=det.points[first], index=idx[first], strength=det.strength[first],
+                         feature=det.feature, periodicity=det.periodicity, ok=True, message=det.message,
+                         extra={**det.extra, "renumbered": changed, "dropped": int((~first).sum())})
+
+
 def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicity: float = 6.0,
                 min_contrast: float = 2.5, min_coverage: float = 0.08) -> GridDetection:
     """Find the 5 mm nodes of the grid on a near-canonical page.
@@ -286,14 +344,12 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
 
     nh, nv = page.n_hlines, page.n_vlines
     pred = L.canonical_nodes(page)
-    ii, jj = np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij")
-    ci, cj = (nh - 1) / 2.0, (nv - 1) / 2.0
-    ring = np.maximum(np.abs(ii - ci) * (nv / nh), np.abs(jj - cj))
+    ring = _rings(page)
     accepted = np.zeros((nh, nv), dtype=bool)
     meas = np.zeros((nh, nv, 2))
     fit = None
     # Grow outwards from the centre: each ring is predicted by the lattice fitted to the nodes inside it.
-    for radius in (7, 14, 22, np.inf):
+    for radius in GROWTH_RADII:
         todo = ring <= radius
         m, ctr = measure_nodes(feat, pred, todo, pitch, search_frac=0.45)
         near = np.linalg.norm(m - pred, axis=-1) < 0.4 * pitch
@@ -351,6 +407,10 @@ def shift_lattice(nodes: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
     return padded[p - di:p - di + nh, p - dj:p - dj + nv].copy()
 
 
+#: A network node is kept by :func:`refine_detection` only with no measured node within this many lattice steps.
+OWN_POINT_GAP = 2
+
+
 def refine_detection(image_bgr: np.ndarray, det: GridDetection, page: Page = CANONICAL,
                      min_contrast: float = 2.5) -> GridDetection:
     """Re-measure the nodes of another detector (the network) with the classical sub-pixel measurement.
@@ -378,10 +438,13 @@ def refine_detection(image_bgr: np.ndarray, det: GridDetection, page: Page = CAN
     m, ctr = measure_nodes(feat, fit.nodes, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.25)
     good = (ctr >= min_contrast) & (np.linalg.norm(m - fit.nodes, axis=-1) < 0.25 * pitch)
     pts, idx = m[good], np.argwhere(good)
-    # keep the network's own points where the measurement found nothing
+    # keep the network's own points only where the measurement found nothing nearby: next to measured
+    # nodes (e.g. under a trace, where the measurement skips ink-touched nodes) the lattice fit
+    # interpolates the measured ones, which are sub-pixel, while the network's are ~1 px off
     own = np.zeros((nh, nv), dtype=bool)
     own[det.index[fit.inliers, 0], det.index[fit.inliers, 1]] = True
-    own &= ~good
+    near = cv2.dilate(good.astype(np.uint8), np.ones((2 * OWN_POINT_GAP + 1,) * 2, np.uint8)).astype(bool)
+    own &= ~near
     pts = np.concatenate([pts, fit.nodes[own]])
     idx = np.concatenate([idx, np.argwhere(own)])
     strength = np.concatenate([ctr[good], np.zeros(int(own.sum()))])

@@ -92,7 +92,8 @@ class Stage1:
             return G.detect_grid(image_bgr, self.page)
         from ecgtrace.models.stage1 import predict_grid
 
-        det = predict_grid(self.model, image_bgr, self.input_size, self.page, self.device)
+        det = G.renumber_by_growth(predict_grid(self.model, image_bgr, self.input_size, self.page, self.device),
+                                   self.page)
         if det.ok and self.refine:
             det = G.refine_detection(image_bgr, det, self.page)
         return det
