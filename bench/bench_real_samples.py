@@ -4,7 +4,7 @@ What it checks is what a person would: nothing crashes, every picture either giv
 clear one-line reason, and the overlays show traces where the traces are. It writes a montage of
 all overlays to look at, and a JSON with per-picture status, orientation, methods and timing.
 
-    PYTHONPATH=src python bench/bench_real_samples.py [--dir ../shared/real-samples] [--limit N]
+    PYTHONPATH=src python bench/bench_real_samples.py [--dir ../shared/real-samples] [--limit N] [--checkpoints DIR] [--name NAME]
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ def main() -> None:
     ap.add_argument("--dir", default=str(ROOT.parent / "shared" / "real-samples"))
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--checkpoints", default=None, help="folder of stage{0,1,2}_*.pth (default: classical paths)")
+    ap.add_argument("--name", default="real_samples", help="results file stem (<name>.json, <name>_overlays.jpg)")
     args = ap.parse_args()
     logger.remove()
     files = io.list_images([args.dir])
     if args.limit:
         files = files[: args.limit]
-    pipe = Pipeline()
+    pipe = Pipeline(args.checkpoints)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, tiles = [], []
@@ -78,15 +80,18 @@ def main() -> None:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "refused", "crash")}
     secs = [r["seconds"] for r in rows]
     summary = {"n": len(rows), **counts, "median_s": float(np.median(secs)) if secs else None, "pictures": rows}
-    (out / "real_samples.json").write_text(json.dumps(summary, indent=1))
+    summary["checkpoints"] = args.checkpoints
+    summary["leads_ok_median"] = float(np.median([r["leads_ok"] for r in rows if r["status"] == "ok"] or [0]))
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
     if tiles:
-        cv2.imwrite(str(out / "real_samples_overlays.jpg"), montage(tiles), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        cv2.imwrite(str(out / f"{args.name}_overlays.jpg"), montage(tiles), [cv2.IMWRITE_JPEG_QUALITY, 80])
     print(f"{len(rows)} real pictures: {counts['ok']} digitized, {counts['refused']} refused with a reason, "
-          f"{counts['crash']} crashed; median {summary['median_s']:.1f} s/picture")
+          f"{counts['crash']} crashed; median {summary['median_s']:.1f} s/picture; median "
+          f"{summary['leads_ok_median']:.1f}/12 leads ok per digitized picture")
     for r in rows:
         if r["status"] != "ok":
             print(f"  {r['file']}: {r['status']}: {r.get('message', '')[:160]}")
-    print(f"wrote {out / 'real_samples.json'} and {out / 'real_samples_overlays.jpg'}")
+    print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '_overlays.jpg')}")
 
 
 if __name__ == "__main__":
