@@ -155,7 +155,7 @@ class Stage1:
         perspective): the homography of the largest consistently numbered part of the lattice
         pre-warps the page, the grid is found again there. Returns (detection on the pre-warped
         page, its px -> ``work`` px homography), or None when no second pass is needed or it fails."""
-        if self.model is not None or not det.ok or len(det.points) < 12:
+        if not det.ok or len(det.points) < 12:
             return None
         pitch = L.pitch_px(self.page)
         canon = L.canonical_points(det.index, self.page)
