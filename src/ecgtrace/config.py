@@ -133,8 +133,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "DATA.SYNTHETIC_PER_EPOCH": 32,
         "DEVICE.DEVICE": "cpu",
     },
-    # Reduced-resolution runs of about 45 min each on a 2-core CPU (one thread per run), the recipes
-    # behind the CPU-trained models in the benchmarks; the stage-specific part is in STAGE_PRESETS.
+    # Reduced-resolution runs of under an hour each on a 2-core CPU (one thread per run): the recipes
+    # behind the CPU-trained stage-1/2 models in the README (stage 0's is an earlier session's, ~1 h);
+    # the stage-specific part is in STAGE_PRESETS.
     "cpu": {"TRAIN.LEARNING_RATE": 1e-3, "DEVICE.DEVICE": "cpu"},
 }
 
