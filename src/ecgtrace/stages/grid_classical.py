@@ -287,34 +287,29 @@ def renumber_by_growth(det: GridDetection, page: Page = CANONICAL, reach: float 
     pitch = L.pitch_px(page)
     nh, nv = page.n_hlines, page.n_vlines
     ring = _rings(page)
-    core = ring[det.index[:, 0], det.index[:, 1]] <= GROWTH_RADII[0]
-    if core.sum() < 12:
+    kept = ring[det.index[:, 0], det.index[:, 1]] <= GROWTH_RADII[0]  # the central ring seeds the lattice
+    idx = det.index
+    if kept.sum() < 12:
         return det
-    try:
-        fit = L.fit_lattice(det.points[core], det.index[core], page, smoothing=5.0, heldout=False)
-    except ValueError:
-        return det
-    pred = fit.nodes
     for radius in GROWTH_RADII[1:]:
+        try:  # the lattice of the nodes numbered so far predicts the next ring
+            pred = L.fit_lattice(det.points[kept], idx[kept], page, smoothing=5.0, heldout=False).nodes
+        except ValueError:
+            return det
         d, k = cKDTree(pred.reshape(-1, 2)).query(det.points)
         idx = np.stack(np.unravel_index(k, (nh, nv)), axis=1)
         take = (d < reach * pitch) & (ring[idx[:, 0], idx[:, 1]] <= radius)
         # one point per node: the nearest
         order = np.argsort(d)
-        first = np.zeros(len(d), dtype=bool)
+        kept = np.zeros(len(d), dtype=bool)
         _, u = np.unique(k[order][take[order]], return_index=True)
-        first[order[take[order]][u]] = True
-        if first.sum() < 12:
+        kept[order[take[order]][u]] = True
+        if kept.sum() < 12:
             return det
-        try:
-            fit = L.fit_lattice(det.points[first], idx[first], page, smoothing=5.0, heldout=False)
-        except ValueError:
-            return det
-        pred = fit.nodes
-    changed = int((idx[first] != det.index[first]).any(axis=1).sum())
-    return GridDetection(points=det.points[first], index=idx[first], strength=det.strength[first],
+    changed = int((idx[kept] != det.index[kept]).any(axis=1).sum())
+    return GridDetection(points=det.points[kept], index=idx[kept], strength=det.strength[kept],
                          feature=det.feature, periodicity=det.periodicity, ok=True, message=det.message,
-                         extra={**det.extra, "renumbered": changed, "dropped": int((~first).sum())})
+                         extra={**det.extra, "renumbered": changed, "dropped": int((~kept).sum())})
 
 
 def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicity: float = 6.0,
