@@ -269,3 +269,13 @@ def test_stage2_command_writes_signals_that_match_the_page(clean_page, tmp_path)
     assert snr_for_image(_truth(signals, fs), pred, fs).db >= 15.0
     assert main(["stage2", "--image", str(tmp_path / "missing.png"), "--output", str(out)]) == 2
     assert main(["stage2", "--image", str(page), "--output", str(out), "--fs", "0"]) == 2
+
+
+def test_classical_reads_thin_trace_on_black_grid():
+    """A thin trace on a black grid: QRS strokes cross in-painted grid-line columns and must not be cut there."""
+    fs = 500.0
+    signals = synthesize_ecg(np.random.default_rng(11), fs=fs)
+    img, _ = render_page(signals, fs, page=CANONICAL, style=RenderStyle(grid="bw", trace_width_pt=0.4),
+                         rng=np.random.default_rng(1))
+    score = snr_for_image(_truth(signals, fs), Stage2()(img, fs).signals, fs)
+    assert score.db >= 14.0, f"black grid, 0.4 pt trace: {score.db:.2f} dB ({score.lead_db})"

@@ -38,6 +38,8 @@ ROW_KEYS: tuple[str, ...] = ("row0", "row1", "row2", RHYTHM_KEY)
 RUN_THRESHOLD = 0.4
 #: Columns left out at a lead's window edge where a jump sits (see :func:`cut_leads`).
 EDGE_COLUMNS = 1.0
+#: Median ink of a pixel column (row) above which it holds a grid line too dark to subtract.
+LINE_VISIBLE = 0.2
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ClassicalParams:
     band_below_mv: float = 2.6
     step_ink_cost: float = 1.0  # vertical move cost per px of paper (no ink)
     step_base_cost: float = 0.002  # vertical move cost per px on ink
+    blind_step_cost: float = 0.02  # vertical move cost per px in a column hidden by a dark grid line
     baseline_pull: float = 0.02  # per column, per mV^2 of distance from the row's baseline
     baseline_pull_cap_mv: float = 4.0
     claimed_penalty: float = 0.5  # cost added on pixels the row above already follows
@@ -93,6 +96,16 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     penalised, and a robust contrast stretch pushes the (lighter, thinner) grid of
     grey/B&W pages under the floor.
     """
+    return ink_map(image_bgr)[0]
+
+
+def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trace_probability`, and which pixel columns are *blind*: a dark vertical grid line
+    was in-painted there from its neighbours, so the ink a steep stroke left in them is lost.
+
+    (Rows in-painted under dark horizontal lines are not treated alike: crediting them as
+    unknown ink lets the path run along a line past a hard QRS; measured worse on black grids.)
+    """
     img = image_bgr
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
@@ -115,7 +128,9 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     # (a flat trace fills most of its own pixel row), and subtracted.
     w = score.shape[1]
     page = CANONICAL.scaled_to(w)
-    score = _remove_lines(score, np.median(score, axis=0))
+    col_level = np.median(score, axis=0)
+    blind = col_level >= LINE_VISIBLE
+    score = _remove_lines(score, col_level)
     xr = int(np.ceil(float(page.time_to_x(paper.DURATION_S)) + 0.5 * page.px_per_mm))
     if w - xr >= 8:
         score = _remove_lines(score.T, np.median(score[:, xr:], axis=1)).T
@@ -126,10 +141,10 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     hi = float(np.percentile(score, 99.7))
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
-    return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32)
+    return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
 
 
-def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = 0.2) -> np.ndarray:
+def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = LINE_VISIBLE) -> np.ndarray:
     """Remove axis-aligned grid lines of known per-column ink ``level`` from ``score`` (H, W).
 
     Faint levels are subtracted; columns holding a visible line are in-painted from the
@@ -400,8 +415,10 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     """Find the four trace rows of a rectified page; returns per-row columns and sub-pixel y (px)."""
     p = params or ClassicalParams()
     page = page_for(image_bgr)
+    blind = np.zeros(image_bgr.shape[1], bool)
     if prob is None:
-        prob = mask_furniture(trace_probability(image_bgr), page, p)
+        prob, blind = ink_map(image_bgr)
+        prob = mask_furniture(prob, page, p)
     h, w = prob.shape
     x0 = int(np.ceil(float(page.time_to_x(0.0))))
     x1 = int(min(w - 1, np.floor(float(page.time_to_x(paper.DURATION_S)))))
@@ -421,7 +438,12 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
         d_mv = np.minimum(np.abs(page.y_to_mv(row, ys)), p.baseline_pull_cap_mv)
         unary = (1.0 - band) + p.baseline_pull * (d_mv ** 2)[:, None] + claimed[top:bot + 1, x0:x1 + 1]
         # moving along faint ink (a thin, anti-aliased steep stroke) should be as cheap as along solid ink
-        step = p.step_ink_cost * (1.0 - np.clip(band / 0.4, 0.0, 1.0)) + p.step_base_cost
+        # A move into column x is drawn between columns x-1 and x: a thin slanted stroke puts part of
+        # its ink in each, so the move is as cheap as the inkier of the two columns.
+        reach = np.maximum(band, np.concatenate([band[:, :1], band[:, :-1]], axis=1))
+        step = p.step_ink_cost * (1.0 - np.clip(reach / 0.4, 0.0, 1.0)) + p.step_base_cost
+        # a stroke crossing an in-painted grid-line column left no ink there: moving is cheap, but not free
+        step[:, blind[x0:x1 + 1]] = np.minimum(step[:, blind[x0:x1 + 1]], p.blind_step_cost)
         if row < N_ROWS - 1:
             # the row switches lead at each column start: the trace may jump there for free
             for c in range(1, paper.N_COLUMNS):
