@@ -13,7 +13,9 @@ Modes (each scored with ``ecgtrace.metric`` through a real submission):
 Usage:
     PYTHONPATH=src python bench/bench_stage2.py [--per-variant 2] [--variants 0001,0003,...]
         [--modes e2e,gt_rect,gt_rect_einthoven] [--stage2-checkpoint PATH] [--name NAME]
-Writes bench/results/<name>.json (default bench_stage2.json).
+Writes bench/results/<name>.json (default bench_stage2.json). The GT-rectified modes also
+report whether the per-lead quality flags are worth trusting: the lead SNR of leads flagged
+"ok" against those flagged otherwise.
 """
 
 from __future__ import annotations
@@ -52,13 +54,13 @@ def make_data(out: Path, variants: list[str], per_variant: int, seed: int) -> Pa
     return out
 
 
-def gt_rect_predictions(data: Path, stage2, ids: list[str], test_df) -> tuple[dict, float]:
-    """Stage 2 alone on GT-rectified test pictures."""
+def gt_rect_predictions(data: Path, stage2, ids: list[str], test_df) -> tuple[dict, dict, float]:
+    """Stage 2 alone on GT-rectified test pictures: signals and per-lead quality flags per image."""
     import cv2
 
     from ecgtrace.train.stage2 import gt_rectify
 
-    preds, t_total = {}, 0.0
+    preds, flags, t_total = {}, {}, 0.0
     for image_id in ids:
         rows = test_df[test_df["id"] == image_id]
         fs = float(rows["fs"].iloc[0])
@@ -67,9 +69,30 @@ def gt_rect_predictions(data: Path, stage2, ids: list[str], test_df) -> tuple[di
         gt = GroundTruth.load(data / "test_gt" / f"{image_id}.gt.npz")
         rect = gt_rectify(img, gt, CANONICAL.size)
         t = time.perf_counter()
-        preds[image_id] = stage2(rect, fs, n_samples=n_samples).signals
+        out = stage2(rect, fs, n_samples=n_samples)
+        preds[image_id], flags[image_id] = out.signals, out.quality
         t_total += time.perf_counter() - t
-    return preds, t_total / max(1, len(ids))
+    return preds, flags, t_total / max(1, len(ids))
+
+
+def flag_report(data: Path, test_df, preds: dict, flags: dict) -> dict:
+    """Do the per-lead quality flags tell good reads from bad? Lead SNR (dB) of "ok" leads vs flagged ones."""
+    import pandas as pd
+
+    from ecgtrace.metric import snr_for_image
+
+    sol = pd.read_csv(data / "test_solution.csv", dtype={"id": str})
+    parts = sol["id"].str.split("_", expand=True)
+    groups = {"ok": [], "flagged": []}
+    for image_id, pred in preds.items():
+        mine = sol[parts[0] == image_id]
+        leads = parts.loc[mine.index, 2]
+        truth = {lead: mine["value"].to_numpy()[(leads == lead).to_numpy()] for lead in dict.fromkeys(leads)}
+        fs = float(test_df[test_df["id"] == image_id]["fs"].iloc[0])
+        for lead, db in snr_for_image(truth, pred, fs).lead_db.items():
+            groups["ok" if flags[image_id].get(lead) == "ok" else "flagged"].append(db)
+    return {k: {"n": len(v), "median_db": float(np.median(v)) if v else None,
+                "p10_db": float(np.percentile(v, 10)) if v else None} for k, v in groups.items()}
 
 
 def score(data: Path, test_df, preds: dict, tag: str, out_dir: Path) -> dict:
@@ -131,15 +154,20 @@ def main() -> int:
         elif mode in ("gt_rect", "gt_rect_einthoven", "model_gt_rect", "model_gt_rect_einthoven"):
             st = Stage2(checkpoint=args.stage2_checkpoint if mode.startswith("model") else None,
                         einthoven=mode.endswith("einthoven"))
-            preds, spi = gt_rect_predictions(data, st, ids, test_df)
+            preds, flags, spi = gt_rect_predictions(data, st, ids, test_df)
             res = score(data, test_df, preds, mode, work)
             res["stage2_s_per_image"] = spi
+            res["flags"] = flag_report(data, test_df, preds, flags)
         else:
             raise SystemExit(f"unknown mode {mode}")
         res["seconds"] = round(time.time() - t0, 1)
         results["modes"][mode] = res
         pv = "  ".join(f"{v}:{s:.2f}" for v, s in res["per_variant"].items())
         print(f"{mode:>20}: {res['score_db']:.2f} dB overall | {pv}", flush=True)
+        if "flags" in res:
+            print(" " * 22 + "lead SNR by quality flag: " + "; ".join(
+                f"{k} {r['n']} leads, median {r['median_db']:.1f} dB, p10 {r['p10_db']:.1f} dB"
+                for k, r in res["flags"].items() if r["n"]), flush=True)
     out_path = ROOT / "bench" / "results" / f"{args.name}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2, default=str))

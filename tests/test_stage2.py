@@ -279,3 +279,16 @@ def test_classical_reads_thin_trace_on_black_grid():
                          rng=np.random.default_rng(1))
     score = snr_for_image(_truth(signals, fs), Stage2()(img, fs).signals, fs)
     assert score.db >= 14.0, f"black grid, 0.4 pt trace: {score.db:.2f} dB ({score.lead_db})"
+
+
+def test_ink_near_path_tells_a_path_on_the_trace_from_one_beside_it(clean_page):
+    """The model path is judged by the page's ink near it: on the drawn trace it is inked, 0.5 mV off it is not."""
+    img, gt, _, _ = clean_page
+    prob = tc.trace_probability(img)
+    res = tc.trace_rows(img)
+    tr = res.rows[tc.ROW_KEYS[1]]
+    on = tc.ink_near_path(prob, tr.x, tr.y, radius=2.0)
+    off = tc.ink_near_path(prob, tr.x, tr.y - 0.5 * CANONICAL.px_per_mv, radius=2.0)
+    weak = tc.ClassicalParams().weak_ink
+    assert np.mean(on < weak) < 0.02, f"{np.mean(on < weak):.1%} of on-trace columns read as without ink"
+    assert np.mean(off < weak) > 0.8, f"only {np.mean(off < weak):.1%} of off-trace columns read as without ink"

@@ -112,6 +112,12 @@ class Stage2:
         except ValueError as e:
             raise StageError(f"{e}; run stage 1 to rectify the page first") from e
         rows = self.rows(rect_bgr)
+        if self.model is not None:
+            # judge the model's path by the page's own ink near it, as the classical path is judged
+            prob = tc.mask_furniture(tc.trace_probability(rect_bgr), page, self.params)
+            radius = max(1.5, 2.0 * page.px_per_mm / paper.CANONICAL.px_per_mm)
+            for tr in rows.values():
+                tr.ink = tc.ink_near_path(prob, tr.x, tr.y, radius)
         values = {k: tc.row_values(tr, page) for k, tr in rows.items()}
         signals = tc.cut_leads(values, fs, n_samples)
         if self.einthoven:

@@ -463,6 +463,28 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     return out
 
 
+def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """Page ink at a path read by another method (a model), per path point, with tolerance.
+
+    The strongest ``prob`` within ``radius`` px of the point vertically, over the span to the
+    previous point (a steep stroke covers it), and in the columns either side (a column
+    in-painted under a dark grid line lost its ink). A model's own confidence says how sure
+    the network is, not whether the picture holds a trace there; this does.
+    """
+    h, w = prob.shape
+    xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
+    y = np.asarray(y, np.float64)
+    yp = np.concatenate([y[:1], y[:-1]])
+    lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
+    hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
+    # column-wise running max of the column and its neighbours, then the max over [lo, hi] per point
+    wide = cv2.dilate(prob, np.ones((1, 3), np.uint8))
+    out = np.empty(len(xi), np.float32)
+    for i, (c, a, b) in enumerate(zip(xi, lo, hi)):
+        out[i] = wide[a:b + 1, c].max()
+    return out
+
+
 # --------------------------------------------------------------------------- signals
 def row_values(tr: RowTrace, page: Page) -> tuple[np.ndarray, np.ndarray]:
     """(time s, mV) of every path column of a row."""
