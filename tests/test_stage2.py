@@ -292,3 +292,16 @@ def test_ink_near_path_tells_a_path_on_the_trace_from_one_beside_it(clean_page):
     weak = tc.ClassicalParams().weak_ink
     assert np.mean(on < weak) < 0.02, f"{np.mean(on < weak):.1%} of on-trace columns read as without ink"
     assert np.mean(off < weak) > 0.8, f"only {np.mean(off < weak):.1%} of off-trace columns read as without ink"
+
+
+def test_two_rows_on_one_trace_flag_the_row_it_does_not_belong_to(clean_page):
+    """A page read one row off puts two rows on one trace: the row farther from it is flagged, not "ok"."""
+    img, _, _, _ = clean_page
+    res = tc.trace_rows(img)
+    assert all(q == "ok" for q in tc.quality_flags(res, CANONICAL).values())
+    res.rows["row1"].y = res.rows["row2"].y.copy()
+    flags = tc.quality_flags(res, CANONICAL)
+    for lead in ("aVL", "V2", "V5"):
+        assert flags[lead].startswith("no trace found"), (lead, flags[lead])
+    for lead in ("III", "aVF", "V3", "V6"):
+        assert flags[lead] == "ok", (lead, flags[lead])

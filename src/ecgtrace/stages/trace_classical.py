@@ -560,10 +560,31 @@ def cut_leads(rows: dict[str, tuple[np.ndarray, np.ndarray]], fs: float,
     return {lead: out[lead] for lead in paper.LEADS if lead in out}
 
 
+def _foreign_columns(res: ClassicalResult, page: Page, tol_mm: float = 0.4) -> dict[int, np.ndarray]:
+    """Per row: the columns where its path runs on the same ink as another row's path, nearer that row's baseline.
+
+    When a page is read one row off (a layout the geometry does not expect, a picture stage 1
+    mis-registered) two rows end up on one trace; the row it belongs to less is not read.
+    """
+    out = {r: np.zeros(len(res.rows[ROW_KEYS[r]].x), bool) for r in range(N_ROWS) if ROW_KEYS[r] in res.rows}
+    tol = tol_mm * page.px_per_mm
+    for r in out:
+        a = res.rows[ROW_KEYS[r]]
+        for q in out:
+            b = res.rows[ROW_KEYS[q]]
+            if q == r or len(b.x) != len(a.x):
+                continue
+            same = np.abs(a.y - b.y) <= tol
+            nearer_q = np.abs(a.y - page.baseline_y(q)) < np.abs(a.y - page.baseline_y(r))
+            out[r] |= same & nearer_q
+    return out
+
+
 def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | None = None) -> dict[str, str]:
     """Per lead: "ok", or a short reason (weak/missing trace, clipped peaks)."""
     p = params or ClassicalParams()
     flags: dict[str, str] = {}
+    foreign = _foreign_columns(res, page)
     for r in range(N_ROWS):
         tr = res.rows[ROW_KEYS[r]]
         t = page.x_to_time(tr.x.astype(np.float64))
@@ -584,7 +605,10 @@ def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | No
             # random strokes (a photo that is not an ECG) wanders far from its median
             mv = page.y_to_mv(r, tr.y[m])
             mad = max(float(np.median(np.abs(mv - np.median(mv)))), row_mad)
-            if mad > p.max_wander_mv:
+            own = float(np.mean(foreign[r][m]))
+            if own > 0.5:
+                flags[lead] = f"no trace found (the path follows another row's trace in {own:.0%} of columns)"
+            elif mad > p.max_wander_mv:
                 flags[lead] = f"no trace found (path wanders {mad:.1f} mV around its median)"
             elif weak > 0.5:
                 flags[lead] = f"no trace found ({weak:.0%} of columns without ink)"
