@@ -125,8 +125,8 @@ def main() -> int:
     test_df = read_test_csv(data / "test.csv")
     ids = list(dict.fromkeys(test_df["id"].astype(str)))
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if args.stage2_checkpoint:
-        modes += [m for m in ("model_gt_rect", "model_e2e") if m not in modes]
+    if args.stage2_checkpoint and not any(m.startswith("model") for m in modes):
+        modes += ["model_gt_rect", "model_e2e"]
     results: dict = {"variants": variants, "per_variant_images": args.per_variant, "n_images": len(ids),
                      "seed": args.seed, "cpu_threads": os.environ.get("OMP_NUM_THREADS", "default"), "modes": {}}
     for mode in modes:

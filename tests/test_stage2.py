@@ -222,6 +222,23 @@ def test_path_decoding_stays_on_its_trace_where_a_neighbour_intrudes():
     assert np.allclose(y_nofree[33:], 95.0, atol=0.01)  # a lasting jump is followed even where it is not free
 
 
+def test_path_decoding_reads_the_middle_of_a_steep_stroke():
+    """On a steep stroke the network spreads its belief along the stroke: the decode takes the mean over
+    the path's span in that column (the mode sits at one end); on a flat stretch the window stays narrow."""
+    from ecgtrace.models.stage2 import decode_path
+
+    h, w = 64, 9
+    logits = np.full((h, w), -30.0, np.float32)
+    logits[50, :4] = 0.0  # flat at y = 50 ...
+    logits[20:51, 4] = 0.0  # ... a stroke up through column 4 (uniform belief over y = 20..50) ...
+    logits[20, 4] = 0.5  # (its mode at the top end)
+    logits[20, 5:] = 0.0  # ... flat at y = 20
+    logits[35, 7] = -1.0  # a faint second trace 15 px off on the flat stretch
+    y, _ = decode_path(logits)
+    assert abs(y[4] - 35.0) < 1.5, y[4]  # the stroke's middle, not its mode (20)
+    assert abs(y[7] - 20.0) < 0.05 and abs(y[1] - 50.0) < 0.05, y
+
+
 def test_model_read_maps_pixel_centres_back_to_the_page():
     """A model that runs on a page half the canonical size: column c covers input px [2c, 2c + 2), so its
     reading belongs to x = 2c + 0.5 (not 2c); likewise y. A 0.5 px error is 2.5 ms, a sample at 500 Hz."""
