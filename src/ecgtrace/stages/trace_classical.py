@@ -477,7 +477,7 @@ def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float)
     yp = np.concatenate([y[:1], y[:-1]])
     lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
     hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
-    # column-wise running max of the column and its neighbours, then the max over [lo, hi] per point
+    # each column's ink as the max of itself and its two neighbours, then the max over [lo, hi] per point
     wide = cv2.dilate(prob, np.ones((1, 3), np.uint8))
     out = np.empty(len(xi), np.float32)
     for i, (c, a, b) in enumerate(zip(xi, lo, hi)):
@@ -581,7 +581,7 @@ def _foreign_columns(res: ClassicalResult, page: Page, tol_mm: float = 0.4) -> d
 
 
 def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | None = None) -> dict[str, str]:
-    """Per lead: "ok", or a short reason (weak/missing trace, clipped peaks)."""
+    """Per lead: "ok", or a short reason (weak/missing trace, another row's trace, wandering path, clipped peaks)."""
     p = params or ClassicalParams()
     flags: dict[str, str] = {}
     foreign = _foreign_columns(res, page)
@@ -605,9 +605,9 @@ def quality_flags(res: ClassicalResult, page: Page, params: ClassicalParams | No
             # random strokes (a photo that is not an ECG) wanders far from its median
             mv = page.y_to_mv(r, tr.y[m])
             mad = max(float(np.median(np.abs(mv - np.median(mv)))), row_mad)
-            own = float(np.mean(foreign[r][m]))
-            if own > 0.5:
-                flags[lead] = f"no trace found (the path follows another row's trace in {own:.0%} of columns)"
+            shared = float(np.mean(foreign[r][m]))
+            if shared > 0.5:
+                flags[lead] = f"no trace found (the path follows another row's trace in {shared:.0%} of columns)"
             elif mad > p.max_wander_mv:
                 flags[lead] = f"no trace found (path wanders {mad:.1f} mV around its median)"
             elif weak > 0.5:
