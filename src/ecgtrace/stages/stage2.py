@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ecgtrace import paper
@@ -113,11 +114,16 @@ class Stage2:
             raise StageError(f"{e}; run stage 1 to rectify the page first") from e
         rows = self.rows(rect_bgr)
         if self.model is not None:
-            # judge the model's path by the page's own ink near it, as the classical path is judged
-            prob = tc.mask_furniture(tc.trace_probability(rect_bgr), page, self.params)
-            radius = max(1.5, 2.0 * page.px_per_mm / paper.CANONICAL.px_per_mm)
+            # judge the model's path by the page's own ink near it, as the classical path is judged;
+            # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
+            ph, pw = self.model.page_size
+            small = rect_bgr if rect_bgr.shape[1] <= pw else cv2.resize(rect_bgr, (pw, ph), interpolation=cv2.INTER_AREA)
+            sp = tc.page_for(small)
+            prob = tc.mask_furniture(tc.trace_probability(small), sp, self.params)
+            s = small.shape[1] / rect_bgr.shape[1]
+            radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
             for tr in rows.values():
-                tr.ink = tc.ink_near_path(prob, tr.x, tr.y, radius)
+                tr.ink = tc.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
         values = {k: tc.row_values(tr, page) for k, tr in rows.items()}
         signals = tc.cut_leads(values, fs, n_samples)
         if self.einthoven:
