@@ -133,8 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "DATA.SYNTHETIC_PER_EPOCH": 32,
         "DEVICE.DEVICE": "cpu",
     },
-    # Reduced-resolution runs on a 2-core CPU (one thread per run; stage 1 about an hour, stage 2 about
-    # 1 h 45 min): the recipes behind the CPU-trained stage-1/2 models in the README (stage 0's is an
+    # Reduced-resolution runs on a 2-core CPU (one thread per run, two runs at once; measured: stage 1
+    # 45 min, stage 2 97 min): the recipes behind the CPU-trained stage-1/2 models in the README (stage 0's is an
     # earlier session's, ~1 h); the stage-specific part is in STAGE_PRESETS.
     "cpu": {"TRAIN.LEARNING_RATE": 1e-3, "DEVICE.DEVICE": "cpu"},
 }

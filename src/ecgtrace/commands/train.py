@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--stage", default="0", choices=("0", "1", "2", "all"), help="stage to train (default 0)")
     p.add_argument("--config", default=None, help="YAML config file (write one with --dump-config)")
-    p.add_argument("--preset", default=None, help="named preset: 'small' (a CPU smoke run) or 'cpu' (the under-an-hour CPU recipe of each stage)")
+    p.add_argument("--preset", default=None, help="named preset: 'small' (a CPU smoke run) or 'cpu' (the CPU recipe of each stage: stage 1 ~45 min, stage 2 ~1 h 40 min)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest stage{K}_epoch_{E}.pth in the checkpoint folder")
     p.add_argument("--dump-config", action="store_true", dest="dump_config",
