@@ -29,7 +29,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ecgtrace.data.render import RenderStyle, render_page, trace_pixel_errors  # noqa: E402
-from ecgtrace.data.signals import synthesize_ecg, window_indices  # noqa: E402
+from ecgtrace.data.signals import synthesize_ecg  # noqa: E402
+from ecgtrace.paper import window_indices  # noqa: E402
 from ecgtrace.data.synthetic import SyntheticPages, apply_variant, available_variants  # noqa: E402
 from ecgtrace.paper import CANONICAL, RHYTHM_KEY, Page  # noqa: E402
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ecgtrace import orient  # noqa: E402
 from ecgtrace.paper import CANONICAL, MARKERS, Page  # noqa: E402
-from ecgtrace.stages.stage0 import Stage0, apply_h, resize_matrix  # noqa: E402
+from ecgtrace.geometry import apply_homography, resize_matrix  # noqa: E402
+from ecgtrace.stages.stage0 import Stage0  # noqa: E402
 from ecgtrace.train.stage0 import canonical_homography  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def page_corners_in_image(gt, clean_hw: tuple[int, int]) -> np.ndarray:
 def canonical_corners(clean_hw: tuple[int, int]) -> np.ndarray:
     h, w = clean_hw
     m = resize_matrix(clean_hw, CANONICAL.size)
-    return apply_h(m, np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64))
+    return apply_homography(m, np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64))
 
 
 def make_set(n: int, seed: int, dpi: float) -> list[dict]:
@@ -96,12 +97,12 @@ def evaluate(stage: Stage0, items: list[dict]) -> dict:
         errs = []
         for k, m in enumerate(MARKERS):
             if m in page.markers:
-                p = apply_h(h_gt, np.asarray(page.markers[m])[None])[0]
+                p = apply_homography(h_gt, np.asarray(page.markers[m])[None])[0]
                 errs.append(float(np.linalg.norm(p - CANONICAL.label_centers[k])))
         row["found"] = len(errs)
         row["marker_errs"] = errs
         corners = page_corners_in_image(gt, it["clean_hw"])
-        row["corner_err"] = float(np.mean(np.linalg.norm(apply_h(page.homography, corners)
+        row["corner_err"] = float(np.mean(np.linalg.norm(apply_homography(page.homography, corners)
                                                          - canonical_corners(it["clean_hw"]), axis=1)))
         rows.append(row)
     dt = (time.time() - t0) / max(1, len(items))
@@ -155,8 +156,8 @@ def main() -> int:
     if args.checkpoint:
         st = Stage0(args.checkpoint, device=args.device, flip_tta=args.flip_tta)
         result["checkpoint"] = args.checkpoint
-        result["input_size"] = list(st.input_size)
-        result["checkpoint_epoch"] = st.epoch
+        result["input_size"] = list(st.net.cfg.input_size)
+        result["checkpoint_epoch"] = st.net.epoch
         paths.insert(0, ("model", st))
     for name, st in paths:
         r = evaluate(st, items)

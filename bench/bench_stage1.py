@@ -37,6 +37,7 @@ from ecgtrace.stages import lattice as L  # noqa: E402
 from ecgtrace.stages.stage0 import Stage0  # noqa: E402
 from ecgtrace.stages.stage1 import Stage1  # noqa: E402
 from ecgtrace.train.stage1 import simulate_stage0  # noqa: E402
+from ecgtrace import geometry  # noqa: E402
 
 PHOTO_VARIANTS = ("0005", "0006", "0009", "0010")  # photos: perspective + curl / creases / crumples
 HELD_OUT_SEED = 7_777_777  # training uses DATA.SYNTHETIC_SEED (0) and seed + 1_000_003 for validation
@@ -52,7 +53,7 @@ def page_errors(map_xy: np.ndarray, pts_in: np.ndarray, pts_canon: np.ndarray) -
     ok = _inside(pts_in)
     if not ok.any():
         return np.zeros(0)
-    rect = L.invert_points(map_xy, pts_in[ok], init=pts_canon[ok])
+    rect = geometry.invert_points(map_xy, pts_in[ok], init=pts_canon[ok])
     return np.linalg.norm(rect - pts_canon[ok], axis=1)
 
 
@@ -97,7 +98,7 @@ def main() -> int:
                 img, gt, _ = simulate_stage0(s.image, s.gt, CANONICAL)
             else:
                 norm = Stage0()(s.image)
-                img, gt = norm.image, s.gt.transformed(lambda p, h=norm.homography: L.apply_homography(h, p),
+                img, gt = norm.image, s.gt.transformed(lambda p, h=norm.homography: geometry.apply_homography(h, p),
                                                        CANONICAL.size)
             g_in, g_can = gt.grid_points, L.canonical_points(gt.grid_index)
             t_in = np.concatenate([gt.traces[key][:: args.trace_step] for key in gt.traces])
@@ -106,7 +107,7 @@ def main() -> int:
             for name, st in stages.items():
                 t0 = time.time()
                 if st is None:
-                    map_xy, ok, conf, err = L.identity_map(CANONICAL), True, 1.0, float("nan")
+                    map_xy, ok, conf, err = geometry.identity_map(*CANONICAL.size), True, 1.0, float("nan")
                 else:
                     r = st(img)
                     map_xy, ok, conf, err = r.map_xy, r.ok, r.confidence, r.grid_error_px

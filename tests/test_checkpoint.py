@@ -62,8 +62,10 @@ def test_truncated_checkpoint_is_diagnosed(trained, tmp_path, capsys):
 
 def test_mismatched_checkpoint_is_diagnosed(trained, tmp_path, capsys):
     state = ck.load_checkpoint(Path(ck.checkpoint_dir(str(trained), 0)) / "stage0_final.pth")
-    # the weights of one architecture filed under another (wider decoder)
-    state["arch"] = {"name": "unet", "kwargs": dict(state["arch"]["kwargs"], decoder_channels=[32, 16, 8])}
+    # the weights of one architecture filed under another (wider decoder), in both of its records
+    wider = dict(state["arch"]["kwargs"], decoder_channels=[32, 16, 8])
+    state["arch"] = {"name": "unet", "kwargs": wider}
+    state["pretrained_cfg"] = dict(state["pretrained_cfg"], arch_kwargs=wider)
     p = tmp_path / "mixed.pth"
     ck.save_checkpoint(state, p)
     rc, out = _check(["--test", str(p)], capsys)

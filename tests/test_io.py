@@ -12,6 +12,7 @@ import pytest
 from ecgtrace import io, paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.pipeline import signals_frame
+from ecgtrace import geometry
 
 
 def test_read_image_errors(tmp_path):
@@ -106,10 +107,10 @@ def test_points_map_back_through_a_known_homography():
     xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     map_xy = np.stack([xx + 3 + 0.01 * yy, yy - 2], axis=-1)
     orig = rng.uniform([20, 20], [180, 140], size=(50, 2))
-    norm = io.apply_homography(H, orig)
+    norm = geometry.apply_homography(H, orig)
     # the rectified point whose map value is `norm`: invert the simple map analytically
     rect = np.stack([norm[:, 0] - 3 - 0.01 * (norm[:, 1] + 2), norm[:, 1] + 2], axis=1)
-    back = io.rectified_to_original(rect, map_xy, H)
+    back = geometry.rectified_to_original(rect, map_xy, H)
     np.testing.assert_allclose(back, orig, atol=1e-3)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import lattice as L
+from ecgtrace import geometry
 
 SMALL = Page(dpi=50)
 
@@ -17,7 +18,7 @@ def _warp_fn(page: Page, curl: float = 1.0):
     h = np.array([[1.02, 0.03, 15 * s], [-0.02, 0.99, -10 * s], [1e-5 / s, -2e-5 / s, 1.0]])
 
     def warp(p: np.ndarray) -> np.ndarray:
-        q = L.apply_homography(h, p)
+        q = geometry.apply_homography(h, p)
         dx = 8 * s * curl * np.sin(p[:, 1] / page.height_px * 3)
         dy = 6 * s * curl * np.cos(p[:, 0] / page.width_px * 4)
         return q + np.stack([dx, dy], axis=1)
@@ -31,7 +32,7 @@ def test_identity_lattice_gives_identity_map(page: Page) -> None:
     fit = L.fit_lattice(pts, idx, page)
     m = L.dense_map(fit.nodes, page)
     assert m.shape == (page.height_px, page.width_px, 2)
-    assert np.abs(m - L.identity_map(page)).max() < 0.01
+    assert np.abs(m - geometry.identity_map(*page.size)).max() < 0.01
     assert fit.residual_px < 1e-6
     assert fit.n_inliers == len(pts)
 
@@ -41,14 +42,14 @@ def test_homography_recovered_exactly() -> None:
     s = page.dpi / 200
     h = np.array([[0.97, -0.04, 20 * s], [0.03, 1.01, 12 * s], [2e-5 / s, 1e-5 / s, 1.0]])
     pts, idx = page.grid_points()
-    fit = L.fit_lattice(L.apply_homography(h, pts), idx, page)
-    truth = L.apply_homography(h, L.canonical_nodes(page).reshape(-1, 2)).reshape(fit.nodes.shape)
+    fit = L.fit_lattice(geometry.apply_homography(h, pts), idx, page)
+    truth = geometry.apply_homography(h, L.canonical_nodes(page).reshape(-1, 2)).reshape(fit.nodes.shape)
     assert np.abs(fit.nodes - truth).max() < 1e-3
     m = L.dense_map(fit.nodes, page)
     rng = np.random.default_rng(1)
     r = rng.uniform([0, 0], [page.width_px - 1, page.height_px - 1], (500, 2))
     # The spline of a homography is not exactly the homography between nodes, but very close.
-    assert np.abs(L.sample_map(m, r) - L.apply_homography(h, r)).max() < 0.05
+    assert np.abs(geometry.sample_map(m, r) - geometry.apply_homography(h, r)).max() < 0.05
 
 
 def test_smooth_warp_with_noise_gaps_and_wrong_indices() -> None:
@@ -75,7 +76,7 @@ def test_smooth_warp_with_noise_gaps_and_wrong_indices() -> None:
     assert not fit.observed[10:16, 20:28].any()
     m = L.dense_map(fit.nodes, page)
     r = rng.uniform([0, 0], [page.width_px - 1, page.height_px - 1], (2000, 2))
-    e = np.linalg.norm(L.sample_map(m, r) - warp(r), axis=1)
+    e = np.linalg.norm(geometry.sample_map(m, r) - warp(r), axis=1)
     assert np.median(e) < 0.4 and np.percentile(e, 99) < 1.2
 
 
@@ -86,7 +87,7 @@ def test_invert_points_round_trip() -> None:
     m = L.dense_map(L.fit_lattice(warp(pts), idx, page, smoothing=0.0).nodes, page)
     rng = np.random.default_rng(2)
     r = rng.uniform([5, 5], [page.width_px - 5, page.height_px - 5], (300, 2))
-    back = L.invert_points(m, L.sample_map(m, r))
+    back = geometry.invert_points(m, geometry.sample_map(m, r))
     assert np.abs(back - r).max() < 0.05
 
 
@@ -99,5 +100,5 @@ def test_too_few_points_raise() -> None:
 def test_remap_identity_keeps_image() -> None:
     rng = np.random.default_rng(3)
     img = rng.integers(0, 255, (SMALL.height_px, SMALL.width_px, 3), dtype=np.uint8)
-    out = L.remap(img, L.identity_map(SMALL))
+    out = geometry.remap(img, geometry.identity_map(*SMALL.size))
     assert np.array_equal(out, img)

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgtrace.data.signals import (
-    FS_CHOICES,
-    csv_rows,
-    load_wfdb_folder,
-    n_samples,
-    resample,
-    synthesize_ecg,
-    window_indices,
-)
+from ecgtrace.data.signals import FS_CHOICES, load_wfdb_folder, n_samples, resample, synthesize_ecg
+from ecgtrace.paper import csv_rows, window_indices
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import LEADS
 

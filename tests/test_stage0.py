@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import cv2
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,9 @@ from ecgtrace import orient
 from ecgtrace.config import load_config
 from ecgtrace.paper import CANONICAL, MARKERS, Page
 from ecgtrace.stages.base import StageError
-from ecgtrace.stages.stage0 import FLIP_CLASS, ECGModelLoader, Stage0, apply_h, classical_orientation
+from ecgtrace.geometry import apply_homography
+from ecgtrace.models.checkpoint import LoadedModel, PretrainedCfg
+from ecgtrace.stages.stage0 import FLIP_CLASS, ECGModelLoader, Stage0, classical_orientation
 from ecgtrace.train.stage0 import TASK, Stage0Synthetic, make_sample, soft_centroids
 
 torch.set_num_threads(1)
@@ -80,13 +84,14 @@ class Oracle(nn.Module):
 def test_learned_path_geometry_with_oracle(variant, c):
     img, gt = _page(1, variant, c, page=Page(dpi=100))
     st = Stage0()
-    st.input_size = (384, 480)
-    st.model = Oracle(make_sample(img, gt.markers, c, st.input_size, rng=None, augment=False))
+    size = (384, 480)
+    st.net = LoadedModel(model=Oracle(make_sample(img, gt.markers, c, size, rng=None, augment=False)),
+                         cfg=PretrainedCfg(architecture="oracle", stage=0, input_size=size), path=Path("oracle"))
     page = st(img)
     assert page.method == "model" and page.ok, page.message
     assert page.orientation == c and page.image.shape == (1700, 2200, 3)
     # the homography maps the true label centres (picture px) onto the canonical page
-    err = np.linalg.norm(apply_h(page.homography, gt.markers) - CANONICAL.label_centers, axis=1)
+    err = np.linalg.norm(apply_homography(page.homography, gt.markers) - CANONICAL.label_centers, axis=1)
     assert np.median(err) < 6.0, err
     assert len(page.markers) == len(MARKERS)
 
@@ -105,7 +110,7 @@ def test_classical_rotation_and_homography():
         assert rc == c
         page = Stage0()(img)
         assert page.method == "classical" and page.orientation == c
-        err = np.linalg.norm(apply_h(page.homography, gt.markers) - CANONICAL.label_centers, axis=1)
+        err = np.linalg.norm(apply_homography(page.homography, gt.markers) - CANONICAL.label_centers, axis=1)
         assert err.max() < 3.0, err  # clean pages: undoing the rotation + resizing is exact
 
 
@@ -183,7 +188,7 @@ def test_sheet_outline_gives_the_perspective():
     page = Stage0()(photo)  # classical: no checkpoint
     assert "perspective from the sheet's outline" in page.message
     canon = np.array([[-0.5, -0.5], [2199.5, -0.5], [2199.5, 1699.5], [-0.5, 1699.5]])
-    assert np.abs(apply_h(page.homography, corners) - canon).max() < 12.0  # < 0.3 box at 200 dpi
+    assert np.abs(apply_homography(page.homography, corners) - canon).max() < 12.0  # < 0.3 box at 200 dpi
     # a sheet that runs off the picture, and a picture of nothing, give no outline
     assert find_paper_outline(_photo_of_sheet(sheet, corners - [200.0, 0.0])) is None
     assert find_paper_outline(np.full((600, 800, 3), 128, np.uint8)) is None

@@ -10,6 +10,7 @@ from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages.stage1 import Stage1, lattice_overlay
+from ecgtrace import geometry
 
 SMALL = Page(dpi=50)
 
@@ -62,14 +63,14 @@ def warp_page(img: np.ndarray, page: Page, seed: int = 0) -> tuple[np.ndarray, n
     hb = t1 @ a @ t0
     xx, yy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     q = np.stack([xx.ravel(), yy.ravel()], 1)
-    b = L.apply_homography(hb, q)
+    b = geometry.apply_homography(hb, q)
     b[:, 0] += 10 * u * np.sin(q[:, 1] / h * 3 + 1.0)
     b[:, 1] += 12 * u * np.sin(q[:, 0] / w * 4 + 2.0) * np.sin(q[:, 1] / h * 2)
     back = b.reshape(h, w, 2).astype(np.float32)
     out = cv2.remap(img, back[..., 0], back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                     borderValue=(255, 255, 255))
     pts, _ = page.grid_points()
-    return out, L.invert_points(back, pts)
+    return out, geometry.invert_points(back, pts)
 
 
 def _rect_error(rect, nodes_in: np.ndarray, page: Page) -> np.ndarray:
@@ -77,7 +78,7 @@ def _rect_error(rect, nodes_in: np.ndarray, page: Page) -> np.ndarray:
     pts, _ = page.grid_points()
     inside = (nodes_in[:, 0] >= 0) & (nodes_in[:, 0] < page.width_px) & (nodes_in[:, 1] >= 0) & \
         (nodes_in[:, 1] < page.height_px)
-    return np.linalg.norm(L.invert_points(rect.map_xy, nodes_in[inside]) - pts[inside], axis=1)
+    return np.linalg.norm(geometry.invert_points(rect.map_xy, nodes_in[inside]) - pts[inside], axis=1)
 
 
 def test_clean_page_is_identity() -> None:
@@ -85,7 +86,7 @@ def test_clean_page_is_identity() -> None:
     rect = Stage1(page=SMALL)(img)
     assert rect.ok and rect.method == "classical"
     assert rect.map_xy.shape == (SMALL.height_px, SMALL.width_px, 2) and rect.map_xy.dtype == np.float32
-    assert np.abs(rect.map_xy - L.identity_map(SMALL)).max() < 0.5
+    assert np.abs(rect.map_xy - geometry.identity_map(*SMALL.size)).max() < 0.5
     assert rect.grid_error_px < 0.3 and rect.confidence > 0.8
     assert np.abs(rect.image.astype(int) - img.astype(int)).mean() < 3.0
 
@@ -100,8 +101,8 @@ def test_rendered_clean_page_is_identity() -> None:
                                  style=render.RenderStyle(grid="red"), rng=rng)
     rect = Stage1(page=page)(img)
     assert rect.ok
-    assert np.abs(rect.map_xy - L.identity_map(page)).max() < 0.5
-    assert np.median(np.abs(rect.map_xy - L.identity_map(page))) < 0.1
+    assert np.abs(rect.map_xy - geometry.identity_map(*page.size)).max() < 0.5
+    assert np.median(np.abs(rect.map_xy - geometry.identity_map(*page.size))) < 0.1
 
 
 @pytest.mark.parametrize("colours", [((0, 0, 255), (219, 223, 254)), ((110, 110, 110), (215, 215, 215))],
@@ -138,7 +139,7 @@ def test_blank_page_passes_through_flagged() -> None:
     rect = Stage1(page=SMALL)(blank)
     assert not rect.ok and rect.method == "identity" and rect.confidence == 0.0
     assert "no 5 mm grid" in rect.message and "unrectified" in rect.message
-    assert np.array_equal(rect.map_xy, L.identity_map(SMALL))
+    assert np.array_equal(rect.map_xy, geometry.identity_map(*SMALL.size))
     assert np.array_equal(rect.image, blank)
 
 
@@ -152,7 +153,7 @@ def test_non_ecg_photo_passes_through_flagged() -> None:
                    tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
     rect = Stage1(page=SMALL)(photo)
     assert not rect.ok and rect.method == "identity"
-    assert np.array_equal(rect.map_xy, L.identity_map(SMALL))
+    assert np.array_equal(rect.map_xy, geometry.identity_map(*SMALL.size))
 
 
 def test_no_grid_render_passes_through() -> None:
@@ -172,7 +173,7 @@ def test_other_input_size_is_scaled() -> None:
     rect = Stage1(page=SMALL)(big)
     assert rect.ok and rect.image.shape[:2] == SMALL.size
     # rectified pixel (x, y) maps to the input pixel of the same page point at twice the scale
-    ident = L.identity_map(SMALL)
+    ident = geometry.identity_map(*SMALL.size)
     expect = (ident + 0.5) * 2 - 0.5
     assert np.abs(rect.map_xy - expect)[5:-5, 5:-5].max() < 1.5
 
@@ -296,13 +297,13 @@ def test_strong_perspective_is_rectified_in_a_second_pass() -> None:
     dst = src + np.float32([[45, 30], [-20, 55], [-50, -25], [25, -40]])
     hom = cv2.getPerspectiveTransform(src, dst)
     warped = cv2.warpPerspective(img, hom, (w, h), borderValue=(255, 255, 255))
-    nodes_in = L.apply_homography(hom.astype(np.float64), gt.grid_points)
+    nodes_in = geometry.apply_homography(hom.astype(np.float64), gt.grid_points)
     canon = L.canonical_points(gt.grid_index, P100)
     assert np.median(np.linalg.norm(nodes_in - canon, axis=1)) > 0.5 * 5 * P100.px_per_mm
     rect = Stage1(page=P100)(warped)
     assert rect.ok, rect.message
     inside = (nodes_in[:, 0] > 5) & (nodes_in[:, 0] < w - 5) & (nodes_in[:, 1] > 5) & (nodes_in[:, 1] < h - 5)
-    err = np.linalg.norm(L.invert_points(rect.map_xy, nodes_in[inside], init=canon[inside]) - canon[inside], axis=1)
+    err = np.linalg.norm(geometry.invert_points(rect.map_xy, nodes_in[inside], init=canon[inside]) - canon[inside], axis=1)
     assert np.median(err) < 0.5 and np.percentile(err, 95) < 1.5, (np.median(err), np.percentile(err, 95))
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from ecgtrace import paper
 from ecgtrace.data.render import RenderStyle, render_page
-from ecgtrace.data.signals import csv_rows, synthesize_ecg
+from ecgtrace.data.signals import synthesize_ecg
+from ecgtrace.paper import csv_rows
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.metric import snr_for_image
 from ecgtrace.paper import CANONICAL
@@ -206,7 +207,8 @@ def test_long_straight_lines_are_erased_not_read(clean_page):
 def test_path_decoding_stays_on_its_trace_where_a_neighbour_intrudes():
     """A neighbouring row's peak holding more probability than this row's trace: the column mode jumps to
     it, the path decode stays; at a lead switch (a free column) the path follows a real jump."""
-    from ecgtrace.models.stage2 import decode_columns, decode_path
+    from ecgtrace.models.stage2 import decode_columns
+    from ecgtrace.stages.trace.network import decode_path
 
     h, w = 128, 60
     logits = np.full((h, w), -20.0, np.float32)
@@ -225,7 +227,7 @@ def test_path_decoding_stays_on_its_trace_where_a_neighbour_intrudes():
 def test_path_decoding_reads_the_middle_of_a_steep_stroke():
     """On a steep stroke the network spreads its belief along the stroke: the decode takes the mean over
     the path's span in that column (the mode sits at one end); on a flat stretch the window stays narrow."""
-    from ecgtrace.models.stage2 import decode_path
+    from ecgtrace.stages.trace.network import decode_path
 
     h, w = 64, 9
     logits = np.full((h, w), -30.0, np.float32)
@@ -245,6 +247,7 @@ def test_model_read_maps_pixel_centres_back_to_the_page():
     import torch
 
     from ecgtrace.models.stage2 import TRACE_HEAD, Stage2Model, row_strip, strip_height
+    from ecgtrace.stages.trace.network import read_rows
 
     half = CANONICAL.scaled_to(CANONICAL.width_px // 2)
     sh = strip_height(half)
@@ -258,7 +261,7 @@ def test_model_read_maps_pixel_centres_back_to_the_page():
 
     m = Stage2Model(Fixed(), (half.height_px, half.width_px))
     img = np.full((CANONICAL.height_px, CANONICAL.width_px, 3), 255, np.uint8)
-    rows = m.read_rows(img)
+    rows = read_rows(m, img)
     for r, (key, tr) in enumerate(rows.items()):
         _, top = row_strip(np.zeros((half.height_px, half.width_px, 3), np.uint8), half, r)
         c = (tr.x + 0.5) / 2.0 - 0.5

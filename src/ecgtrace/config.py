@@ -103,7 +103,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         cfg = cls()
-        for key, value in _flatten(d).items():
+        for key, value in flatten(d).items():
             set_key(cfg, key, value)
         return cfg
 
@@ -152,12 +152,12 @@ STAGE_PRESETS: dict[str, dict[int, dict[str, Any]]] = {
 }
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -199,7 +199,7 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     obj: Any = cfg
     for i, p in enumerate(parts):
         if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
-            known = ", ".join(sorted(_flatten(cfg.to_dict())))
+            known = ", ".join(sorted(flatten(cfg.to_dict())))
             raise KeyError(f"unknown config key {key!r}; known keys: {known}")
         if i == len(parts) - 1:
             setattr(obj, p, _coerce(value, getattr(obj, p), key))
@@ -240,7 +240,7 @@ def load_config(
         if not isinstance(data, dict):
             raise ValueError(f"config file {p} must hold a mapping of sections, e.g. 'TRAIN: {{EPOCHS: 5}}'")
         data.pop("STAGE", None)  # the stage comes from the command, not the file
-        layers.append(_flatten(data))
+        layers.append(flatten(data))
     if overrides:
         layers.append(parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides))
     for layer in layers:

@@ -1,7 +1,8 @@
-"""Reading pictures and writing results: signals CSV, WFDB records, JSON reports, overlays, plots.
+"""Reading and checking pictures, and writing results: signals CSV, WFDB records, JSON, overlays, plots.
 
-Every writer is atomic (temp file + ``os.replace``): a failed run never leaves a
-half-written file behind.
+Every writer is atomic (:func:`atomic_write`: temp file + ``os.replace``): a failed run
+never leaves a half-written file behind. :func:`check_image` is the one validator of
+picture arrays, used by the pipeline and by every stage.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtrace import paper
-from ecgtrace.errors import EcgTraceError
-from ecgtrace.stages.base import as_bgr
+from ecgtrace.errors import EcgTraceError, StageError
 
 #: Largest picture we open (pixels): beyond this a decoded image would take GBs of memory.
 MAX_PIXELS = 80_000_000
@@ -61,15 +63,44 @@ def read_image(path: str | Path) -> np.ndarray:
     return check_image(img, str(p))
 
 
-def check_image(img: np.ndarray, what: str = "image") -> np.ndarray:
-    """Validate an in-memory picture (BGR/grey/BGRA uint8) and return it as BGR uint8."""
+def as_bgr(img: object, what: str = "image") -> np.ndarray:
+    """Any picture array (grey, BGR, BGRA; uint8 or float in 0..1 or 0..255) as contiguous BGR uint8.
+
+    Raises :class:`StageError` (one line) for anything that is not such an array.
+    """
+    if not isinstance(img, np.ndarray):
+        raise StageError(f"{what}: expected an image array (cv2.imread), got {type(img).__name__}")
+    if img.ndim not in (2, 3) or img.size == 0 or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise StageError(f"{what}: expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
+    if img.dtype != np.uint8:
+        f = np.nan_to_num(img.astype(np.float64))
+        if np.issubdtype(img.dtype, np.floating) and f.max() <= 1.0:
+            f = f * 255.0
+        img = np.clip(f, 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(img)
+
+
+def check_image(img: object, what: str = "image", min_side: int = MIN_SIDE, reject_blank: bool = False) -> np.ndarray:
+    """Validate a picture array and return it as BGR uint8 (see :func:`as_bgr`).
+
+    One-line :class:`StageError` for a non-image, a picture under ``min_side`` px a side, one
+    over :data:`MAX_PIXELS`, and (``reject_blank``) a single-colour one.
+    """
     img = as_bgr(img, what)
     h, w = img.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise EcgTraceError(f"{what}: image is only {w}x{h} px; an ECG page needs at least {MIN_SIDE} px a side "
-                            "(200 dpi, 2200x1700, is best)")
+    if min(h, w) < min_side:
+        raise StageError(f"{what}: image is {w}x{h} px, too small to hold a readable ECG; use a picture at least "
+                         f"{max(min_side, MIN_SIDE)} px a side (200 dpi, 2200x1700, is best)")
     if h * w > MAX_PIXELS:
-        raise EcgTraceError(f"{what}: image is {w}x{h}, more than {MAX_PIXELS / 1e6:.0f} MP; scale it down")
+        raise StageError(f"{what}: image is {w}x{h}, more than {MAX_PIXELS / 1e6:.0f} MP; scale it down")
+    if reject_blank and float(img.std()) < 2.0:
+        raise StageError(f"{what}: image is blank (a single colour); check the file")
     return img
 
 
@@ -87,28 +118,40 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- atomic writes
-def _atomic_path(path: Path) -> Path:
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it replaces ``path``, on any error it is removed.
+
+    ``with atomic_write(out) as tmp: cv2.imwrite(str(tmp), img)`` never leaves a half-written
+    ``out`` behind. The temp name keeps the suffix, so writers that pick a format by it work.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_signals_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a signal table: column ``time_s`` then the 12 leads in mV (empty cells outside a lead's window)."""
     path = Path(path)
-    tmp = _atomic_path(path)
     out = df.copy()
     out.insert(0, "time_s", np.round(df.index.to_numpy(dtype=np.float64), 9))
-    out.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.6g")
     return path
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write a JSON report (NumPy scalars/arrays converted)."""
     path = Path(path)
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=_json_default)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
     return path
 
 
@@ -153,49 +196,13 @@ def write_wfdb(df: pd.DataFrame, fs: float, directory: str | Path, name: str,
 def write_image(img: np.ndarray, path: str | Path) -> Path:
     """Write a picture atomically (format from the suffix)."""
     path = Path(path)
-    tmp = _atomic_path(path)
-    if not cv2.imwrite(str(tmp), img):
-        raise EcgTraceError(f"could not write {path}; check the folder is writable")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), img):
+            raise EcgTraceError(f"could not write {path}; check the folder is writable")
     return path
 
 
-# --------------------------------------------------------------------------- geometry back to the photo
-def sample_map(map_xy: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of a dense (H, W, 2) map at points (N, 2) (x, y); points outside are clamped."""
-    h, w = map_xy.shape[:2]
-    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    x = np.clip(p[:, 0], 0, w - 1)
-    y = np.clip(p[:, 1], 0, h - 1)
-    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2 if w > 1 else 0)
-    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2 if h > 1 else 0)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
-    x1 = np.minimum(x0 + 1, w - 1)
-    y1 = np.minimum(y0 + 1, h - 1)
-    m = map_xy.astype(np.float64)
-    return ((1 - fx) * (1 - fy) * m[y0, x0] + fx * (1 - fy) * m[y0, x1]
-            + (1 - fx) * fy * m[y1, x0] + fx * fy * m[y1, x1])
-
-
-def apply_homography(hmat: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Map points (N, 2) through a 3x3 homography."""
-    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    q = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ np.asarray(hmat, dtype=np.float64).T
-    return q[:, :2] / np.where(np.abs(q[:, 2:]) < 1e-12, 1e-12, q[:, 2:])
-
-
-def rectified_to_original(pts: np.ndarray, map_xy: np.ndarray | None, homography: np.ndarray | None) -> np.ndarray:
-    """Rectified-page px -> original-photo px: stage-1 ``map_xy`` (rectified -> normalized), then the
-    inverse of the stage-0 homography (original -> normalized)."""
-    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    if map_xy is not None:
-        p = sample_map(map_xy, p)
-    if homography is not None:
-        p = apply_homography(np.linalg.inv(np.asarray(homography, dtype=np.float64)), p)
-    return p
-
-
+# --------------------------------------------------------------------------- pictures
 def draw_overlay(image: np.ndarray, traces: dict[str, np.ndarray], labels: dict[str, tuple[np.ndarray, str]] | None = None,
                  title: str | None = None) -> np.ndarray:
     """Draw traces (key -> (N, 2) px in ``image``) in per-row colours, plus optional text labels."""
@@ -243,9 +250,7 @@ def plot_signals(df: pd.DataFrame, fs: float, path: str | Path | None = None, ti
     fig.suptitle(title or f"ecgtrace: 12 leads at {fs:g} Hz")
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        tmp = _atomic_path(path)
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
     return fig

@@ -12,6 +12,7 @@ px: 1 mm = 7.874 px, 1 mV = 78.74 px, 1 s = 196.85 px.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,6 +37,8 @@ LAYOUT_3X4: tuple[tuple[str, ...], ...] = (
 RHYTHM_LEAD = "II"
 RHYTHM_KEY = "II_rhythm"  # name of the rhythm strip wherever a per-row key is needed
 N_ROWS = 4  # three lead rows + the rhythm strip
+#: Row key -> the leads it shows (rows 0-2: four leads; row 3: the rhythm strip).
+ROW_KEYS: tuple[str, ...] = ("row0", "row1", "row2", RHYTHM_KEY)
 #: Lead-label markers, in class order: class id = index + 1 (0 is background).
 MARKERS: tuple[str, ...] = LEADS + (RHYTHM_KEY,)
 N_MARKER_CLASSES = len(MARKERS) + 1  # 14 with background
@@ -65,6 +68,10 @@ LABEL_OFFSET_MV = -0.7
 LABEL_HEIGHT_MV = 0.35
 #: Half-height of a column separator tick drawn at each lead switch (mV).
 SEPARATOR_HALF_MV = 0.4
+#: The band around a row's baseline in which stage 2 looks for its trace (mV above / below): taller
+#: excursions are clipped at the band edge. The network's strips and the classical search share it.
+BAND_ABOVE_MV = 3.2
+BAND_BELOW_MV = 2.6
 
 
 def lead_row_col(lead: str) -> tuple[int, int]:
@@ -83,6 +90,27 @@ def lead_window(lead: str) -> tuple[float, float]:
         return 0.0, DURATION_S
     _, c = lead_row_col(lead)
     return c * COLUMN_S, (c + 1) * COLUMN_S
+
+
+def window_indices(key: str, fs: float, sig_len: int) -> tuple[int, int]:
+    """Sample range [i0, i1) that the 3x4 page shows for ``key`` (a lead, or ``RHYTHM_KEY`` for the strip).
+
+    Sample ``n`` (time ``n / fs``) is shown when t0 <= n/fs < t1 for the window [t0, t1) of
+    :func:`lead_window`; lead II's own 3x4 cell is its first 2.5 s and the rhythm strip is the
+    whole record.
+    """
+    t0, t1 = lead_window(key)
+    i0 = int(math.ceil(t0 * fs - 1e-9))
+    i1 = int(math.ceil(t1 * fs - 1e-9))
+    return min(i0, sig_len), min(i1, sig_len)
+
+
+def csv_rows(lead: str, fs: float, sig_len: int) -> tuple[int, int]:
+    """Rows [i0, i1) a competition signal CSV fills for ``lead``: lead II is full, others their 3x4 window.
+
+    The same rule gives ``number_of_rows`` of test.csv and the ``row`` index of the solution file.
+    """
+    return window_indices(RHYTHM_KEY if lead == RHYTHM_LEAD else lead, fs, sig_len)
 
 
 @dataclass(frozen=True)
@@ -157,6 +185,13 @@ class Page:
     def signal_x0(self) -> float:
         """Pixel x where signal time 0 sits (after the calibration pulse)."""
         return SIGNAL_X0_S * self.px_per_s
+
+    def signal_columns(self, width_px: int | None = None) -> tuple[int, int]:
+        """First and last whole pixel column inside the 10 s of signal (clipped to an image ``width_px``)."""
+        w = self.width_px if width_px is None else int(width_px)
+        x0 = int(np.ceil(float(self.time_to_x(0.0))))
+        x1 = int(min(w - 1, np.floor(float(self.time_to_x(DURATION_S)))))
+        return x0, x1
 
     def time_to_x(self, t_s: np.ndarray | float) -> np.ndarray:
         """Signal time (s since record start) -> pixel x; the same for every row."""
@@ -264,3 +299,16 @@ class Page:
 
 
 CANONICAL = Page()
+
+
+def page_for(image_or_shape: np.ndarray | tuple[int, ...]) -> Page:
+    """The :class:`Page` geometry of a rectified image (the canonical page scaled to its width).
+
+    Raises ``ValueError`` when the image does not have the canonical aspect (not rectified).
+    """
+    shape = image_or_shape.shape if isinstance(image_or_shape, np.ndarray) else tuple(image_or_shape)
+    h, w = int(shape[0]), int(shape[1])
+    page = CANONICAL if w == CANONICAL.width_px else CANONICAL.scaled_to(w)
+    if abs(page.height_px - h) > 2:
+        raise ValueError(f"rectified page is {w}x{h} px; expected the canonical aspect ({page.width_px}x{page.height_px})")
+    return page

@@ -5,11 +5,17 @@ uses each stage's classical path otherwise. ``Pipeline(...)(image, fs)`` returns
 :class:`Result`: the signals as a competition-style table, what each stage found,
 and writers for CSV / WFDB / overlay / plot. ``ecgtrace.digitize`` is the one-line
 form.
+
+The three stages share one constructor shape, ``StageK(checkpoint=None, device="cpu",
+**options)``, and one call shape, picture in, typed page out; the pipeline is the
+straight line ``stage0 -> stage1 -> stage2``, each step timed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,62 +23,35 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from loguru import logger
 
 from ecgtrace import io, orient, paper
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import CANONICAL
+from ecgtrace.geometry import rectified_to_original
+from ecgtrace.models.checkpoint import find_checkpoint
+from ecgtrace.paper import CANONICAL, ROW_KEYS
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
-from ecgtrace.stages.stage2 import Stage2, find_checkpoint
+from ecgtrace.stages.stage0 import Stage0
+from ecgtrace.stages.stage1 import Stage1
+from ecgtrace.stages.stage2 import Stage2
 
 #: Fewer leads than this with a readable trace means "this is not an ECG page we can read".
 MIN_LEADS_FOUND = 4
 
 
-# --------------------------------------------------------------------------- fallbacks
-class _IdentityStage0:
-    """Used only when ``ecgtrace.stages.stage0`` is not installed: assume an upright page, resize it."""
+@dataclass
+class Timer:
+    """Wall time per named step: ``with timer("stage1"): ...``; :attr:`seconds` keeps them in order."""
 
-    method = "identity"
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, image_bgr: np.ndarray) -> NormalizedPage:
-        h, w = image_bgr.shape[:2]
-        H = np.diag([CANONICAL.width_px / w, CANONICAL.height_px / h, 1.0])
-        img = cv2.resize(image_bgr, (CANONICAL.width_px, CANONICAL.height_px), interpolation=cv2.INTER_AREA)
-        return NormalizedPage(image=img, homography=H, method="identity",
-                              message="stage 0 not available: page assumed upright and uncropped")
-
-
-class _IdentityStage1:
-    """Used only when ``ecgtrace.stages.stage1`` is not installed: the normalized page is taken as rectified."""
-
-    method = "identity"
-
-    def __call__(self, page_bgr: np.ndarray) -> RectifiedPage:
-        h, w = page_bgr.shape[:2]
-        xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        return RectifiedPage(image=page_bgr, map_xy=np.stack([xx, yy], axis=-1), method="identity",
-                             message="stage 1 not available: grid assumed straight")
-
-
-def _load_stage(k: int, checkpoints_dir: str | Path | None, device: str):
-    """Stage ``k`` inference object (model when a checkpoint is found, else its classical path)."""
-    ckpt = find_checkpoint(checkpoints_dir, k) if checkpoints_dir else None
-    if k == 2:
-        return Stage2(checkpoint=ckpt, device=device)
-    try:
-        module = __import__(f"ecgtrace.stages.stage{k}", fromlist=[f"Stage{k}"])
-    except ModuleNotFoundError as e:
-        if e.name != f"ecgtrace.stages.stage{k}":
-            raise
-        logger.warning(f"stage {k} is not installed; using an identity step")
-        return _IdentityStage0() if k == 0 else _IdentityStage1()
-    return getattr(module, f"Stage{k}")(checkpoint=ckpt, device=device)
-
-
-def _method(stage_obj: Any, out: Any) -> str:
-    return str(getattr(out, "method", None) or getattr(stage_obj, "method", "unknown"))
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- result
@@ -140,7 +119,7 @@ class Result:
         hmat = self.normalized.homography if self.normalized is not None else None
         out = {}
         for key, pts in self.leads.traces_px.items():
-            out[key] = io.rectified_to_original(pts, map_xy, hmat) / self.work_scale
+            out[key] = rectified_to_original(pts, map_xy, hmat) / self.work_scale
         return out
 
     def overlay(self, path: str | Path | None = None) -> np.ndarray:
@@ -151,7 +130,7 @@ class Result:
         labels = {}
         for lead in paper.MARKERS:
             row, col = paper.lead_row_col(lead)
-            key = tc.ROW_KEYS[row]
+            key = ROW_KEYS[row]
             if key not in traces:
                 continue
             x = CANONICAL.column_x(col) + 0.25 * CANONICAL.px_per_s
@@ -169,7 +148,7 @@ class Result:
     def traces_original_point(self, xy: tuple[float, float]) -> np.ndarray:
         map_xy = self.rectified.map_xy if self.rectified is not None else None
         hmat = self.normalized.homography if self.normalized is not None else None
-        return io.rectified_to_original(np.array([xy]), map_xy, hmat)[0] / self.work_scale
+        return rectified_to_original(np.array([xy]), map_xy, hmat)[0] / self.work_scale
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -181,44 +160,38 @@ class Pipeline:
             raise EcgTraceError(f"checkpoint folder {checkpoints_dir} not found; train with `ecgtrace train` "
                                 "or leave --checkpoints out to use the classical paths")
         self.device = device
-        self.stage0 = _load_stage(0, checkpoints_dir, device)
-        self.stage1 = _load_stage(1, checkpoints_dir, device)
-        self.stage2 = _load_stage(2, checkpoints_dir, device)
-        self.stage2.einthoven = einthoven
+        self.stage0 = Stage0(checkpoint=find_checkpoint(checkpoints_dir, 0), device=device)
+        self.stage1 = Stage1(checkpoint=find_checkpoint(checkpoints_dir, 1), device=device)
+        self.stage2 = Stage2(checkpoint=find_checkpoint(checkpoints_dir, 2), device=device, einthoven=einthoven)
 
     def __call__(self, image: str | Path | np.ndarray, fs: float = 500.0, name: str | None = None,
                  n_samples: dict[str, int] | None = None) -> Result:
         """Digitize one picture (a path or a BGR array) at ``fs`` Hz."""
         if not (isinstance(fs, (int, float)) and np.isfinite(fs) and 1.0 <= fs <= 100000):
             raise EcgTraceError(f"sampling rate must be a number of Hz (e.g. 500), got {fs!r}")
-        timing: dict[str, float] = {}
-        t = time.perf_counter()
-        if isinstance(image, (str, Path)):
-            name = name or Path(image).stem
-            original = io.read_image(image)
-        else:
-            original = io.check_image(image, name or "image")
-        name = name or "ecg"
-        h, w = original.shape[:2]
-        work_scale = min(1.0, io.WORK_MAX_SIDE / max(h, w))
-        work = original if work_scale == 1.0 else cv2.resize(
-            original, (int(round(w * work_scale)), int(round(h * work_scale))), interpolation=cv2.INTER_AREA)
-        timing["load"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        norm = self.stage0(work)
-        timing["stage0"] = time.perf_counter() - t
+        timer = Timer()
+        with timer("load"):
+            if isinstance(image, (str, Path)):
+                name = name or Path(image).stem
+                original = io.read_image(image)
+            else:
+                original = io.check_image(image, name or "image")
+            name = name or "ecg"
+            h, w = original.shape[:2]
+            work_scale = min(1.0, io.WORK_MAX_SIDE / max(h, w))
+            work = original if work_scale == 1.0 else cv2.resize(
+                original, (int(round(w * work_scale)), int(round(h * work_scale))), interpolation=cv2.INTER_AREA)
+        with timer("stage0"):
+            norm = self.stage0(work)
         warnings = []
-        if not getattr(norm, "ok", True):  # a weak stage 0 is not fatal: stage 2 decides whether traces exist
+        if not norm.ok:  # a weak stage 0 is not fatal: stage 2 decides whether traces exist
             warnings.append(f"stage 0 unsure: {norm.message or 'no lead labels found'}")
-        t = time.perf_counter()
-        rect = self.stage1(norm.image)
-        timing["stage1"] = time.perf_counter() - t
-        if not getattr(rect, "ok", True):
+        with timer("stage1"):
+            rect = self.stage1(norm.image)
+        if not rect.ok:
             warnings.append(f"stage 1 unsure: {rect.message or 'no grid found'}")
-        t = time.perf_counter()
-        leads = self.stage2(rect.image, fs, n_samples=n_samples)
-        timing["stage2"] = time.perf_counter() - t
+        with timer("stage2"):
+            leads = self.stage2(rect.image, fs, n_samples=n_samples)
         found = sum(1 for q in leads.quality.values() if not q.startswith("no trace"))
         if found < MIN_LEADS_FOUND:
             raise StageError(f"found a trace for only {found} of 12 leads; this does not look like a readable "
@@ -228,18 +201,17 @@ class Pipeline:
             "name": name,
             "image_size": [int(w), int(h)],
             "fs": float(fs),
-            "orientation": int(getattr(norm, "orientation", 0)),
-            "orientation_name": orient.describe(int(getattr(norm, "orientation", 0))),
-            "orientation_confidence": float(getattr(norm, "orientation_confidence", float("nan"))),
-            "markers_found": sorted(getattr(norm, "markers", {}) or {}),
-            "grid_error_px": _finite(getattr(rect, "grid_error_px", float("nan"))),
-            "grid_confidence": _finite(getattr(rect, "confidence", float("nan"))),
+            "orientation": int(norm.orientation),
+            "orientation_name": orient.describe(int(norm.orientation)),
+            "orientation_confidence": float(norm.orientation_confidence),
+            "markers_found": sorted(norm.markers),
+            "grid_error_px": _finite(rect.grid_error_px),
+            "grid_confidence": _finite(rect.confidence),
             "lead_quality": dict(leads.quality),
-            "method": {"stage0": _method(self.stage0, norm), "stage1": _method(self.stage1, rect),
-                       "stage2": leads.method},
-            "messages": [m for m in (getattr(norm, "message", ""), getattr(rect, "message", "")) if m],
+            "method": {"stage0": norm.method, "stage1": rect.method, "stage2": leads.method},
+            "messages": [m for m in (norm.message, rect.message) if m],
             "warnings": warnings,
-            "timing_s": {k: round(v, 4) for k, v in timing.items()},
+            "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
             "work_scale": work_scale,
         }
         return Result(signals=df, fs=float(fs), report=report, leads=leads, image=original, normalized=norm,

@@ -68,7 +68,7 @@ def _peek(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - reported, not raised
-        from ecgtrace.train.checkpoint import diagnose_load_error
+        from ecgtrace.models.checkpoint import diagnose_load_error
 
         return {"error": diagnose_load_error(path, e)}
     if not isinstance(obj, dict):
@@ -129,6 +129,7 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     import numpy as np
     import torch
 
+    from ecgtrace.models import checkpoint as mck
     from ecgtrace.train import checkpoint as ck
 
     p = Path(path)
@@ -137,7 +138,7 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
         return CheckReport(False, f"{p} does not exist; list checkpoints with `ecgtrace check --list`", lines)
     lines.append(f"File: {p} ({p.stat().st_size / 1e6:.1f} MB, {_date(p.stat().st_mtime)})")
     try:
-        state = ck.load_checkpoint(p)
+        state = mck.load_checkpoint(p)
     except EcgTraceError as e:
         return CheckReport(False, str(e), lines)
     missing_guide = [k for k in ck.GUIDE_KEYS if k not in state]
@@ -160,8 +161,8 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
         model = ck.build_model_from_checkpoint(state)
     except EcgTraceError as e:
         return CheckReport(False, f"cannot rebuild the model of {p}: {e}", lines)
-    sd = ck.strip_module_prefix(state["model_state_dict"])
-    rep = ck.compare_state_dict(model, sd)
+    sd = mck.strip_module_prefix(state["model_state_dict"])
+    rep = mck.compare_state_dict(model, sd)
     if not rep.ok:
         return CheckReport(False, f"architecture mismatch: {rep.summary()}; the weights do not belong to the "
                                   "recorded architecture (file edited or mixed up?)", lines)
@@ -172,8 +173,12 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     model.load_state_dict(sd, strict=True)
     n_params = sum(v.numel() for v in model.parameters())
     lines.append(f"Weights: {len(sd)} tensors, {n_params:,} parameters, all match")
-    cfg = ck.config_from_checkpoint(state)
-    h, w = (int(v) for v in cfg.MODEL.INPUT_SIZE)
+    weights = mck.pretrained_cfg_of(state)
+    lines.append(f"Preprocessing: input {weights.input_size[0]}x{weights.input_size[1]} (h x w), "
+                 f"{weights.channel_order} mean {list(weights.mean)} std {list(weights.std)}, "
+                 f"heads {', '.join(weights.heads) or '?'}"
+                 + ("" if mck.PRETRAINED_CFG_KEY in state else " (derived: the file predates pretrained_cfg)"))
+    h, w = weights.input_size
     s = min(1.0, 256.0 / max(h, w))  # a small input is enough to prove the forward pass works
     hh, ww = max(32, int(h * s) // 32 * 32), max(32, int(w * s) // 32 * 32)
     model.to(device).eval()

@@ -31,7 +31,8 @@ from loguru import logger
 from tqdm import tqdm
 
 from ecgtrace.data.groundtruth import GroundTruth
-from ecgtrace.data.signals import FS_CHOICES, csv_rows, find_wfdb_records, read_wfdb_record
+from ecgtrace.data.signals import FS_CHOICES, find_wfdb_records, read_wfdb_record
+from ecgtrace.paper import csv_rows
 from ecgtrace.data.synthetic import (
     CLEAN,
     PageSample,

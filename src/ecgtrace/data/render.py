@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ecgtrace.data.groundtruth import GroundTruth
-from ecgtrace.data.signals import window_indices
+from ecgtrace.paper import window_indices
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import (
     CANONICAL,

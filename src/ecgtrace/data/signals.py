@@ -42,31 +42,6 @@ def n_samples(fs: float, duration: float = DURATION_S) -> int:
     return int(round(float(fs) * duration))
 
 
-def window_indices(key: str, fs: float, sig_len: int) -> tuple[int, int]:
-    """Sample range [i0, i1) that the 3x4 page shows for ``key`` (a lead, or ``"II_rhythm"`` for the strip).
-
-    Sample ``n`` (time ``n / fs``) is shown when t0 <= n/fs < t1 for the window
-    [t0, t1) of :func:`ecgtrace.paper.lead_window`; lead II's own 3x4 cell is
-    its first 2.5 s and the rhythm strip is the whole record.
-    """
-    from ecgtrace.paper import lead_window
-
-    t0, t1 = lead_window(key)
-    i0 = int(math.ceil(t0 * fs - 1e-9))
-    i1 = int(math.ceil(t1 * fs - 1e-9))
-    return min(i0, sig_len), min(i1, sig_len)
-
-
-def csv_rows(lead: str, fs: float, sig_len: int) -> tuple[int, int]:
-    """Rows [i0, i1) a competition signal CSV fills for ``lead``: lead II is full, others their 3x4 window.
-
-    The same rule gives ``number_of_rows`` of test.csv and the ``row`` index of the solution file.
-    """
-    from ecgtrace.paper import RHYTHM_KEY, RHYTHM_LEAD
-
-    return window_indices(RHYTHM_KEY if lead == RHYTHM_LEAD else lead, fs, sig_len)
-
-
 def derive_limb_leads(i: np.ndarray, ii: np.ndarray) -> Signals:
     """The four limb leads that follow from I and II (Einthoven / Goldberger)."""
     return {"III": ii - i, "aVR": -(i + ii) / 2.0, "aVL": i - ii / 2.0, "aVF": ii - i / 2.0}

@@ -16,7 +16,8 @@ import pandas as pd
 
 from ecgtrace.data.groundtruth import GroundTruth
 from ecgtrace.data.render import RenderStyle, random_style, render_page
-from ecgtrace.data.signals import FS_CHOICES, Signals, csv_rows, read_wfdb_record, synthesize_ecg
+from ecgtrace.data.signals import FS_CHOICES, Signals, read_wfdb_record, synthesize_ecg
+from ecgtrace.paper import csv_rows
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, LEADS, Page
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import timm
 import torch
+from loguru import logger
+from timm.models import adapt_input_conv
 from torch import nn
 
 from ecgtrace.errors import EcgTraceError
@@ -20,9 +23,11 @@ MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make ``builder`` available as :func:`create_model(name, **kwargs)`."""
+    """Decorator: make ``builder`` available as :func:`create_model(name, **kwargs)`; a name registered twice warns."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not fn:
+            logger.warning(f"model {name!r} registered twice; the later builder ({fn.__module__}) wins")
         MODEL_REGISTRY[name] = fn
         return fn
 
@@ -31,25 +36,13 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name (e.g. ``"unet"``)."""
-    if name not in MODEL_REGISTRY:
-        # Builders register on import; the stage modules are the usual homes.
-        import importlib
-
-        for mod in ("ecgtrace.models.unet", "ecgtrace.models.stage0", "ecgtrace.models.stage1",
-                    "ecgtrace.models.stage2"):
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError:
-                pass
-    if name not in MODEL_REGISTRY:
+    if name not in MODEL_REGISTRY:  # every builder registered when ecgtrace.models was imported
         raise EcgTraceError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_REGISTRY))}")
     return MODEL_REGISTRY[name](**kwargs)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
     """Encoder names timm can build (no weights needed), e.g. ``list_encoders('resnet*')``."""
-    import timm
-
     return list(timm.list_models(pattern))
 
 
@@ -111,8 +104,6 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         v = cleaned[k]
         if v.shape != target.shape:
             if v.ndim == 4 and target.ndim == 4 and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
-                from timm.models import adapt_input_conv
-
                 v = adapt_input_conv(target.shape[1], v)  # a different number of input channels
             else:
                 raise EcgTraceError(f"encoder weights {p}: tensor {k} has shape {tuple(v.shape)}, "
@@ -132,8 +123,6 @@ def build_encoder(name: str, pretrained: bool = False, weights: str = "", in_cha
 
     The returned module has ``feature_info`` (``channels()``, ``reduction()``).
     """
-    import timm
-
     if pretrained and not weights:
         raise EcgTraceError("MODEL.BACKBONE.PRETRAINED=True needs MODEL.BACKBONE.WEIGHTS=<local weights file>; "
                             "nothing is downloaded")

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from ecgtrace.models.backbone import register_model
+from ecgtrace.models.checkpoint import LoadedModel, load_model
+from ecgtrace.models.preprocess import resize_to_input, to_chw
 from ecgtrace.models.unet import UNet
 from ecgtrace.paper import CANONICAL, Page
 
@@ -110,18 +112,9 @@ def build_stage1(cfg: Any) -> GridNet:
     return stage1_unet(encoder_name=bb.NAME, decoder_channels=dec, pretrained=bool(bb.PRETRAINED), weights=bb.WEIGHTS)
 
 
-def load_stage1(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, tuple[int, int]]:
-    """A trained stage-1 network and the (h, w) input size it was trained at."""
-    from ecgtrace.errors import EcgTraceError
-    from ecgtrace.train.checkpoint import config_from_checkpoint, load_model
-
-    model, ckpt = load_model(path, device)
-    heads = set(getattr(model, "seg_heads", {}).keys())
-    if not {POINTS_HEAD, HLINES_HEAD, VLINES_HEAD} <= heads:
-        raise EcgTraceError(f"{path} is not a stage-1 checkpoint (heads: {', '.join(sorted(heads)) or 'none'}); "
-                            "give a stage1_*.pth from `ecgtrace train --stage 1`")
-    cfg = config_from_checkpoint(ckpt)
-    return model, (int(cfg.MODEL.INPUT_SIZE[0]), int(cfg.MODEL.INPUT_SIZE[1]))
+def load_stage1(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """A trained stage-1 network and the description of its weights (input size, normalisation)."""
+    return load_model(path, device, stage=1, heads=(POINTS_HEAD, HLINES_HEAD, VLINES_HEAD))
 
 
 def decode_points(points_logit: np.ndarray, hlines_logit: np.ndarray, vlines_logit: np.ndarray,
@@ -168,23 +161,16 @@ def decode_points(points_logit: np.ndarray, hlines_logit: np.ndarray, vlines_log
 
 
 @torch.no_grad()
-def predict_grid(model: torch.nn.Module, image_bgr: np.ndarray, input_size: tuple[int, int], page: Page = CANONICAL,
-                 device: str = "cpu"):
-    """Run the network on a page of ``page.size`` and return a :class:`GridDetection` in page px."""
-    from ecgtrace.stages.grid_classical import GridDetection
-    from ecgtrace.train.augment import to_chw
-
-    h, w = int(input_size[0]), int(input_size[1])
+def predict_grid(net: LoadedModel, image_bgr: np.ndarray, device: str = "cpu"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the network on a page and return its nodes: points (N, 2) in ``image_bgr`` px, index (N, 2), score (N,)."""
+    cfg = net.cfg
     H, W = image_bgr.shape[:2]
-    x = torch.from_numpy(to_chw(cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)))[None].to(device)
-    out = model(x)
+    x = torch.from_numpy(to_chw(resize_to_input(image_bgr, cfg.input_size), cfg.mean, cfg.std))[None].to(device)
+    out = net.model(x)
     get = lambda k: out[k][0].float().cpu().numpy()  # noqa: E731
     pts, idx, score = decode_points(get(POINTS_HEAD), get(HLINES_HEAD), get(VLINES_HEAD))
     oh, ow = out[POINTS_HEAD].shape[-2:]
     # output px -> page px (pixel centres)
     pts = np.stack([(pts[:, 0] + 0.5) * (W / ow) - 0.5, (pts[:, 1] + 0.5) * (H / oh) - 0.5], axis=1)
-    det = GridDetection(points=pts, index=idx, strength=score, feature="model", periodicity=float("nan"))
-    if len(pts) < 12:
-        det.ok = False
-        det.message = f"the network found only {len(pts)} grid nodes; page passed through unrectified"
-    return det
+    return pts, idx, score

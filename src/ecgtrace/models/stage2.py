@@ -10,33 +10,31 @@ vertical position, so it learns to follow the trace that belongs to *this* row
 where a neighbouring row's peaks reach into the band.
 
 Head ``trace``: one logit per pixel; a softmax down each column gives the
-probability that the row's centre line crosses that column at that y. Decoding
-(:func:`decode_columns`) takes a probability-weighted mean around the column's
-mode: a sub-pixel y per column.
+probability that the row's centre line crosses that column at that y.
+:meth:`Stage2Model.row_logits` returns those column distributions for the four
+rows of a page; reading them as one continuous path per row is the stage's job
+(:mod:`ecgtrace.stages.trace.network`). :func:`decode_columns` is the simple
+column-wise read the training metrics use.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from ecgtrace import paper
 from ecgtrace.models.backbone import register_model
+from ecgtrace.models.checkpoint import PretrainedCfg, load_model
+from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB, resize_to_input, to_chw
 from ecgtrace.models.unet import UNet
-from ecgtrace.paper import CANONICAL, N_ROWS, Page
+from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, N_ROWS, Page
 
 TRACE_HEAD = "trace"
-#: Strip extent around a row's baseline (mV): taller excursions are clipped at the strip edge.
-BAND_ABOVE_MV = 3.2
-BAND_BELOW_MV = 2.6
 #: Half-width (px) of the window around the column mode (or the path's span) used for the sub-pixel mean.
 DECODE_RADIUS = 3
-#: Path decoding: cost (nats of -log p) per pixel of vertical move between columns.
-PATH_STEP_NATS = 0.05
 
 
 @register_model("stage2")
@@ -98,102 +96,57 @@ def decode_columns(logits: torch.Tensor | np.ndarray, radius: int = DECODE_RADIU
     return y.cpu().numpy().astype(np.float64), w.sum(0).cpu().numpy().astype(np.float64)
 
 
-def decode_path(logits: torch.Tensor | np.ndarray, step_nats: float = PATH_STEP_NATS, free_cols: tuple[int, ...] = (),
-                radius: int = DECODE_RADIUS) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) logits of one strip -> (sub-pixel y per column, confidence), decoded as one continuous path.
+@dataclass
+class RowLogits:
+    """The network's reading of a page's four rows: log-probabilities down each pixel column."""
 
-    The column-wise mode jumps to a neighbouring row's peak wherever that peak holds
-    more probability than this row's trace; a minimum-cost path over ``-log p`` that
-    pays ``step_nats`` per pixel of vertical move stays on the trace it is following.
-    ``free_cols`` are columns where a jump is free (the lead switches of a row).
-    The sub-pixel y is the probability-weighted mean over the path's span in the column
-    (between its neighbours' rows) widened by ``radius``.
-    """
-    from ecgtrace.stages.trace_classical import viterbi
-
-    t = torch.as_tensor(logits).float()
-    logp = torch.log_softmax(t, dim=0)
-    cost = (-logp).cpu().numpy().astype(np.float64)
-    step = np.full_like(cost, float(step_nats))
-    for c in free_cols:  # the drawn jump sits on the switch column; wider, the path may jump early
-        step[:, max(0, c - 1):c + 2] = 0.0
-    path = viterbi(cost, step)
-    # The window of the mean spans the path's own move through this column (from its left to its
-    # right neighbour) plus ``radius``: on a steep stroke the network spreads its belief along the
-    # stroke, and the mean over all of it is the better estimate (the mode lands at one end); on flat
-    # parts it stays narrow, clear of a neighbouring row's peaks. It never spans a lead switch.
-    nb = np.stack([path, np.r_[path[:1], path[:-1]], np.r_[path[1:], path[-1:]]])
-    lo, hi = nb.min(0), nb.max(0)
-    for c in free_cols:
-        sl = slice(max(0, c - 2), c + 3)
-        lo[sl], hi[sl] = path[sl], path[sl]
-    h = cost.shape[0]
-    lo = torch.from_numpy(np.clip(lo - radius, 0, h - 1))
-    hi = torch.from_numpy(np.clip(hi + radius, 0, h - 1))
-    p = logp.exp().cpu()
-    yy = torch.arange(h)[:, None]
-    w = p * ((yy >= lo[None, :]) & (yy <= hi[None, :]))
-    y = (w * yy.float()).sum(0) / w.sum(0).clamp_min(1e-8)
-    return y.numpy().astype(np.float64), w.sum(0).numpy().astype(np.float64)
+    logits: torch.Tensor  # (N_ROWS, strip height, model page width): log-probabilities down each column, up to a
+    # constant per column (a softmax over the height gives the probabilities)
+    tops: list[int]  # y of each strip's first row on the model's page
+    page: Page  # the geometry of the page the model ran on
+    scale: tuple[float, float]  # (sx, sy): input-page px per model-page px
 
 
 class Stage2Model:
     """A trained stage-2 network wrapped for inference on rectified pages."""
 
     def __init__(self, model: torch.nn.Module, page_size: tuple[int, int], device: str = "cpu",
-                 tta: bool = True) -> None:
+                 tta: bool = True, cfg: PretrainedCfg | None = None) -> None:
         self.model = model
         self.page_size = (int(page_size[0]), int(page_size[1]))
         self.device = device
+        self.cfg = cfg
+        self.mean = np.asarray(cfg.mean if cfg is not None else MEAN_RGB, np.float32)
+        self.std = np.asarray(cfg.std if cfg is not None else STD_RGB, np.float32)
         #: also read the strips mirrored in time and average the column probabilities (+0.3 dB on
         #: clean pages, twice the network time)
         self.tta = tta
 
-    @torch.no_grad()
-    def read_rows(self, rect_bgr: np.ndarray):
-        """Per-row traces (:class:`ecgtrace.stages.trace_classical.RowTrace`) in ``rect_bgr`` px."""
-        from ecgtrace.stages.trace_classical import ROW_KEYS, RowTrace
-        from ecgtrace.train.augment import to_chw
+    def model_page(self, rect_bgr: np.ndarray) -> np.ndarray:
+        """``rect_bgr`` at the page size the network reads (its 100 dpi page for the CPU models)."""
+        return resize_to_input(rect_bgr, self.page_size)
 
+    @torch.no_grad()
+    def row_logits(self, rect_bgr: np.ndarray) -> RowLogits:
+        """Column log-probabilities of the four row strips of a rectified page (any size of its aspect)."""
         h0, w0 = rect_bgr.shape[:2]
         ph, pw = self.page_size
-        img = rect_bgr if (h0, w0) == (ph, pw) else cv2.resize(rect_bgr, (pw, ph), interpolation=cv2.INTER_AREA)
+        img = self.model_page(rect_bgr)
         page = CANONICAL.scaled_to(pw)
         strips, tops = [], []
         for r in range(N_ROWS):
             s, top = row_strip(img, page, r)
-            strips.append(to_chw(s))
+            strips.append(to_chw(s, self.mean, self.std))
             tops.append(top)
         x = torch.from_numpy(np.stack(strips)).to(self.device)
         out = self.model(x)[TRACE_HEAD][:, 0].float()
         if self.tta:
             flipped = self.model(torch.flip(x, [3]))[TRACE_HEAD][:, 0].float().flip(-1)
             out = torch.log((torch.softmax(out, 1) + torch.softmax(flipped, 1)) / 2 + 1e-12)
-        x0 = int(np.ceil(float(page.time_to_x(0.0))))
-        x1 = int(min(pw - 1, np.floor(float(page.time_to_x(paper.DURATION_S)))))
-        xs = np.arange(x0, x1 + 1)
-        sx, sy = w0 / pw, h0 / ph
-        rows = {}
-        switches = tuple(int(round(page.column_x(c))) for c in range(1, paper.N_COLUMNS))
-        for r in range(N_ROWS):
-            y, conf = decode_path(out[r], free_cols=switches if r < N_ROWS - 1 else ())
-            y, conf = y[x0:x1 + 1], conf[x0:x1 + 1]
-            hs = out.shape[1]
-            clipped = (y <= 1) | (y >= hs - 2)
-            # pixel centres: column c of the resized page covers input px [c * sx, (c + 1) * sx)
-            rows[ROW_KEYS[r]] = RowTrace(key=ROW_KEYS[r], row=r, x=(xs + 0.5) * sx - 0.5,
-                                         y=(y + tops[r] + 0.5) * sy - 0.5, ink=conf, clipped=clipped)
-        return rows
+        return RowLogits(logits=out, tops=tops, page=page, scale=(w0 / pw, h0 / ph))
 
 
 def load_stage2(path: str | Path, device: str = "cpu") -> Stage2Model:
     """Load a ``stage2_*.pth`` checkpoint for inference."""
-    from ecgtrace.errors import EcgTraceError
-    from ecgtrace.train.checkpoint import config_from_checkpoint, load_model
-
-    model, ckpt = load_model(path, device)
-    if TRACE_HEAD not in set(getattr(model, "seg_heads", {}).keys()):
-        raise EcgTraceError(f"{path} is not a stage-2 checkpoint (no '{TRACE_HEAD}' head); give a stage2_*.pth "
-                            "from `ecgtrace train --stage 2`")
-    cfg = config_from_checkpoint(ckpt)
-    return Stage2Model(model, (int(cfg.MODEL.INPUT_SIZE[0]), int(cfg.MODEL.INPUT_SIZE[1])), device=device)
+    net = load_model(path, device, stage=2, heads=(TRACE_HEAD,))
+    return Stage2Model(net.model, net.cfg.input_size, device=device, cfg=net.cfg)

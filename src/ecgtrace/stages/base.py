@@ -9,38 +9,16 @@ pipeline can map any point back to the original photo.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-from ecgtrace.errors import EcgTraceError
+from ecgtrace.errors import StageError
 
+if TYPE_CHECKING:  # the grid module builds on these types; only the annotation needs it
+    from ecgtrace.stages.grid_classical import GridDetection
 
-class StageError(EcgTraceError):
-    """A stage could not do its job on this image; the message says why and what to try."""
-
-
-def as_bgr(img: object, what: str = "image") -> np.ndarray:
-    """Any picture array (grey, BGR, BGRA; uint8 or float in 0..1 or 0..255) as contiguous BGR uint8.
-
-    Raises :class:`StageError` (one line) for anything that is not such an array.
-    """
-    if not isinstance(img, np.ndarray):
-        raise StageError(f"{what}: expected an image array (cv2.imread), got {type(img).__name__}")
-    if img.ndim not in (2, 3) or img.size == 0 or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
-        raise StageError(f"{what}: expected an image array (H, W) or (H, W, 1|3|4), got shape {img.shape}")
-    if img.dtype != np.uint8:
-        f = np.nan_to_num(img.astype(np.float64))
-        if np.issubdtype(img.dtype, np.floating) and f.max() <= 1.0:
-            f = f * 255.0
-        img = np.clip(f, 0, 255).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
+__all__ = ["LeadSignals", "NormalizedPage", "RectifiedPage", "StageError"]
 
 
 @dataclass
@@ -77,6 +55,7 @@ class RectifiedPage:
     method: str = "identity"
     ok: bool = True
     message: str = ""
+    detection: GridDetection | None = field(default=None, repr=False)  # the grid nodes found (overlays, benches)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.interpolate import RectBivariateSpline
 
+from ecgtrace.geometry import apply_homography
 from ecgtrace.paper import CANONICAL, Page
 
 _PAD = 2  # extrapolated node rings around the lattice, so the spline covers the whole page
@@ -80,13 +81,6 @@ def canonical_points(index: np.ndarray, page: Page = CANONICAL) -> np.ndarray:
     """Canonical (x, y) of nodes given as (N, 2) int (hline i, vline j)."""
     idx = np.asarray(index).reshape(-1, 2)
     return np.stack([page.vline_x(idx[:, 1]), page.hline_y(idx[:, 0])], axis=1)
-
-
-def apply_homography(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 homography to (N, 2) points."""
-    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    q = np.c_[p, np.ones(len(p))] @ np.asarray(h, dtype=np.float64).T
-    return q[:, :2] / q[:, 2:3]
 
 
 def _neighbour_median(index: np.ndarray, values: np.ndarray, radius: int, shape: tuple[int, int]) -> np.ndarray:
@@ -366,73 +360,3 @@ def _pad_linear(a: np.ndarray, n: int) -> np.ndarray:
         after = [last + step1 * k for k in range(1, n + 1)]
         a = np.concatenate(before + [a] + after, axis=axis)
     return a
-
-
-def identity_map(page: Page = CANONICAL) -> np.ndarray:
-    """The (H, W, 2) float32 map of a page that needs no rectification."""
-    h, w = page.size
-    xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return np.stack([xx, yy], axis=-1)
-
-
-def remap(image: np.ndarray, map_xy: np.ndarray, border_value: int | tuple = 255) -> np.ndarray:
-    """Sample ``image`` at ``map_xy`` (bicubic; outside the input -> white paper)."""
-    bv = border_value if isinstance(border_value, tuple) else (border_value,) * 4
-    return cv2.remap(image, map_xy[..., 0], map_xy[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
-                     borderValue=bv)
-
-
-def _bilinear(map_xy: np.ndarray, q: np.ndarray) -> np.ndarray:
-    p = np.asarray(q, dtype=np.float32).reshape(-1, 1, 2)
-    mx = cv2.remap(map_xy[..., 0], p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    my = cv2.remap(map_xy[..., 1], p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return np.stack([mx.ravel(), my.ravel()], axis=1).astype(np.float64)
-
-
-def sample_map(map_xy: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Bilinear sample of the (H, W, 2) map at rectified points (N, 2): their (x, y) in the input.
-
-    Points outside the map are extended linearly with the map's slope at the nearest edge.
-    """
-    q = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    out = _bilinear(map_xy, q)
-    h, w = map_xy.shape[:2]
-    cx = np.clip(q[:, 0], 0, w - 1)
-    cy = np.clip(q[:, 1], 0, h - 1)
-    outside = (cx != q[:, 0]) | (cy != q[:, 1])
-    if outside.any():
-        c = np.stack([cx, cy], axis=1)[outside]
-        x0, x1 = np.clip(c[:, 0] - 1, 0, w - 1), np.clip(c[:, 0] + 1, 0, w - 1)
-        y0, y1 = np.clip(c[:, 1] - 1, 0, h - 1), np.clip(c[:, 1] + 1, 0, h - 1)
-        jx = (_bilinear(map_xy, np.c_[x1, c[:, 1]]) - _bilinear(map_xy, np.c_[x0, c[:, 1]])) / (x1 - x0)[:, None]
-        jy = (_bilinear(map_xy, np.c_[c[:, 0], y1]) - _bilinear(map_xy, np.c_[c[:, 0], y0])) / (y1 - y0)[:, None]
-        d = q[outside] - c
-        out[outside] = _bilinear(map_xy, c) + jx * d[:, :1] + jy * d[:, 1:]
-    return out
-
-
-def invert_points(map_xy: np.ndarray, pts_input: np.ndarray, init: np.ndarray | None = None,
-                  iters: int = 20) -> np.ndarray:
-    """Where do input points (N, 2) land on the rectified page? Newton iterations on ``map_xy``.
-
-    ``init`` is a starting guess in rectified px (default: the input positions, right for
-    near-canonical inputs). Returns (N, 2) rectified (x, y).
-    """
-    q = np.asarray(pts_input, dtype=np.float64).reshape(-1, 2)
-    r = q.copy() if init is None else np.asarray(init, dtype=np.float64).reshape(-1, 2).copy()
-    e = 1.0
-    for _ in range(iters):
-        f = sample_map(map_xy, r) - q
-        jx = (sample_map(map_xy, r + [e, 0]) - sample_map(map_xy, r - [e, 0])) / (2 * e)
-        jy = (sample_map(map_xy, r + [0, e]) - sample_map(map_xy, r - [0, e])) / (2 * e)
-        det = jx[:, 0] * jy[:, 1] - jy[:, 0] * jx[:, 1]
-        det = np.where(np.abs(det) < 1e-6, 1e-6, det)
-        # solve [jx jy] d = f
-        dx = (f[:, 0] * jy[:, 1] - jy[:, 0] * f[:, 1]) / det
-        dy = (jx[:, 0] * f[:, 1] - f[:, 0] * jx[:, 1]) / det
-        step = np.stack([dx, dy], axis=1)
-        step = np.clip(step, -50, 50)
-        r -= step
-        if np.abs(step).max(initial=0) < 1e-3:
-            break
-    return r

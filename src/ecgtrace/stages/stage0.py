@@ -26,9 +26,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ecgtrace import orient
+import torch
+
+from ecgtrace import io, orient
+from ecgtrace.geometry import apply_homography, resize_matrix
+from ecgtrace.models.checkpoint import LoadedModel, load_checkpoint, load_model
+from ecgtrace.models.device import resolve_device
+from ecgtrace.models.preprocess import resize_to_input, to_chw
+from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
-from ecgtrace.stages.base import NormalizedPage, StageError, as_bgr
+from ecgtrace.stages.base import NormalizedPage, StageError
+from ecgtrace.stages.paper_outline import MAX_FIT_FRACTION, find_paper_outline
 
 _PAGE_HW = CANONICAL.size  # (1700, 2200)
 #: RANSAC inlier threshold on the canonical page (px): ~1/3 of a label height.
@@ -37,12 +45,6 @@ MIN_MARKERS = 4
 
 
 # --- small geometry helpers -------------------------------------------------------------
-def resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
-    """3x3 map of pixel centres under ``cv2.resize`` from (h, w) ``src_hw`` to ``dst_hw``."""
-    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
 def unorient_matrix(c: int, oriented_hw: tuple[int, int]) -> np.ndarray:
     """3x3 affine map: px of an image in orientation ``c`` -> px of the upright image."""
     upright_hw = orient.oriented_size(oriented_hw, c)  # the swap is its own inverse
@@ -50,12 +52,6 @@ def unorient_matrix(c: int, oriented_hw: tuple[int, int]) -> np.ndarray:
     dst = orient.unorient_points(src, c, upright_hw)
     m = cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
     return np.vstack([m, [0.0, 0.0, 1.0]])
-
-
-def apply_h(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 homography to (N, 2) points."""
-    p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
-    return cv2.perspectiveTransform(p[None], h)[0] if len(p) else p
 
 
 def _flip_class_map() -> np.ndarray:
@@ -73,14 +69,8 @@ FLIP_CLASS = _flip_class_map()
 
 
 def check_image(image_bgr: Any) -> np.ndarray:
-    """A BGR uint8 (h, w, 3) copy of the input, or StageError saying what is wrong."""
-    img = as_bgr(image_bgr, "stage 0")
-    if min(img.shape[:2]) < 64:
-        raise StageError(f"image is {img.shape[1]}x{img.shape[0]} px, too small to hold a readable ECG; "
-                         "use a picture at least ~600 px wide")
-    if float(img.std()) < 2.0:
-        raise StageError("image is blank (a single colour); check the file")
-    return img
+    """A BGR uint8 (h, w, 3) copy of the input, or StageError saying what is wrong (too small, blank, no picture)."""
+    return io.check_image(image_bgr, "stage 0", min_side=64, reject_blank=True)
 
 
 # --- classical orientation -----------------------------------------------------------------
@@ -183,7 +173,7 @@ def decode_markers(prob: np.ndarray, min_pixels: int = 2) -> tuple[np.ndarray, n
 def orientation_of_homography(h: np.ndarray, image_hw: tuple[int, int]) -> int:
     """The orientation class whose undo is closest to the rotation/flip part of ``h`` (orig px -> canonical)."""
     cy, cx = image_hw[0] / 2.0, image_hw[1] / 2.0
-    p = apply_h(h, np.array([[cx, cy], [cx + 10.0, cy], [cx, cy + 10.0]]))
+    p = apply_homography(h, np.array([[cx, cy], [cx + 10.0, cy], [cx, cy + 10.0]]))
     ex, ey = p[1] - p[0], p[2] - p[0]  # where the image's +x and +y axes point on the upright page
     best, best_score = 0, -np.inf
     for c in range(orient.N_ORIENTATIONS):
@@ -206,36 +196,27 @@ class Stage0:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", flip_tta: bool = False) -> None:
         self.checkpoint = str(checkpoint) if checkpoint else None
-        self.device = device
+        self.device = str(resolve_device(device, "stage 0"))
         self.flip_tta = bool(flip_tta)
-        self.model = None
-        self.input_size: tuple[int, int] = (1152, 1440)
+        self.net: LoadedModel | None = None
         if self.checkpoint:
-            from ecgtrace.train.checkpoint import config_from_checkpoint, load_model
+            self.net = load_model(self.checkpoint, self.device, stage=0, heads=(MARKER_HEAD, ORIENT_HEAD))
 
-            self.model, ckpt = load_model(self.checkpoint, device)
-            if int(ckpt.get("stage", 0)) != 0:
-                raise StageError(f"{self.checkpoint} is a stage {ckpt.get('stage')} checkpoint; "
-                                 "give a stage 0 checkpoint (outputs/stage0_checkpoints/stage0_best.pth)")
-            cfg = config_from_checkpoint(ckpt)
-            self.input_size = tuple(int(v) for v in cfg.MODEL.INPUT_SIZE)
-            self.epoch = int(ckpt.get("epoch", 0))
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The network (None on the classical path)."""
+        return self.net.model if self.net is not None else None
 
     # -- network ------------------------------------------------------------------------------
+    @torch.no_grad()
     def predict(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Orientation probabilities (8,) and marker probabilities (14, h, w) at the network input size."""
-        import torch
-
-        from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
-        from ecgtrace.train.augment import to_chw
-
-        h, w = self.input_size
-        x = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)
-        batch = [to_chw(x)]
+        cfg = self.net.cfg
+        x = resize_to_input(image_bgr, cfg.input_size)
+        batch = [to_chw(x, cfg.mean, cfg.std)]
         if self.flip_tta:
-            batch.append(to_chw(np.ascontiguousarray(x[:, ::-1])))
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(np.stack(batch)).to(self.device))
+            batch.append(to_chw(np.ascontiguousarray(x[:, ::-1]), cfg.mean, cfg.std))
+        out = self.net.model(torch.from_numpy(np.stack(batch)).to(self.device))
         po = out[ORIENT_HEAD].float().softmax(1).cpu().numpy()
         pm = out[MARKER_HEAD].float().softmax(1).cpu().numpy()
         p_or, p_mk = po[0], pm[0]
@@ -247,7 +228,7 @@ class Stage0:
     def __call__(self, image_bgr: np.ndarray) -> NormalizedPage:
         """Normalize one picture (BGR uint8); see the module docstring."""
         img = check_image(image_bgr)
-        if self.model is None:
+        if self.net is None:
             return self._classical(img)
         return self._learned(img)
 
@@ -261,7 +242,7 @@ class Stage0:
         to_orig = np.linalg.inv(resize_matrix(hw, p_mk.shape[1:]))
         found = np.isfinite(cents).all(1)
         pts = np.full_like(cents, np.nan)
-        pts[found] = apply_h(to_orig, cents[found])
+        pts[found] = apply_homography(to_orig, cents[found])
         markers = {m: pts[i] for i, m in enumerate(MARKERS) if found[i]}
         use = [MARKERS.index(m) for m in HOMOGRAPHY_MARKERS if found[MARKERS.index(m)]]
         if len(use) < MIN_MARKERS:  # too few reliable labels: take the first-column ones too
@@ -331,13 +312,11 @@ class Stage0:
 def outline_homography(img: np.ndarray, c: int) -> np.ndarray | None:
     """Picture px -> canonical px from the sheet's four corners (the sheet is the page), given the
     rotation class ``c``; None when no clean outline is seen or it disagrees with ``c``."""
-    from ecgtrace.stages.paper_outline import MAX_FIT_FRACTION, find_paper_outline
-
     hw = img.shape[:2]
     out = find_paper_outline(img)
     if out is None or out.fit_px > MAX_FIT_FRACTION * max(hw):
         return None
-    up = apply_h(unorient_matrix(c, hw), out.corners)  # corners in the upright picture
+    up = apply_homography(unorient_matrix(c, hw), out.corners)  # corners in the upright picture
     order = [int(np.argmin(up.sum(1))), int(np.argmin(up[:, 1] - up[:, 0])),
              int(np.argmax(up.sum(1))), int(np.argmax(up[:, 1] - up[:, 0]))]  # TL, TR, BR, BL
     if len(set(order)) != 4:
@@ -357,7 +336,7 @@ def _sane(h: np.ndarray, image_hw: tuple[int, int]) -> bool:
     corners = np.array([[0, 0], [_PAGE_HW[1] - 1, 0], [_PAGE_HW[1] - 1, _PAGE_HW[0] - 1], [0, _PAGE_HW[0] - 1]],
                        dtype=np.float64)
     try:
-        back = apply_h(np.linalg.inv(h), corners)  # canonical page corners in the picture
+        back = apply_homography(np.linalg.inv(h), corners)  # canonical page corners in the picture
     except np.linalg.LinAlgError:
         return False
     if not np.isfinite(back).all():
@@ -387,7 +366,7 @@ class ECGModelLoader:
 
     def __init__(self, checkpoint_path: str | Path | None, device: str = "cpu", flip_tta: bool = False) -> None:
         self.checkpoint_path = str(checkpoint_path) if checkpoint_path else None
-        self.device = _usable_device(device)
+        self.device = str(resolve_device(device, "stage 0"))
         self.flip_tta = flip_tta
         self._stage: Stage0 | None = None
         self.config: dict[str, Any] = {}
@@ -397,8 +376,6 @@ class ECGModelLoader:
         if self._stage is None:
             self._stage = Stage0(self.checkpoint_path, device=self.device, flip_tta=self.flip_tta)
             if self.checkpoint_path:
-                from ecgtrace.train.checkpoint import load_checkpoint
-
                 self.config = dict(load_checkpoint(self.checkpoint_path).get("config") or {})
         return self._stage.model, self.config
 
@@ -426,31 +403,9 @@ class ECGModelLoader:
         if output_dir is not None:
             out = Path(output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            _write_image(out / "marker_prediction.jpg", draw_markers(img, page))
-            _write_image(out / "normalized.png", page.image)
+            io.write_image(draw_markers(img, page), out / "marker_prediction.jpg")
+            io.write_image(page.image, out / "normalized.png")
         return res
-
-
-def _usable_device(device: str) -> str:
-    if str(device).startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            from loguru import logger
-
-            logger.warning(f"device {device} requested but no GPU is visible; using cpu")
-            return "cpu"
-    return str(device)
-
-
-def _write_image(path: Path, img: np.ndarray) -> None:
-    """Write atomically (temp file + os.replace) so no half-written picture is left behind."""
-    import os
-
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), img):
-        raise StageError(f"cannot write {path}; check the folder is writable")
-    os.replace(tmp, path)
 
 
 def draw_markers(img: np.ndarray, page: NormalizedPage) -> np.ndarray:
@@ -467,7 +422,7 @@ def draw_markers(img: np.ndarray, page: NormalizedPage) -> np.ndarray:
     if page.homography is not None:  # outline of the canonical page as found in the picture
         h, w = _PAGE_HW
         try:
-            corners = apply_h(np.linalg.inv(page.homography), np.array([[0, 0], [w - 1, 0], [w - 1, h - 1],
+            corners = apply_homography(np.linalg.inv(page.homography), np.array([[0, 0], [w - 1, 0], [w - 1, h - 1],
                                                                          [0, h - 1]], dtype=np.float64))
             cv2.polylines(out, [corners.astype(np.int32)], True, (0, 200, 0), max(1, int(2 * s)), cv2.LINE_AA)
         except np.linalg.LinAlgError:

@@ -22,22 +22,20 @@ import numpy as np
 from loguru import logger
 
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.geometry import apply_homography, identity_map, remap
+from ecgtrace.io import as_bgr
+from ecgtrace.models.checkpoint import LoadedModel
+from ecgtrace.models.device import resolve_device
+from ecgtrace.models.stage1 import load_stage1, predict_grid
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
-from ecgtrace.stages.base import RectifiedPage, as_bgr
+from ecgtrace.stages.base import RectifiedPage
 from ecgtrace.stages.register import content_offset, registered_nodes
 
 #: A fitted lattice may move nodes at most this many 5 mm boxes from their canonical place
 #: (stage 0 already normalized the page; more means the fit latched onto something else).
 MAX_SHIFT_BOXES = 3.0
-
-
-def apply_homography(hom: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """A 3x3 homography applied to points of any leading shape (..., 2)."""
-    p = np.asarray(pts, dtype=np.float64)
-    q = cv2.perspectiveTransform(p.reshape(1, -1, 2), hom)[0]
-    return q.reshape(p.shape)
 
 
 def lattice_is_plausible(nodes: np.ndarray, page: Page) -> tuple[bool, str]:
@@ -73,27 +71,26 @@ class Stage1:
         if method not in ("auto", "model", "classical"):
             raise EcgTraceError(f"unknown stage-1 method {method!r}; use auto, model or classical")
         self.page = page
-        self.device = device
+        self.device = str(resolve_device(device, "stage 1"))
         self.refine = refine
-        self.model = None
-        self.input_size: tuple[int, int] | None = None
+        self.net: LoadedModel | None = None
         if checkpoint is not None and method != "classical":
-            from ecgtrace.models.stage1 import load_stage1
-
-            self.model, self.input_size = load_stage1(checkpoint, device)
+            self.net = load_stage1(checkpoint, self.device)
         elif method == "model":
             raise EcgTraceError("stage 1 method 'model' needs a checkpoint; pass --checkpoint stage1_best.pth")
-        self.method = "model" if self.model is not None else "classical"
+        self.method = "model" if self.net is not None else "classical"
 
     # -- detection ------------------------------------------------------------------
     def detect(self, image_bgr: np.ndarray) -> G.GridDetection:
         """Grid nodes with indices on a page of ``self.page.size``."""
-        if self.model is None:
+        if self.net is None:
             return G.detect_grid(image_bgr, self.page)
-        from ecgtrace.models.stage1 import predict_grid
-
-        det = G.renumber_by_growth(predict_grid(self.model, image_bgr, self.input_size, self.page, self.device),
-                                   self.page)
+        pts, idx, score = predict_grid(self.net, image_bgr, self.device)
+        det = G.GridDetection(points=pts, index=idx, strength=score, feature="model", periodicity=float("nan"))
+        if len(pts) < 12:
+            det.ok = False
+            det.message = f"the network found only {len(pts)} grid nodes; page passed through unrectified"
+        det = G.renumber_by_growth(det, self.page)
         if det.ok and self.refine:
             det = G.refine_detection(image_bgr, det, self.page)
         return det
@@ -144,10 +141,8 @@ class Stage1:
         if conf < 0.3:
             msg += "; low confidence, check lattice_overlay.png"
         logger.debug(msg)
-        out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
-                            method=self.method, ok=True, message=msg)
-        out.detection = det  # type: ignore[attr-defined]  # for overlays and benches
-        return out
+        return RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
+                             method=self.method, ok=True, message=msg, detection=det)
 
     def _perspective_pass(self, work: np.ndarray, det: G.GridDetection
                           ) -> tuple[G.GridDetection, np.ndarray] | None:
@@ -179,23 +174,21 @@ class Stage1:
         h_in, w_in = img.shape[:2]
         if (h_in, w_in) != (H, W):
             map_xy = (map_xy * np.array([w_in / W, h_in / H], dtype=np.float32)).astype(np.float32)
-        return map_xy, L.remap(img, map_xy, border_value=255)
+        return map_xy, remap(img, map_xy, border_value=255)
 
     def _passthrough(self, img: np.ndarray, message: str, det: G.GridDetection | None) -> RectifiedPage:
         """Identity result (flagged): never warp a page by a lattice that was not found."""
         H, W = self.page.size
         h_in, w_in = img.shape[:2]
-        map_xy = L.identity_map(self.page)
+        map_xy = identity_map(H, W)
         if (h_in, w_in) != (H, W):
             map_xy = (map_xy * np.array([w_in / W, h_in / H], dtype=np.float32)).astype(np.float32)
-            rect = L.remap(img, map_xy, border_value=255)
+            rect = remap(img, map_xy, border_value=255)
         else:
             rect = img.copy()
         logger.warning(f"stage 1: {message}")
-        out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float("nan"), confidence=0.0,
-                            method="identity", ok=False, message=message)
-        out.detection = det  # type: ignore[attr-defined]
-        return out
+        return RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float("nan"), confidence=0.0,
+                             method="identity", ok=False, message=message, detection=det)
 
 
 def lattice_overlay(image_bgr: np.ndarray, rect: RectifiedPage, page: Page = CANONICAL) -> np.ndarray:
@@ -204,7 +197,7 @@ def lattice_overlay(image_bgr: np.ndarray, rect: RectifiedPage, page: Page = CAN
     h_in, w_in = vis.shape[:2]
     H, W = page.size
     s = np.array([w_in / W, h_in / H])
-    det = getattr(rect, "detection", None)
+    det = rect.detection
     fit = det.fit if det is not None else None
     if fit is not None:
         nodes = fit.nodes * s

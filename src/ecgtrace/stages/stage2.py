@@ -2,22 +2,24 @@
 
 Without a checkpoint the classical reader (:mod:`ecgtrace.stages.trace_classical`)
 is used; with a ``stage2_*.pth`` checkpoint the learned per-row trace model
-(:mod:`ecgtrace.models.stage2`) gives the per-column y instead. Both paths share
-the geometry (``paper.py``) and the lead cutting / band-limited resampling.
+(:mod:`ecgtrace.models.stage2`, read by :mod:`ecgtrace.stages.trace.network`) gives
+the per-column y instead. Both paths share the geometry (``paper.py``), the lead
+cutting / band-limited resampling and the quality flags (:mod:`ecgtrace.stages.trace`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import LAYOUT_3X4, N_ROWS
+from ecgtrace.models.device import resolve_device
+from ecgtrace.models.stage2 import Stage2Model, load_stage2
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
+from ecgtrace.stages.trace import network
 
 #: Einthoven/Goldberger relations (exact for ideal recordings): II = I + III, aVR + aVL + aVF = 0.
 EINTHOVEN_ALPHA = 0.33
@@ -48,22 +50,6 @@ def einthoven_correct(signals: dict[str, np.ndarray], alpha: float = EINTHOVEN_A
     return out
 
 
-def find_checkpoint(checkpoints: str | Path | None, stage: int) -> Path | None:
-    """The newest ``stage{stage}_*.pth`` in a folder (or the file itself); None when there is none."""
-    if checkpoints is None:
-        return None
-    p = Path(checkpoints)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise EcgTraceError(f"checkpoint folder {p} not found; pass --checkpoints DIR holding stage{stage}_*.pth, or leave it out")
-    cands = sorted(p.glob(f"stage{stage}_*.pth")) + sorted(p.glob(f"stage{stage}_checkpoints/*.pth"))
-    if not cands:
-        return None
-    best = [c for c in cands if "best" in c.name]
-    return (best or sorted(cands, key=lambda c: c.stat().st_mtime))[-1]
-
-
 class Stage2:
     """Rectified page -> :class:`LeadSignals`.
 
@@ -74,18 +60,16 @@ class Stage2:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", einthoven: bool = False,
                  params: tc.ClassicalParams | None = None) -> None:
-        self.device = device
+        self.device = str(resolve_device(device, "stage 2"))
         self.einthoven = einthoven
         self.params = params or tc.ClassicalParams()
-        self.model = None
+        self.model: Stage2Model | None = None
         self.checkpoint = Path(checkpoint) if checkpoint else None
         if self.checkpoint is not None:
             if not self.checkpoint.is_file():
                 raise EcgTraceError(f"stage-2 checkpoint {self.checkpoint} not found; train one with "
                                     "`ecgtrace train --stage 2` or leave --checkpoints out")
-            from ecgtrace.models.stage2 import load_stage2
-
-            self.model = load_stage2(self.checkpoint, device=device)
+            self.model = load_stage2(self.checkpoint, device=self.device)
 
     @property
     def method(self) -> str:
@@ -94,7 +78,7 @@ class Stage2:
     def rows(self, rect_bgr: np.ndarray) -> dict[str, tc.RowTrace]:
         """Per-row traces (rectified px) of a page, by the model or the classical reader."""
         if self.model is not None:
-            return self.model.read_rows(rect_bgr)
+            return network.read_rows(self.model, rect_bgr)
         return tc.trace_rows(rect_bgr, self.params).rows
 
     def __call__(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None = None) -> LeadSignals:
@@ -116,8 +100,7 @@ class Stage2:
         if self.model is not None:
             # judge the model's path by the page's own ink near it, as the classical path is judged;
             # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
-            ph, pw = self.model.page_size
-            small = rect_bgr if rect_bgr.shape[1] <= pw else cv2.resize(rect_bgr, (pw, ph), interpolation=cv2.INTER_AREA)
+            small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)
             sp = tc.page_for(small)
             prob = tc.mask_furniture(tc.trace_probability(small), sp, self.params)
             s = small.shape[1] / rect_bgr.shape[1]
@@ -132,10 +115,3 @@ class Stage2:
         quality = tc.quality_flags(res, page, self.params)
         traces_px = {k: np.stack([tr.x.astype(np.float64), tr.y], axis=1) for k, tr in rows.items()}
         return LeadSignals(signals=signals, fs=float(fs), traces_px=traces_px, quality=quality, method=self.method)
-
-
-def lead_rows_of(key: str) -> tuple[str, ...]:
-    """Leads shown by a row key (``row0``..``row2``, or the rhythm strip)."""
-    if key == paper.RHYTHM_KEY:
-        return (paper.RHYTHM_LEAD,)
-    return LAYOUT_3X4[tc.ROW_KEYS.index(key)] if key in tc.ROW_KEYS[: N_ROWS - 1] else ()

@@ -3,7 +3,8 @@
 Every function takes an explicit ``np.random.Generator`` (so a sample is a pure
 function of its seed, which exact resume relies on) and works on BGR uint8
 images. Geometric ones return the 3x3 matrix they applied so callers can move
-their targets: ``cv2.perspectiveTransform(points, M)``.
+their targets with :func:`ecgtrace.geometry.apply_homography`. The network input
+conversion is :func:`ecgtrace.models.preprocess.to_chw`, the one inference uses.
 """
 
 from __future__ import annotations
@@ -12,40 +13,6 @@ import math
 
 import cv2
 import numpy as np
-
-#: ImageNet statistics in RGB order (what timm encoders expect, pretrained or not).
-MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def to_chw(image_bgr: np.ndarray) -> np.ndarray:
-    """BGR uint8 (H, W, 3) -> normalized RGB float32 (3, H, W), the network input."""
-    if image_bgr.ndim == 2:
-        image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
-    rgb = image_bgr[..., 2::-1].astype(np.float32) / 255.0
-    return np.ascontiguousarray(((rgb - MEAN_RGB) / STD_RGB).transpose(2, 0, 1))
-
-
-def from_chw(x: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_chw` (for debug pictures)."""
-    rgb = x.transpose(1, 2, 0) * STD_RGB + MEAN_RGB
-    return np.clip(rgb[..., ::-1] * 255.0, 0, 255).astype(np.uint8)
-
-
-def resize_matrix(src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.ndarray:
-    """3x3 map of pixel centres when an image of (h, w) ``src_size`` is resized to ``dst_size`` by cv2.resize."""
-    sy, sx = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
-    # cv2.resize aligns pixel *areas*: x' = (x + 0.5) * s - 0.5
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
-def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 projective matrix to (N, 2) points."""
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(p) == 0:
-        return p
-    return cv2.perspectiveTransform(p[None], np.asarray(m, dtype=np.float64))[0]
-
 
 def random_perspective(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.05),
                        max_angle_deg: float = 15.0, max_tilt: float = 0.08,

@@ -1,4 +1,7 @@
-"""Checkpoint files: naming, atomic writes, safe loading, diagnosis and rebuilding the model.
+"""Writing training checkpoints: naming, atomic saves, RNG state, fine-tuning starts.
+
+Reading them for inference (safe loading, diagnosis, rebuilding the network, the
+weights description) is :mod:`ecgtrace.models.checkpoint`; the trainer uses it too.
 
 A checkpoint is a dict saved with ``torch.save``; the keys our users' guide
 promises are ``epoch``, ``model_state_dict``, ``optimizer_state_dict``, ``loss``
@@ -6,7 +9,9 @@ and ``config``. We add what an exact resume and ``ecgtrace check`` need:
 ``scheduler_state_dict``, ``scaler_state_dict``, ``rng_state``, ``stage``,
 ``arch``, ``best_loss``, ``val_loss``, ``metrics``, ``history``, ``saved_at``.
 Everything is stored as plain Python values and tensors so files load with
-``torch.load(weights_only=True)`` (no arbitrary pickles are executed).
+``torch.load(weights_only=True)`` (no arbitrary pickles are executed). Each file also
+holds ``pretrained_cfg`` (:class:`ecgtrace.models.checkpoint.PretrainedCfg`): what
+inference needs to use the weights, without the training config.
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ import os
 import random
 import re
 import time
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ecgtrace.errors import EcgTraceError
+from ecgtrace.config import Config, flatten, set_key
+from ecgtrace.io import atomic_write
+from ecgtrace.models.checkpoint import build_model, load_checkpoint, load_weights, pretrained_cfg_of
+from ecgtrace.train.tasks import get_task
+
+__all__ = ["load_checkpoint"]  # the resume path reads checkpoints with the inference reader
 
 FORMAT_VERSION = 1
 #: Keys the seed guide promises in every .pth file.
@@ -104,161 +112,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # --- write / read -------------------------------------------------------------------
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` to ``path`` atomically (temp file in the same folder + ``os.replace``), fsynced."""
     state = dict(state)
     state.setdefault("format_version", FORMAT_VERSION)
     state.setdefault("saved_at", time.time())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def diagnose_load_error(path: Path, err: BaseException) -> str:
-    """One line saying what is wrong with a checkpoint that would not load, and what to do."""
-    size = path.stat().st_size if path.exists() else -1
-    msg = f"{type(err).__name__}: {err}".splitlines()[0]
-    if size == 0:
-        return f"{path} is empty (0 bytes): the save was interrupted or the copy failed; use another checkpoint"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        return f"{path} cannot be read ({e}); check the file permissions"
-    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
-        return f"{path} is not a torch checkpoint (it starts with {head!r}); give a .pth written by `ecgtrace train`"
-    if "central directory" in msg or "failed reading zip" in msg or isinstance(err, (EOFError, zipfile.BadZipFile)):
-        return (f"{path} is truncated or corrupt ({size:,} bytes; {msg[:120]}); the copy or save did not finish: "
-                "copy it again or use an earlier stage*_epoch_*.pth")
-    if "Weights only load failed" in msg or "Unsupported global" in msg:
-        return (f"{path} holds Python objects that are not plain tensors/values (not written by ecgtrace?); "
-                "if you trust it, re-save its state dicts with plain torch.save")
-    if "invalid load key" in msg or "magic number" in msg or "could not find MARK" in msg:
-        return f"{path} is not a torch checkpoint ({msg[:100]}); give a .pth written by `ecgtrace train`"
-    return f"{path} could not be loaded: {msg[:200]}"
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict; any failure becomes a one-line :class:`EcgTraceError` that says what to do."""
-    p = Path(path)
-    if not p.is_file():
-        raise EcgTraceError(f"checkpoint {p} not found; list what exists with `ecgtrace check --list`")
-    try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure gets one diagnosis line
-        raise EcgTraceError(diagnose_load_error(p, e)) from e
-    if not isinstance(obj, dict):
-        raise EcgTraceError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict; "
-                            "give a .pth written by `ecgtrace train`")
-    if "model_state_dict" not in obj:
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise EcgTraceError(f"{p} is a bare state dict, not a training checkpoint (no epoch/config); "
-                                "give a .pth written by `ecgtrace train`")
-        raise EcgTraceError(f"{p} has no model_state_dict (keys: {', '.join(list(obj)[:8])}); "
-                            "give a .pth written by `ecgtrace train`")
-    return obj
-
-
-# --- rebuilding the model ------------------------------------------------------------
-def config_from_checkpoint(ckpt: dict[str, Any]):
-    """The :class:`ecgtrace.config.Config` a checkpoint was trained with (unknown keys are dropped)."""
-    from ecgtrace.config import Config, set_key
-    from ecgtrace.config import _flatten  # noqa: PLC2701 - same package, the flattening rule must match
-
-    raw = ckpt.get("config") or {}
-    cfg = Config()
-    for k, v in _flatten(raw).items():
-        try:
-            set_key(cfg, k, v)
-        except (KeyError, ValueError):
-            pass  # a key from a newer/older version; the rest still describes the run
-    if "stage" in ckpt:
-        cfg.STAGE = int(ckpt["stage"])
-    return cfg
 
 
 def build_model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """A fresh (untrained) model with the architecture recorded in ``ckpt``."""
-    arch = ckpt.get("arch") or {}
-    if arch.get("name"):
-        from ecgtrace.models.backbone import create_model
+    """A fresh (untrained) model of a checkpoint: its recorded architecture, else its task's builder.
 
-        return create_model(arch["name"], **dict(arch.get("kwargs") or {}))
-    from ecgtrace.train.tasks import get_task
-
-    cfg = config_from_checkpoint(ckpt)
-    return get_task(cfg.STAGE).build_model(cfg)
-
-
-@dataclass
-class StateDictReport:
-    """How well a state dict fits a model."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatch)
-
-    def summary(self) -> str:
-        parts = []
-        if self.shape_mismatch:
-            k, a, b = self.shape_mismatch[0]
-            parts.append(f"{len(self.shape_mismatch)} tensors differ in shape (e.g. {k}: checkpoint {a} vs model {b})")
-        if self.missing:
-            parts.append(f"{len(self.missing)} model tensors missing from the checkpoint (e.g. {self.missing[0]})")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} checkpoint tensors the model does not have (e.g. {self.unexpected[0]})")
-        return "; ".join(parts) or "all tensors match"
-
-
-def compare_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> StateDictReport:
-    """Missing / unexpected / wrongly shaped tensors between ``model`` and ``state``."""
-    own = model.state_dict()
-    rep = StateDictReport()
-    for k, v in own.items():
-        if k not in state:
-            rep.missing.append(k)
-        elif tuple(state[k].shape) != tuple(v.shape):
-            rep.shape_mismatch.append((k, tuple(state[k].shape), tuple(v.shape)))
-    rep.unexpected = [k for k in state if k not in own]
-    return rep
-
-
-def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` prefix DDP/DataParallel adds (files saved from a wrapped model)."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], what: str, fix: str) -> None:
-    """Load ``ckpt``'s weights into ``model`` (strict); a mismatch is one line: ``what: <what differs>; fix``."""
-    state = strip_module_prefix(ckpt["model_state_dict"])
-    rep = compare_state_dict(model, state)
-    if not rep.ok:
-        raise EcgTraceError(f"{what}: {rep.summary()}; {fix}")
-    model.load_state_dict(state, strict=True)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes, load its weights (strict), eval mode. Returns (model, ckpt)."""
-    ckpt = load_checkpoint(path, map_location="cpu")
-    model = build_model_from_checkpoint(ckpt)
-    load_weights(model, ckpt, f"{path}: architecture mismatch",
-                 "the file does not belong to the architecture recorded with it")
-    model.to(device).eval()
-    return model, ckpt
+    Only a network of a custom task records no architecture; its builder is training code.
+    """
+    cfg = pretrained_cfg_of(ckpt)
+    if cfg.architecture:
+        return build_model(cfg)
+    config = Config()
+    for k, v in flatten(ckpt.get("config") or {}).items():
+        try:
+            set_key(config, k, v)
+        except (KeyError, ValueError):
+            pass  # a key from a newer/older version; the rest still describes the run
+    return get_task(int(ckpt.get("stage", config.STAGE))).build_model(config)
 
 
 def init_weights(model: torch.nn.Module, path: str | Path) -> None:

@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.models.checkpoint import PRETRAINED_CFG_KEY, describe_weights, strip_module_prefix
+from ecgtrace.models.device import resolve_device
 from ecgtrace.train import checkpoint as ck
 from ecgtrace.train.tasks import Task, get_task
 
@@ -111,17 +113,11 @@ def _all_sum(values: list[float], dd: _Dist, device: torch.device) -> list[float
 
 # --- small pieces ------------------------------------------------------------------------
 def _resolve_device(cfg: Any, dd: _Dist) -> torch.device:
-    want = str(cfg.DEVICE.DEVICE or "cpu")
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            if dd.main:
-                logger.warning("DEVICE.DEVICE=cuda but no GPU is visible; training on the CPU")
-            return torch.device("cpu")
-        if dd.active:
-            torch.cuda.set_device(dd.local_rank)
-            return torch.device("cuda", dd.local_rank)
-        return torch.device(want)
-    return torch.device(want)
+    device = resolve_device(cfg.DEVICE.DEVICE, "training")
+    if device.type == "cuda" and dd.active:
+        torch.cuda.set_device(dd.local_rank)
+        return torch.device("cuda", dd.local_rank)
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -266,6 +262,7 @@ def fit(cfg: Any, task: Task | str | None = None, resume: bool = False,
         n_params = sum(p.numel() for p in model.parameters())
         log(f"Model created with {n_params:,} parameters")
         arch = dict(getattr(model, "arch", None) or {"name": None, "kwargs": {}})
+        weights_cfg = describe_weights(model, stage, cfg.MODEL.INPUT_SIZE).to_dict()
         if dd.active:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -299,7 +296,7 @@ def fit(cfg: Any, task: Task | str | None = None, resume: bool = False,
                     raise EcgTraceError(f"cannot resume from {path}: it was trained with a different architecture "
                                         f"({state['arch'].get('kwargs')}); use the same MODEL.* settings "
                                         "or start without --resume in a new OUTPUT.ROOT")
-                _unwrap(model).load_state_dict(ck.strip_module_prefix(state["model_state_dict"]))
+                _unwrap(model).load_state_dict(strip_module_prefix(state["model_state_dict"]))
                 optimizer.load_state_dict(state["optimizer_state_dict"])
                 if state.get("scheduler_state_dict"):
                     scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -405,6 +402,7 @@ def fit(cfg: Any, task: Task | str | None = None, resume: bool = False,
                     "rng_state": ck.get_rng_state(),
                     "stage": stage,
                     "arch": arch,
+                    PRETRAINED_CFG_KEY: weights_cfg,
                     "best_loss": best_loss,
                     "val_loss": val_loss,
                     "metrics": metrics,

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from ecgtrace import orient
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.geometry import apply_homography, resize_matrix
+from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD, build_stage0
 from ecgtrace.paper import CANONICAL, LABEL_HEIGHT_MV, MARKERS, N_MARKER_CLASSES, Page
 from ecgtrace.train import augment as aug
@@ -81,13 +83,13 @@ def make_sample(image: np.ndarray, markers_xy: np.ndarray, orientation: int, inp
     the targets. ``rng`` may be None only when ``augment`` is False.
     """
     h, w = int(input_size[0]), int(input_size[1])
-    m = aug.resize_matrix(image.shape[:2], (h, w))
+    m = resize_matrix(image.shape[:2], (h, w))
     img = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    pts = aug.transform_points(markers_xy, m)
+    pts = apply_homography(m, markers_xy)
     if augment and rng is not None:
         if rng.random() < 0.6:
             img, mp = aug.random_perspective(img, rng, scale=(0.6, 1.05), max_angle_deg=12.0)
-            pts = aug.transform_points(pts, mp)
+            pts = apply_homography(mp, pts)
         if rng.random() < 0.8:
             img = aug.color_jitter(img, rng)
         if rng.random() < 0.5:
@@ -98,7 +100,7 @@ def make_sample(image: np.ndarray, markers_xy: np.ndarray, orientation: int, inp
     radius = max(MIN_DISC_PX, DISC_FRACTION * _LABEL_PX * marker_scale(pts, valid))
     hom, h_ok = canonical_homography(pts, valid)
     return {
-        "image": torch.from_numpy(aug.to_chw(img)),
+        "image": torch.from_numpy(to_chw(img)),
         "markers": torch.from_numpy(marker_mask((h, w), pts, valid, radius)),
         "orientation": torch.tensor(int(orientation), dtype=torch.int64),
         "markers_xy": torch.from_numpy(np.nan_to_num(pts, nan=-1.0).astype(np.float32)),
@@ -262,7 +264,7 @@ class Stage0Task:
             ok = (valid[b] & found[b]).cpu().numpy()
             if ok.any():
                 hb = batch["h_canon"][b].double().cpu().numpy()
-                p = aug.transform_points(pred[b].double().cpu().numpy()[ok], hb)
+                p = apply_homography(hb, pred[b].double().cpu().numpy()[ok])
                 errs.append(np.linalg.norm(p - CANONICAL.label_centers[ok], axis=1))
         n_valid = int(valid.sum().item())
         recall = float((valid & found).sum().item()) / n_valid if n_valid else float("nan")
@@ -277,7 +279,7 @@ class Stage0Task:
         pred, found = soft_centroids(outputs[MARKER_HEAD], batch["image"].shape[-2:])
         ori = outputs[ORIENT_HEAD].softmax(1)
         for b in range(min(4, pred.shape[0])):
-            img = aug.from_chw(batch["image"][b].detach().float().cpu().numpy()).copy()
+            img = from_chw(batch["image"][b].detach().float().cpu().numpy()).copy()
             gt = batch["markers_xy"][b].cpu().numpy()
             for k in range(len(MARKERS)):
                 if bool(batch["markers_valid"][b, k]):

@@ -7,6 +7,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ecgtrace.geometry import apply_homography, resize_matrix
+from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, Page
 
 _H_IDX = np.array([MARKERS.index(m) for m in HOMOGRAPHY_MARKERS])
@@ -92,12 +94,12 @@ def make_sample(image: np.ndarray, gt: Any, input_size: tuple[int, int], rng: np
                 augment: bool = True, page: Page = CANONICAL) -> dict[str, torch.Tensor]:
     """One item from a normalized page (stage 0's output) and its ground truth."""
     h, w = int(input_size[0]), int(input_size[1])
-    m = aug.resize_matrix(image.shape[:2], (h, w))
+    m = resize_matrix(image.shape[:2], (h, w))
     img = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     nh, nv = page.n_hlines, page.n_vlines
     nodes = np.full((nh, nv, 2), np.nan)
     gi = np.asarray(gt.grid_index)
-    nodes[gi[:, 0], gi[:, 1]] = aug.transform_points(np.asarray(gt.grid_points, dtype=np.float64), m)
+    nodes[gi[:, 0], gi[:, 1]] = apply_homography(m, np.asarray(gt.grid_points, dtype=np.float64))
     if augment and rng is not None:
         if rng.random() < 0.8:
             img = aug.color_jitter(img, rng)
@@ -109,7 +111,7 @@ def make_sample(image: np.ndarray, gt: Any, input_size: tuple[int, int], rng: np
     valid = np.isfinite(nodes).all(-1) & (nodes[..., 0] >= 0) & (nodes[..., 0] <= w - 1) \
         & (nodes[..., 1] >= 0) & (nodes[..., 1] <= h - 1)
     return {
-        "image": torch.from_numpy(aug.to_chw(img)),
+        "image": torch.from_numpy(to_chw(img)),
         "points": torch.from_numpy(tg["points"]),
         "hlines": torch.from_numpy(tg["hlines"]),
         "vlines": torch.from_numpy(tg["vlines"]),
@@ -223,7 +225,7 @@ class Stage1Task:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for b in range(min(4, batch["image"].shape[0])):
-            img = aug.from_chw(batch["image"][b].detach().float().cpu().numpy()).copy()
+            img = from_chw(batch["image"][b].detach().float().cpu().numpy()).copy()
             get = lambda k: outputs[k][b].detach().float().cpu().numpy()  # noqa: E731
             pts, idx, _ = decode_points(get(POINTS_HEAD), get(HLINES_HEAD), get(VLINES_HEAD))
             for p, ij in zip(pts, idx):

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.models.stage2 import BAND_ABOVE_MV, BAND_BELOW_MV, TRACE_HEAD, build_stage2, decode_columns, row_strip
-from ecgtrace.paper import CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
-from ecgtrace.train import augment as aug
+from ecgtrace.models.preprocess import from_chw, to_chw
+from ecgtrace.models.stage2 import TRACE_HEAD, build_stage2, decode_columns, row_strip
+from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
 from ecgtrace.train.onthefly import OnTheFlyPages, train_val_sets
 
 #: Width of the random training window, in seconds of signal (the page is read at full resolution).
@@ -114,7 +114,7 @@ class Stage2Pages(OnTheFlyPages):
             strips = [s[:, a:a + cw] for s in strips]
             ty, valid = ty[:, a:a + cw], valid[:, a:a + cw]
         return {
-            "image": torch.from_numpy(np.stack([aug.to_chw(s) for s in strips])),
+            "image": torch.from_numpy(np.stack([to_chw(s) for s in strips])),
             "ty": torch.from_numpy(ty),
             "valid": torch.from_numpy(valid),
         }
@@ -186,7 +186,7 @@ class Stage2Task:
         out_dir.mkdir(parents=True, exist_ok=True)
         logits = outputs[TRACE_HEAD][:, 0].detach().float().cpu()
         for k in range(min(4, logits.shape[0])):
-            img = aug.from_chw(batch["image"][k].cpu().numpy())
+            img = from_chw(batch["image"][k].cpu().numpy())
             y, _ = decode_columns(logits[k])
             ty, v = batch["ty"][k].cpu().numpy(), batch["valid"][k].cpu().numpy()
             for x in range(img.shape[1]):

@@ -1,0 +1,221 @@
+"""Ink map: a per-pixel "this is trace ink" score of a rectified page, and page furniture masked out.
+
+The trace is dark and unsaturated; printed grids are coloured (red/pink/blue/green/brown: a high
+channel maximum) or, on black-and-white scans, lighter and thinner than the trace. The page is
+flat-fielded first so phone-photo shading does not read as ink; grey grid lines, long straight
+strokes (page edges, folds) and the known positions of separator ticks and lead labels are removed
+or weakened.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ecgtrace import paper
+from ecgtrace.paper import CANONICAL, Page
+from ecgtrace.stages.trace.params import ClassicalParams
+
+#: Median ink of a pixel column (row) above which it holds a grid line too dark to subtract.
+LINE_VISIBLE = 0.2
+
+
+def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
+    """Per-pixel trace-ink score in [0, 1] (float32) of a BGR or grey page.
+
+    Darkness is measured on the *largest* channel, so a saturated grid line (red,
+    blue, green) scores ~0 however dark its hue is; remaining saturation is
+    penalised, and a robust contrast stretch pushes the (lighter, thinner) grid of
+    grey/B&W pages under the floor.
+    """
+    return ink_map(image_bgr)[0]
+
+
+def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trace_probability`, and which pixel columns are *blind*: a dark vertical grid line
+    was in-painted there from its neighbours, so the ink a steep stroke left in them is lost.
+
+    (Rows in-painted under dark horizontal lines are not treated alike: crediting them as
+    unknown ink lets the path run along a line past a hard QRS; measured worse on black grids.)
+    """
+    img = image_bgr
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    f = img.astype(np.float32)
+    mx = f.max(axis=2)
+    mn = f.min(axis=2)
+    # paper brightness: a max filter wider than the trace removes the ink, a blur smooths it
+    k = max(3, int(round(img.shape[1] / 2200 * 9)) | 1)
+    bg = cv2.dilate(mx, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    bg = cv2.GaussianBlur(bg, (0, 0), sigmaX=3 * k)
+    bg = np.maximum(bg, 40.0)
+    dark = np.clip(1.0 - mx / bg, 0.0, 1.0)
+    sat = (mx - mn) / np.maximum(mx, 1.0)
+    score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
+    # grey/B&W grids survive the colour test; on a rectified page their lines are axis-aligned.
+    # Vertical lines: the median down each pixel column (the trace covers a small part of it)
+    # is the line's own ink; columns with a visible line are in-painted from the nearest clean
+    # columns either side (a black grid is as dark as the trace, no contrast can split them).
+    # Horizontal lines: their level is read in the right margin, past 10 s, where no trace runs
+    # (a flat trace fills most of its own pixel row), and subtracted.
+    w = score.shape[1]
+    page = CANONICAL.scaled_to(w)
+    col_level = np.median(score, axis=0)
+    blind = col_level >= LINE_VISIBLE
+    score = _remove_lines(score, col_level)
+    xr = int(np.ceil(float(page.time_to_x(paper.DURATION_S)) + 0.5 * page.px_per_mm))
+    if w - xr >= 8:
+        score = _remove_lines(score.T, np.median(score[:, xr:], axis=1)).T
+        score = _erase_long_lines(score, page, xr)
+    score = np.clip(score, 0.0, 1.0)
+    # robust stretch: the floor sits above paper and most grid, the top at solid ink
+    lo = float(np.percentile(score, 80))
+    hi = float(np.percentile(score, 99.7))
+    hi = max(hi, lo + 0.15, 0.25)
+    floor = lo + 0.25 * (hi - lo)
+    return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
+
+
+def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = LINE_VISIBLE) -> np.ndarray:
+    """Remove axis-aligned grid lines of known per-column ink ``level`` from ``score`` (H, W).
+
+    Faint levels are subtracted; columns holding a visible line are in-painted from the
+    nearest clean columns either side, so a trace crossing the line keeps its ink.
+    """
+    w = score.shape[1]
+    bad = level >= visible
+    out = score - np.where(bad, 0.0, level)[None, :]
+    if not bad.any() or bad.all():
+        return out
+    idx = np.arange(w)
+    left = np.maximum.accumulate(np.where(~bad, idx, -1))
+    right = np.minimum.accumulate(np.where(~bad, idx, w)[::-1])[::-1]
+    cols = np.where(bad)[0]
+    lc, rc = left[cols], right[cols]
+    lc = np.where(lc < 0, rc, lc)
+    rc = np.where(rc >= w, lc, rc)
+    f = np.where(rc > lc, (cols - lc) / np.maximum(rc - lc, 1), 0.5)[None, :]
+    out[:, cols] = (1 - f) * out[:, lc] + f * out[:, rc]
+    return out
+
+
+def _follow_line(mask: np.ndarray, x: int, y: float, slope: float, direction: int, max_gap: int) -> list[tuple[int, float]]:
+    """Walk along a near-horizontal ridge of ``mask`` from column ``x`` in ``direction`` (+1/-1).
+
+    Each step looks 2 px either side of the position the recent slope predicts, so a gently bent
+    line (a page edge after rectification) is followed to its true end, while a trace, which
+    leaves the predicted position within a few columns, is not.
+    """
+    h, w = mask.shape
+    pts: list[tuple[int, float]] = []
+    gap = 0
+    while 0 <= x + direction < w and gap <= max_gap:
+        x += direction
+        y += slope * direction
+        yi = int(round(y))
+        lo, hi = max(0, yi - 2), min(h, yi + 3)
+        hits = np.nonzero(mask[lo:hi, x])[0]
+        if hits.size:
+            y_new = float(lo + hits.mean())
+            if len(pts) >= 20:  # update the slope from the last stretch followed
+                x_old, y_old = pts[-20]
+                slope = (y_new - y_old) / (x - x_old)
+            y = y_new
+            pts.append((x, y))
+            gap = 0
+        else:
+            gap += 1
+    return pts
+
+
+def _erase_long_lines(score: np.ndarray, page: Page, xr: int) -> np.ndarray:
+    """Erase long straight strokes that are not traces: page edges, folds, ruled lines, scanner streaks.
+
+    A trace is never straight for long (a QRS comes every second or so; even a flat, lead-off
+    trace spans one 2.5 s window, 0.22 of the page width), so near-horizontal segments longer than
+    0.3 of the width and near-vertical ones longer than 0.3 of the height are found with a
+    probabilistic Hough transform, then followed along their ridge to their real ends (after
+    rectification such a line is often gently bent) and erased.
+    """
+    mask = (score >= 0.5).astype(np.uint8) * 255
+    th = max(3, int(round(0.6 * page.px_per_mm)))
+    erase = np.zeros_like(mask)
+    for transpose in (False, True):  # near-horizontal lines, then near-vertical ones (transposed)
+        m = mask.T if transpose else mask
+        e = np.zeros(m.shape, np.uint8)  # C order: cv2 cannot draw into a transposed view
+        long_side = m.shape[1]
+        max_gap = max(3, int(0.002 * long_side))
+        lines = cv2.HoughLinesP(m, 1, np.pi / 720, threshold=int(0.15 * long_side),
+                                minLineLength=int(0.3 * long_side), maxLineGap=max_gap)
+        if lines is None:
+            continue
+        for x1, y1, x2, y2 in np.asarray(lines).reshape(-1, 4).astype(np.float64):
+            dx, dy = abs(x2 - x1), abs(y2 - y1)
+            if dy >= 0.05 * dx:
+                continue
+            if x1 > x2:
+                x1, y1, x2, y2 = x2, y2, x1, y1
+            slope = (y2 - y1) / max(x2 - x1, 1.0)
+            left = _follow_line(m, int(x1), y1, slope, -1, max_gap)[::-1]
+            right = _follow_line(m, int(x2), y2, slope, +1, max_gap)
+            pts = [(x, y) for x, y in left] + [(x1, y1), (x2, y2)] + [(x, y) for x, y in right]
+            poly = np.round(np.array(pts)).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(e, [poly], False, 255, th)
+        erase = np.maximum(erase, e.T if transpose else e)
+    return np.where(erase > 0, 0.0, score) if erase.any() else score
+
+
+def mask_furniture(prob: np.ndarray, page: Page, params: ClassicalParams | None = None) -> np.ndarray:
+    """Weaken ink at known non-signal positions: separator ticks, labels, calibration pulses.
+
+    Tick columns are in-painted from the columns either side (the trace still passes
+    there); label boxes are scaled down, not erased, as a deep S wave may cross them.
+    """
+    p = params or ClassicalParams()
+    out = prob.copy()
+    h, w = out.shape
+    s = page.px_per_mm
+    # separator ticks: replace a few columns by the mean of their neighbours
+    half = max(2, int(round(0.45 * s)))
+    for tick in page.separator_ticks():
+        x = int(round(tick[0, 0]))
+        y0 = int(max(0, np.floor(tick[:, 1].min() - 0.5 * s)))
+        y1 = int(min(h, np.ceil(tick[:, 1].max() + 0.5 * s)))
+        xl, xr = x - half - 1, x + half + 1
+        if xl < 0 or xr >= w:
+            continue
+        a, b = out[y0:y1, xl], out[y0:y1, xr]
+        for i, xx in enumerate(range(x - half, x + half + 1)):
+            f = (i + 1) / (2 * half + 2)
+            out[y0:y1, xx] = (1 - f) * a + f * b
+    # lead labels: boxes around the canonical centres
+    bw, bh = 1.2 * page.px_per_s * 0.12 * 2, 0.6 * page.px_per_mv
+    for m in paper.MARKERS:
+        cx, cy = page.label_center(m)
+        x0, x1 = int(max(0, cx - bw / 2)), int(min(w, cx + bw / 2))
+        y0, y1 = int(max(0, cy - bh / 2)), int(min(h, cy + bh / 2))
+        out[y0:y1, x0:x1] *= p.label_weight
+    # calibration pulses lie left of signal time 0; only their last flat bit touches it
+    return out
+
+
+def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """Page ink at a path read by another method (a model), per path point, with tolerance.
+
+    The strongest ``prob`` within ``radius`` px of the point vertically, over the span to the
+    previous point (a steep stroke covers it), and in the columns either side (a column
+    in-painted under a dark grid line lost its ink). A model's own confidence says how sure
+    the network is, not whether the picture holds a trace there; this does.
+    """
+    h, w = prob.shape
+    xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
+    y = np.asarray(y, np.float64)
+    yp = np.concatenate([y[:1], y[:-1]])
+    lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
+    hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
+    # each column's ink as the max of itself and its two neighbours, then the max over [lo, hi] per point
+    wide = cv2.dilate(prob, np.ones((1, 3), np.uint8))
+    out = np.empty(len(xi), np.float32)
+    for i, (c, a, b) in enumerate(zip(xi, lo, hi)):
+        out[i] = wide[a:b + 1, c].max()
+    return out

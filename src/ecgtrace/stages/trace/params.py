@@ -1,0 +1,25 @@
+"""Tunable constants of the stage-2 trace search (shared by the classical and the learned reader)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ecgtrace import paper
+
+
+@dataclass
+class ClassicalParams:
+    """Tunable constants of the classical reader (defaults tuned on synthetic renders)."""
+
+    band_above_mv: float = paper.BAND_ABOVE_MV  # search band above the baseline (taller R waves are clipped)
+    band_below_mv: float = paper.BAND_BELOW_MV
+    step_ink_cost: float = 1.0  # vertical move cost per px of paper (no ink)
+    step_base_cost: float = 0.002  # vertical move cost per px on ink
+    blind_step_cost: float = 0.02  # vertical move cost per px in a column hidden by a dark grid line
+    baseline_pull: float = 0.02  # per column, per mV^2 of distance from the row's baseline
+    baseline_pull_cap_mv: float = 4.0
+    claimed_penalty: float = 0.5  # cost added on pixels the row above already follows
+    claimed_halfwidth_px: float = 2.5  # at 200 dpi; scales with the page
+    label_weight: float = 0.35  # ink inside lead-label boxes counts this much
+    weak_ink: float = 0.35  # a path column on less ink than this is "off trace"
+    max_wander_mv: float = 0.5  # median |mV - median| above this is not an ECG trace
