@@ -15,6 +15,7 @@ demo: env
 	$(VENV)/bin/ecgtrace demo
 
 test: env
+	$(VENV)/bin/ruff check src tests bench *.py
 	PYTHONPATH=src $(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: env

@@ -14,9 +14,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loguru import logger
+
     from ecgtrace.cli import main as cli_main
     from ecgtrace.train.engine import setup_logging
-    from loguru import logger
 
     setup_logging()
     logger.info("Testing imports...")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ecgtrace.data import distort  # noqa: E402
+from ecgtrace.io import atomic_write  # noqa: E402
 from test_distort import dot_errors, make_page, on_trace_fraction  # noqa: E402  (the test's own probes)
 
 
@@ -152,10 +153,8 @@ def main() -> None:
     out = {"page": source, "size": list(img.shape[:2]), "load_average": os.getloadavg()[0],
            "ms_per_page": speed, "heaviest": heavy, "steps_cpu_ms": steps, "point_accuracy": acc}
     path = ROOT / "bench" / "results" / "distort.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
 
 

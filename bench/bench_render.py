@@ -30,9 +30,13 @@ import numpy as np  # noqa: E402
 
 from ecgtrace.data.render import RenderStyle, render_page, trace_pixel_errors  # noqa: E402
 from ecgtrace.data.signals import synthesize_ecg  # noqa: E402
-from ecgtrace.paper import window_indices  # noqa: E402
 from ecgtrace.data.synthetic import SyntheticPages, apply_variant, available_variants  # noqa: E402
-from ecgtrace.paper import CANONICAL, RHYTHM_KEY, Page  # noqa: E402
+from ecgtrace.paper import (  # noqa: E402
+    CANONICAL,
+    RHYTHM_KEY,
+    Page,
+    window_indices,  # noqa: E402
+)
 
 cv2.setNumThreads(1)
 PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -121,7 +125,7 @@ def main() -> None:
         try:
             per_variant[v] = timed(lambda k, v=v: apply_variant(base[k % 3][0].copy(), base[k % 3][1], v,
                                                                 np.random.default_rng(k)), max(3, args.reps // 4))
-        except Exception as e:  # the distortion module is another team's; report its failure, keep measuring
+        except Exception as e:  # noqa: BLE001 - the distortion module is another team's; report its failure, keep measuring
             failed[v] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     res["variant_only"] = {v: r["ms_per_page_cpu"] for v, r in per_variant.items()}
     res["variant_failed"] = failed
@@ -148,7 +152,7 @@ def main() -> None:
             r = res[k]
             print(f"  {k:23s} {r['pages_per_s_cpu']:6.2f} pages/s per core (CPU)  {r['pages_per_s_wall']:6.2f} "
                   f"pages/s wall  {r['ms_per_page_cpu']:7.1f} ms/page")
-    print(f"  variant cost only (ms CPU): " + ", ".join(f"{v} {ms}" for v, ms in res["variant_only"].items()))
+    print("  variant cost only (ms CPU): " + ", ".join(f"{v} {ms}" for v, ms in res["variant_only"].items()))
     print(f"  heaviest variant: {heavy}")
     for v, msg in res["variant_failed"].items():
         print(f"  variant {v} FAILED: {msg}")

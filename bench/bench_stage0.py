@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ecgtrace import orient  # noqa: E402
-from ecgtrace.paper import CANONICAL, MARKERS, Page  # noqa: E402
 from ecgtrace.geometry import apply_homography, resize_matrix  # noqa: E402
+from ecgtrace.io import atomic_write  # noqa: E402
+from ecgtrace.paper import CANONICAL, MARKERS, Page  # noqa: E402
 from ecgtrace.stages.stage0 import Stage0  # noqa: E402
 from ecgtrace.train.stage0 import canonical_homography  # noqa: E402
 
@@ -171,10 +171,8 @@ def main() -> int:
             print(f"    {v}: n={pv['n']} orient {pv['orientation_acc']:.2f} marker med {pv['marker_err_median_px']} "
                   f"corner med {pv['corner_err_median_px']}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=float))
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2, default=float))
     print(f"wrote {out}")
     return 0
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -31,13 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ecgtrace import geometry  # noqa: E402
 from ecgtrace.data.synthetic import ALL_VARIANTS, SyntheticPages, available_variants  # noqa: E402
+from ecgtrace.io import atomic_write  # noqa: E402
 from ecgtrace.paper import CANONICAL  # noqa: E402
 from ecgtrace.stages import lattice as L  # noqa: E402
 from ecgtrace.stages.stage0 import Stage0  # noqa: E402
 from ecgtrace.stages.stage1 import Stage1  # noqa: E402
 from ecgtrace.train.stage1 import simulate_stage0  # noqa: E402
-from ecgtrace import geometry  # noqa: E402
 
 PHOTO_VARIANTS = ("0005", "0006", "0009", "0010")  # photos: perspective + curl / creases / crumples
 HELD_OUT_SEED = 7_777_777  # training uses DATA.SYNTHETIC_SEED (0) and seed + 1_000_003 for validation
@@ -146,10 +146,8 @@ def main() -> int:
                            "stage0": {"gt": "ground-truth marker homography", "classical": "classical stage 0"}[args.stage0],
                            "device": "cpu", "gpu": "none this session", "machine": platform.platform()}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {out}")
     return 0
 

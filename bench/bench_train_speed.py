@@ -40,6 +40,7 @@ def main() -> int:
     from loguru import logger
 
     from ecgtrace.config import load_config
+    from ecgtrace.io import atomic_write
     from ecgtrace.train.engine import _amp_setup, fit
     from ecgtrace.train.stage0 import TASK
 
@@ -110,10 +111,8 @@ def main() -> int:
     print(f"  engine (fit)  : {result['engine_images_per_s']:.2f} images/s")
     print(f"  load average before/after: {result['load_avg_before'][0]:.1f} / {result['load_avg_after'][0]:.1f}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpf = out.with_suffix(".tmp")
-    tmpf.write_text(json.dumps(result, indent=2))
-    os.replace(tmpf, out)
+    with atomic_write(out) as tmpf:
+        tmpf.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_engine import TinyTask, tiny_cfg
 
 from ecgtrace.cli import main as cli_main
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.train import checkpoint as ck
 from ecgtrace.train.engine import fit
+from test_engine import TinyTask, tiny_cfg
 
 torch.set_num_threads(1)
 
@@ -130,3 +130,35 @@ def test_rng_state_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     ck.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_checkpoint_describes_its_weights_and_loads_without_a_training_config(trained, tmp_path):
+    """A checkpoint written now carries pretrained_cfg (architecture, input size, normalisation, heads): it loads
+    with its config removed; one written before pretrained_cfg existed gets the same description derived."""
+    from ecgtrace.models import checkpoint as mck
+
+    final = Path(ck.checkpoint_dir(str(trained), 0)) / "stage0_final.pth"
+    state = mck.load_checkpoint(final)
+    desc = state[mck.PRETRAINED_CFG_KEY]
+    assert desc["input_size"] == list(state["config"]["MODEL"]["INPUT_SIZE"])
+    assert desc["architecture"] == state["arch"]["name"] and desc["arch_kwargs"] == state["arch"]["kwargs"]
+    assert desc["mean"] == pytest.approx([0.485, 0.456, 0.406]) and desc["channel_order"] == "RGB"
+    assert desc["heads"] and set(desc["heads"]) <= set(state["arch"]["kwargs"]["seg_heads"]) | set(
+        state["arch"]["kwargs"]["cls_heads"])
+
+    no_config = tmp_path / "no_config.pth"
+    ck.save_checkpoint({k: v for k, v in state.items() if k != "config"}, no_config)
+    old = tmp_path / "before_pretrained_cfg.pth"
+    ck.save_checkpoint({k: v for k, v in state.items() if k != mck.PRETRAINED_CFG_KEY}, old)
+    assert mck.pretrained_cfg_of(mck.load_checkpoint(old)) == mck.PretrainedCfg.from_dict(desc)
+
+    h, w = desc["input_size"]
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32))
+    outs = []
+    for p in (final, no_config, old):
+        net = mck.load_model(p)
+        assert net.cfg.input_size == (h, w)
+        with torch.no_grad():
+            outs.append({k: v.numpy() for k, v in net.model(x).items()})
+    for o in outs[1:]:
+        assert all(np.array_equal(o[k], outs[0][k]) for k in outs[0])

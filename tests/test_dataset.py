@@ -10,10 +10,9 @@ import pytest
 
 from ecgtrace.cli import main
 from ecgtrace.data.dataset import PageSource, validate_dataset, write_dataset
-from ecgtrace.paper import csv_rows
 from ecgtrace.data.synthetic import PageSample, SyntheticPages, check_variants
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import LEADS, Page
+from ecgtrace.paper import LEADS, Page, csv_rows
 
 TINY = Page(dpi=50)
 

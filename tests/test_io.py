@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecgtrace import io, paper
+from ecgtrace import geometry, io, paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.pipeline import signals_frame
-from ecgtrace import geometry
 
 
 def test_read_image_errors(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ecgtrace import geometry
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import lattice as L
-from ecgtrace import geometry
 
 SMALL = Page(dpi=50)
 

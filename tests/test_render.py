@@ -8,9 +8,8 @@ import pytest
 from ecgtrace.data.groundtruth import GroundTruth
 from ecgtrace.data.render import GRID_SCHEMES, RenderStyle, random_style, render_page, trace_pixel_errors
 from ecgtrace.data.signals import synthesize_ecg
-from ecgtrace.paper import window_indices
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import CANONICAL, LEADS, MARKERS, RHYTHM_KEY, Page
+from ecgtrace.paper import CANONICAL, LEADS, MARKERS, RHYTHM_KEY, Page, window_indices
 
 
 def snr_db(ref: np.ndarray, est: np.ndarray) -> float:

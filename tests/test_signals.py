@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from ecgtrace.data.signals import FS_CHOICES, load_wfdb_folder, n_samples, resample, synthesize_ecg
-from ecgtrace.paper import csv_rows, window_indices
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import LEADS
+from ecgtrace.paper import LEADS, csv_rows, window_indices
 
 
 @pytest.mark.parametrize("fs", FS_CHOICES)

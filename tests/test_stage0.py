@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import cv2
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,12 +12,12 @@ from torch import nn
 
 from ecgtrace import orient
 from ecgtrace.config import load_config
-from ecgtrace.paper import CANONICAL, MARKERS, Page
-from ecgtrace.stages.base import StageError
 from ecgtrace.geometry import apply_homography
 from ecgtrace.models.checkpoint import LoadedModel, PretrainedCfg
+from ecgtrace.paper import CANONICAL, MARKERS, Page
+from ecgtrace.stages.base import StageError
 from ecgtrace.stages.stage0 import FLIP_CLASS, ECGModelLoader, Stage0, classical_orientation
-from ecgtrace.train.stage0 import TASK, Stage0Synthetic, make_sample, soft_centroids
+from ecgtrace.train.stage0 import TASK, Stage0Synthetic, make_sample
 
 torch.set_num_threads(1)
 SMALL = Page(dpi=60)  # 660 x 510 pages: quick to render

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
+from ecgtrace import geometry
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages.stage1 import Stage1, lattice_overlay
-from ecgtrace import geometry
 
 SMALL = Page(dpi=50)
 

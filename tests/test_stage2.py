@@ -8,10 +8,9 @@ import pytest
 from ecgtrace import paper
 from ecgtrace.data.render import RenderStyle, render_page
 from ecgtrace.data.signals import synthesize_ecg
-from ecgtrace.paper import csv_rows
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.metric import snr_for_image
-from ecgtrace.paper import CANONICAL
+from ecgtrace.paper import CANONICAL, csv_rows
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.stage2 import Stage2, einthoven_correct

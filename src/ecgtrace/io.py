@@ -55,7 +55,7 @@ def read_image(path: str | Path) -> np.ndarray:
                                 f"{MAX_PIXELS / 1e6:.0f} MP; scale it down (a 200-300 dpi scan is enough)")
     except EcgTraceError:
         raise
-    except Exception:  # PIL could not parse the header: let OpenCV try, it reports below
+    except Exception:  # noqa: BLE001 - PIL could not parse the header: let OpenCV try, it reports below
         pass
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if img is None:

@@ -192,7 +192,8 @@ def align_segments(
 
 
 # --------------------------------------------------------------------------- ids
-def _as_arrow_strings(values: pd.Series):
+def as_arrow_strings(values: pd.Series):
+    """``values`` as one pyarrow string array (arrow-backed columns are not copied)."""
     import pyarrow as pa
 
     arr = getattr(values.array, "_pa_array", None)  # ArrowExtensionArray / ArrowStringArray
@@ -230,7 +231,7 @@ def parse_ids(ids, images: np.ndarray | None = None, what: str = "submission") -
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else _as_arrow_strings(ids)
+    arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else as_arrow_strings(ids)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.null_count:
@@ -409,8 +410,8 @@ def _score_frames(solution: pd.DataFrame, submission: pd.DataFrame, id_col: str,
         raise ScoreError("solution is empty; nothing to score")
     y_true = _numeric_values(solution, id_col, "solution")
     y_pred = _numeric_values(submission, id_col, "submission")
-    sol_arr = _as_arrow_strings(solution[id_col])
-    sub_arr = _as_arrow_strings(submission[id_col])
+    sol_arr = as_arrow_strings(solution[id_col])
+    sub_arr = as_arrow_strings(submission[id_col])
     ps = parse_ids(sol_arr, what="solution")
     lay = _solution_layout(ps, sol_arr)
     n = len(sol_arr)

@@ -13,7 +13,6 @@ competition-layout train split (``train.csv`` + ``train/{id}/{id}.csv``).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ import pandas as pd
 from loguru import logger
 
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.metric import fit_length, parse_ids
+from ecgtrace.io import atomic_write
+from ecgtrace.metric import as_arrow_strings, fit_length, parse_ids
 from ecgtrace.paper import LEADS
 
 SUBMISSION_COLUMNS = ("id", "value")
@@ -70,29 +70,22 @@ def write_submission(sub: pd.DataFrame, path: str | Path, decimals: int | None =
         raise EcgTraceError(f"submission values must be numbers (mV): {e}") from e
     ids = sub["id"]
     ids = ids if pd.api.types.is_string_dtype(ids) else ids.astype(str)
-    from ecgtrace.metric import _as_arrow_strings
-
     if kind == "csv" and decimals is not None:
         values = np.round(values, decimals)
-    table = pa.table({"id": _as_arrow_strings(ids), "value": pa.array(values)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    table = pa.table({"id": as_arrow_strings(ids), "value": pa.array(values)})
     try:
-        if kind == "parquet":
-            pq.write_table(table, tmp)
-        else:
-            # pyarrow quotes header names; write a plain header ourselves (ids hold no commas or quotes)
-            opts = pcsv.WriteOptions(include_header=False, quoting_style="none")
-            gz = path.name.lower().endswith(".gz")
-            with (pa.CompressedOutputStream(str(tmp), "gzip") if gz else pa.OSFile(str(tmp), "wb")) as out:
-                out.write(b"id,value\n")
-                pcsv.write_csv(table, out, write_options=opts)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            if kind == "parquet":
+                pq.write_table(table, tmp)
+            else:
+                # pyarrow quotes header names; write a plain header ourselves (ids hold no commas or quotes)
+                opts = pcsv.WriteOptions(include_header=False, quoting_style="none")
+                gz = path.name.lower().endswith(".gz")
+                with (pa.CompressedOutputStream(str(tmp), "gzip") if gz else pa.OSFile(str(tmp), "wb")) as out:
+                    out.write(b"id,value\n")
+                    pcsv.write_csv(table, out, write_options=opts)
     except (OSError, pa.ArrowInvalid) as e:
         raise EcgTraceError(f"cannot write submission {path}: {e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -122,9 +115,9 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
 
                 table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={"id": pa.string()}))
                 df = _arrow_to_pandas(table)
-            except Exception:  # the pyarrow reader is strict about odd rows; pandas' C engine says more
+            except Exception:  # noqa: BLE001 - the pyarrow reader is strict about odd rows; pandas' C engine says more
                 df = pd.read_csv(path, dtype={"id": str})
-    except Exception as e:  # any parse failure becomes one line
+    except Exception as e:  # noqa: BLE001 - any parse failure becomes one line
         raise EcgTraceError(f"cannot read {what} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if "id" in df.columns and not pd.api.types.is_string_dtype(df["id"]):
         df["id"] = df["id"].astype(str)
@@ -274,8 +267,6 @@ def validate_submission(sub: pd.DataFrame, test_df: pd.DataFrame) -> ValidationR
     """
     import pyarrow.compute as pc
 
-    from ecgtrace.metric import _as_arrow_strings
-
     rep = ValidationReport(n_rows=len(sub), n_expected=0)
     rep.missing_columns = [c for c in SUBMISSION_COLUMNS if c not in sub.columns]
     # expected ids as integer keys (image code, lead, row)
@@ -296,7 +287,7 @@ def validate_submission(sub: pd.DataFrame, test_df: pd.DataFrame) -> ValidationR
     if rep.missing_columns:
         return rep
 
-    ids = _as_arrow_strings(sub["id"].astype(str) if not pd.api.types.is_string_dtype(sub["id"]) else sub["id"])
+    ids = as_arrow_strings(sub["id"].astype(str) if not pd.api.types.is_string_dtype(sub["id"]) else sub["id"])
     good = np.asarray(pc.match_substring_regex(ids, _ID_PATTERN).fill_null(False).to_numpy(zero_copy_only=False))
     sub_ids = sub["id"].to_numpy()
     if not good.all():

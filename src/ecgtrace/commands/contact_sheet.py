@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.io import atomic_write
 
 
 def register(subparsers) -> None:
@@ -100,10 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tile_width < 100:
         raise EcgTraceError(f"--tile-width must be at least 100 px, got {args.tile_width}")
     sheet = make_sheet(args.seed, args.variants, args.tile_width, args.real)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    if not cv2.imwrite(str(tmp), sheet):
-        raise EcgTraceError(f"could not write {out}; check the folder is writable")
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        if not cv2.imwrite(str(tmp), sheet):
+            raise EcgTraceError(f"could not write {out}; check the folder is writable")
     print(f"wrote contact sheet {os.path.abspath(out)} ({sheet.shape[1]}x{sheet.shape[0]})")
     return 0

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.io import atomic_write
 
 
 def register(subparsers) -> None:
@@ -125,16 +125,14 @@ def plot_report(rep: dict, path: Path) -> None:
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle(f"score {rep['score_db']:.2f} dB over {rep['n_images']} images (dashed: ceiling 25.84)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
 
 
 def _out_paths(pred: Path) -> tuple[Path, Path]:
@@ -153,8 +151,13 @@ def evaluate(pred: str | Path, truth: str | Path, split: str = "test", worst: in
     from loguru import logger
 
     from ecgtrace.metric import ScoreError, parse_ids, score_breakdown
-    from ecgtrace.submission import (_ID_PATTERN, load_solution, match_solution_to_images, read_submission,
-                                     validate_submission)
+    from ecgtrace.submission import (
+        _ID_PATTERN,
+        load_solution,
+        match_solution_to_images,
+        read_submission,
+        validate_submission,
+    )
 
     sub = read_submission(pred)
     if len(sub) == 0:

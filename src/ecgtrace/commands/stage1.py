@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ecgtrace.errors import EcgTraceError
+from ecgtrace.io import atomic_write
 
 
 def register(subparsers) -> None:
@@ -37,9 +37,8 @@ def _write_image(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(path.suffix, img)
     if not ok:
         raise EcgTraceError(f"cannot encode {path.name}; check the output folder")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _write_image(out / "rectified.png", rect.image)
     _write_image(out / "lattice_overlay.png", lattice_overlay(img, rect, stage.page))
-    tmp = out / "rectify_map.tmp.npy"
-    np.save(tmp, rect.map_xy)
-    os.replace(tmp, out / "rectify_map.npy")
+    with atomic_write(out / "rectify_map.npy") as tmp:
+        np.save(tmp, rect.map_xy)  # tmp ends in .npy, so np.save keeps its name
     if rect.ok:
         print(f"Grid error: {rect.grid_error_px:.2f} px (held-out nodes, canonical px); confidence "
               f"{rect.confidence:.2f}; method {rect.method}")

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {s.images} image(s) for {s.n_train} training + {s.n_test} test record(s) "
           f"(variants {','.join(s.variants)}; {fs}) in {s.seconds:.1f} s")
     print(f"  data set: {os.path.abspath(s.root)}")
-    print(f"  train.csv, train/{{id}}/{{id}}.csv, train/{{id}}/{{id}}-NNNN.png + .gt.npz ground truth")
+    print("  train.csv, train/{id}/{id}.csv, train/{id}/{id}-NNNN.png + .gt.npz ground truth")
     if s.n_test:
         print("  test.csv, test/{id}.png; hidden truth: test_solution.csv, test_variants.csv, test_gt/")
     return 0

@@ -21,7 +21,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from ecgtrace.data.groundtruth import GroundTruth
 from ecgtrace.data.signals import FS_CHOICES, find_wfdb_records, read_wfdb_record
-from ecgtrace.paper import csv_rows
 from ecgtrace.data.synthetic import (
     CLEAN,
     PageSample,
@@ -42,7 +41,7 @@ from ecgtrace.data.synthetic import (
     competition_frame,
 )
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import CANONICAL, LEADS, Page
+from ecgtrace.paper import CANONICAL, LEADS, Page, csv_rows
 
 MARKER_FILE = "ecgtrace_synth.json"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")

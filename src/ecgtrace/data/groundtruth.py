@@ -8,13 +8,13 @@ that targets for every stage can be made from it. Saved next to the image as
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ecgtrace.io import atomic_write
 from ecgtrace.paper import MARKERS
 
 PointMap = Callable[[np.ndarray], np.ndarray]  # (N, 2) -> (N, 2), clean page -> image
@@ -91,9 +91,9 @@ class GroundTruth:
             arrays[f"mv/{k}"] = self.trace_mv[k].astype(np.float32)
         for k, v in self.extra.items():
             arrays[f"extra/{k}"] = np.asarray(v)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        # through a file object: np.savez adds ".npz" to a file name that lacks it
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "GroundTruth":

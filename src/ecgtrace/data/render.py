@@ -14,14 +14,13 @@ drawn once per (page, grid style) and copied for every later page.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from ecgtrace.data.groundtruth import GroundTruth
-from ecgtrace.paper import window_indices
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import (
     CANONICAL,
@@ -33,6 +32,7 @@ from ecgtrace.paper import (
     RHYTHM_KEY,
     RHYTHM_LEAD,
     Page,
+    window_indices,
 )
 
 BGR = tuple[int, int, int]

@@ -239,7 +239,7 @@ def synthesize_ecg(rng: np.random.Generator | int | None = None, fs: float = 500
     if method == "neurokit2":
         try:
             return _neurokit(rng, fs, duration, hr)
-        except Exception as e:  # neurokit2 missing or broken: the parametric model is a full replacement
+        except Exception as e:  # noqa: BLE001 - neurokit2 missing or broken: the parametric model is a full replacement
             logger.warning(f"neurokit2 synthesis failed ({e}); using the parametric model")
             return _parametric(rng, fs, duration, hr)
     raise EcgTraceError(f"unknown synthesis method {method!r}; use 'parametric' or 'neurokit2'")

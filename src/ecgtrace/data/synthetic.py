@@ -3,7 +3,7 @@
 It is cheap to construct and picklable (it holds only numbers and paths), so a
 ``torch.utils.data.DataLoader`` can hand it to worker processes that render
 fresh pages while the model trains. Distorted variants come from
-:mod:`ecgtrace.data.distort` (``apply_variant``), imported only when needed.
+:mod:`ecgtrace.data.distort` (``apply_variant``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgtrace.data import distort
 from ecgtrace.data.groundtruth import GroundTruth
 from ecgtrace.data.render import RenderStyle, random_style, render_page
 from ecgtrace.data.signals import FS_CHOICES, Signals, read_wfdb_record, synthesize_ecg
-from ecgtrace.paper import csv_rows
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.paper import CANONICAL, LEADS, Page
+from ecgtrace.paper import CANONICAL, LEADS, Page, csv_rows
 
 CLEAN = "0001"
 #: Every variant code of the competition (0002, 0007, 0008 do not exist).
@@ -61,14 +61,8 @@ def competition_frame(signals: Signals, fs: float) -> pd.DataFrame:
 
 
 def available_variants() -> tuple[str, ...]:
-    """Variant codes this installation can render (only ``"0001"`` until the distortion module exists)."""
-    try:
-        from ecgtrace.data import distort
-    except ModuleNotFoundError as e:
-        if e.name != "ecgtrace.data.distort":
-            raise
-        return (CLEAN,)
-    return tuple(getattr(distort, "VARIANTS", ALL_VARIANTS))
+    """Variant codes the renderer can draw."""
+    return tuple(distort.VARIANTS)
 
 
 def check_variants(variants) -> tuple[str, ...]:
@@ -97,13 +91,6 @@ def apply_variant(image: np.ndarray, gt: GroundTruth, variant: str, rng: np.rand
     """Turn a clean render into ``variant``; ``"0001"`` is the clean page itself (unless an orientation is asked)."""
     if variant == CLEAN and orientation in (None, 0):
         return image, gt
-    try:
-        from ecgtrace.data import distort
-    except ModuleNotFoundError as e:
-        if e.name != "ecgtrace.data.distort":
-            raise
-        raise EcgTraceError(f"variant {variant} needs ecgtrace.data.distort, which is not available; "
-                            f"use variant {CLEAN}") from e
     image, gt = distort.apply_variant(image, gt, variant, rng, orientation=orientation)
     if gt.variant != variant:  # the variant code always travels with the ground truth
         gt = replace(gt, variant=variant)

@@ -79,7 +79,7 @@ class PretrainedCfg:
 
 def describe_weights(model: nn.Module, stage: int | None, input_size: tuple[int, int] | list[int]) -> PretrainedCfg:
     """The :class:`PretrainedCfg` of ``model`` (a network that records ``.arch``) trained at ``input_size``."""
-    arch = getattr(model, "arch", None) or {}
+    arch = getattr(model, "arch", None) or {}  # networks of custom tasks may record none
     kwargs = dict(arch.get("kwargs") or {})
     heads = tuple(kwargs.get("seg_heads", {})) + tuple(kwargs.get("cls_heads", {}))
     return PretrainedCfg(architecture=str(arch.get("name") or ""), arch_kwargs=kwargs,
@@ -252,12 +252,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", stage: int 
     if stage is not None and cfg.stage is not None and cfg.stage != stage:
         raise EcgTraceError(f"{path} is a stage {cfg.stage} checkpoint; give a stage {stage} checkpoint "
                             f"(outputs/stage{stage}_checkpoints/stage{stage}_best.pth)")
-    model = build_model(cfg)
-    missing = [h for h in heads if h not in set(getattr(model, "seg_heads", {})) | set(getattr(model, "cls_heads", {}))]
-    if missing:
-        have = sorted(set(getattr(model, "seg_heads", {})) | set(getattr(model, "cls_heads", {})))
-        raise EcgTraceError(f"{path} is not a stage-{stage} checkpoint (heads: {', '.join(have) or 'none'}; "
+    if any(h not in cfg.heads for h in heads):
+        raise EcgTraceError(f"{path} is not a stage-{stage} checkpoint (heads: {', '.join(cfg.heads) or 'none'}; "
                             f"needs {', '.join(heads)}); give a stage{stage}_*.pth from `ecgtrace train --stage {stage}`")
+    model = build_model(cfg)
     load_weights(model, ckpt, f"{path}: architecture mismatch",
                  "the file does not belong to the architecture recorded with it")
     model.to(device).eval()

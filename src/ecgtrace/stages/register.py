@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgtrace.paper import N_ROWS, Page
+from ecgtrace.stages.grid_classical import shift_lattice
+from ecgtrace.stages.trace_classical import page_for, trace_probability
 
 #: Offsets searched, in boxes, each direction.
 REACH = 3
@@ -67,8 +69,6 @@ def shift_scores(prob: np.ndarray, page: Page, reach: int = REACH) -> np.ndarray
 def content_offset(rect_bgr: np.ndarray, page: Page | None = None, reach: int = REACH,
                    prob: np.ndarray | None = None) -> Registration:
     """Whole-box offset of the calibration pulses on a rectified page (see the module docstring)."""
-    from ecgtrace.stages.trace_classical import page_for, trace_probability
-
     page = page or page_for(rect_bgr)
     if prob is None:
         prob = trace_probability(rect_bgr)
@@ -83,7 +83,5 @@ def content_offset(rect_bgr: np.ndarray, page: Page | None = None, reach: int = 
 
 def registered_nodes(nodes: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
     """Lattice nodes renumbered so that content found ``shift`` boxes off lands on the canonical layout."""
-    from ecgtrace.stages.grid_classical import shift_lattice
-
     return shift_lattice(nodes, (-int(shift[0]), -int(shift[1])))
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 import torch
 
 from ecgtrace import io, orient

@@ -14,6 +14,7 @@ import math
 import cv2
 import numpy as np
 
+
 def random_perspective(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.05),
                        max_angle_deg: float = 15.0, max_tilt: float = 0.08,
                        border: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:

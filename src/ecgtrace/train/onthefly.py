@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ecgtrace.data.synthetic import SyntheticPages, available_variants
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, Page
 
@@ -33,8 +34,6 @@ class OnTheFlyPages(torch.utils.data.Dataset):
 
     def __init__(self, n: int, seed: int, input_size: tuple[int, int], variants: tuple[str, ...] = (),
                  augment: bool = True, fresh_per_epoch: bool = True, page: Page | None = None) -> None:
-        from ecgtrace.data.synthetic import available_variants
-
         self.n, self.seed, self.input_size = int(n), int(seed), tuple(int(v) for v in input_size)
         usable = tuple(available_variants())
         self.variants = tuple(variants) or usable
@@ -58,8 +57,6 @@ class OnTheFlyPages(torch.utils.data.Dataset):
     def pages(self):
         """The underlying :class:`SyntheticPages` (made lazily so the object pickles small)."""
         if self._pages is None:
-            from ecgtrace.data.synthetic import SyntheticPages
-
             self._pages = SyntheticPages(2**31 - 1, variants=("0001",), seed=self.seed, page=self.page)
         return self._pages
 

@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from ecgtrace import orient
+from ecgtrace.data.dataset import PageSource
+from ecgtrace.data.distort import apply_variant
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.geometry import apply_homography, resize_matrix
 from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD, build_stage0
-from ecgtrace.paper import CANONICAL, LABEL_HEIGHT_MV, MARKERS, N_MARKER_CLASSES, Page
+from ecgtrace.paper import CANONICAL, LABEL_HEIGHT_MV, MARKERS, N_MARKER_CLASSES
 from ecgtrace.train import augment as aug
 from ecgtrace.train.onthefly import OnTheFlyPages, render_dpi, train_val_sets  # noqa: F401  (render_dpi: public here too)
 
@@ -117,17 +119,6 @@ def _orient_page(image: np.ndarray, gt: Any, c: int) -> tuple[np.ndarray, Any]:
     return out, gt.transformed(lambda p: orient.orient_points(p, c, size), out.shape[:2], orientation=int(c))
 
 
-def _variant_and_orient(image: np.ndarray, gt: Any, variant: str, rng: np.random.Generator, c: int):
-    try:
-        from ecgtrace.data.distort import apply_variant
-    except ImportError:
-        if variant != "0001":
-            raise EcgTraceError(f"variant {variant} needs ecgtrace.data.distort, which is not available; "
-                                "set DATA.VARIANTS=['0001']") from None
-        return _orient_page(image, gt, c)
-    return apply_variant(image, gt, variant, rng, orientation=int(c))
-
-
 _WARNED: set[str] = set()
 
 
@@ -151,7 +142,7 @@ class Stage0Synthetic(OnTheFlyPages):
         c = int(rng.integers(orient.N_ORIENTATIONS))
         image, gt, _, _ = self.pages().clean(rec)
         try:
-            image, gt = _variant_and_orient(image, gt, variant, rng, c)
+            image, gt = apply_variant(image, gt, variant, rng, orientation=int(c))
         except Exception as e:  # noqa: BLE001 - one bad distortion must not end a long run
             if variant == "0001":
                 raise
@@ -223,8 +214,6 @@ class Stage0Task:
                                                                          fresh_per_epoch=fresh))
 
     def _folder_datasets(self, cfg: Any, size: tuple[int, int], seed: int, variants: tuple[str, ...]):
-        from ecgtrace.data.dataset import PageSource
-
         src = PageSource(cfg.DATA.ROOT, cfg.DATA.SPLIT, variants or None)
         if len(src) == 0:
             raise EcgTraceError(f"no images in {cfg.DATA.ROOT}; check DATA.ROOT/DATA.SPLIT")

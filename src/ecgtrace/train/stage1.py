@@ -43,6 +43,7 @@ def simulate_stage0(image: np.ndarray, gt: Any, page: Page = CANONICAL, rng: np.
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ecgtrace.data.synthetic import apply_variant  # noqa: E402
 from ecgtrace.errors import EcgTraceError  # noqa: E402
 from ecgtrace.models.stage1 import HLINES_HEAD, POINTS_HEAD, VLINES_HEAD, build_stage1, decode_points  # noqa: E402
 from ecgtrace.train import augment as aug  # noqa: E402
@@ -126,8 +127,6 @@ class Stage1Synthetic(OnTheFlyPages):
 
     def normalized(self, i: int) -> tuple[np.ndarray, Any, str]:
         """(normalized image at the render page size, moved gt, variant) of item ``i``."""
-        from ecgtrace.data.synthetic import apply_variant
-
         rec = self.record_index(i)
         rng = np.random.default_rng([self.seed, rec, 1001])
         variant = self.variants[int(rng.integers(len(self.variants)))]

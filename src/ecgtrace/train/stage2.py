@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ecgtrace import paper
+from ecgtrace.data.distort import VARIANTS, apply_variant
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.models.stage2 import TRACE_HEAD, build_stage2, decode_columns, row_strip
@@ -88,8 +89,6 @@ class Stage2Pages(OnTheFlyPages):
         image, gt, _, _ = self.pages().clean(k)
         variant = self.variants[k % len(self.variants)]
         if variant != "0001":
-            from ecgtrace.data.distort import apply_variant
-
             rng = np.random.default_rng([self.seed, k, 77])
             dist, dgt = apply_variant(image, gt, variant, rng, orientation=0)
             image = gt_rectify(dist, dgt, image.shape[:2])
@@ -149,8 +148,6 @@ class Stage2Task:
         if not cfg.DATA.SYNTHETIC:
             raise EcgTraceError("stage 2 trains on synthetic pages with exact trace ground truth; set "
                                 "DATA.SYNTHETIC=True (the competition images carry no trace geometry)")
-        from ecgtrace.data.distort import VARIANTS
-
         variants = tuple(str(v).zfill(4) for v in cfg.DATA.VARIANTS) or VARIANTS
         return train_val_sets(cfg, lambda n, s, fresh: Stage2Pages(n, s, size, variants, crop=True,
                                                                      fresh_per_epoch=fresh), min_val=2)
