@@ -29,11 +29,11 @@ from ecgtrace.errors import EcgTraceError
 from ecgtrace.geometry import rectified_to_original
 from ecgtrace.models.checkpoint import find_checkpoint
 from ecgtrace.paper import CANONICAL, ROW_KEYS
-from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
 from ecgtrace.stages.stage0 import Stage0
 from ecgtrace.stages.stage1 import Stage1
 from ecgtrace.stages.stage2 import Stage2
+from ecgtrace.stages.trace.leads import lead_indices
 
 #: Fewer leads than this with a readable trace means "this is not an ECG page we can read".
 MIN_LEADS_FOUND = 4
@@ -63,7 +63,7 @@ def signals_frame(leads: dict[str, np.ndarray], fs: float) -> pd.DataFrame:
     for lead in paper.LEADS:
         col = np.full(n, np.nan)
         if lead in leads:
-            i0, i1 = tc.lead_indices(lead, fs, n)
+            i0, i1 = lead_indices(lead, fs, n)
             v = np.asarray(leads[lead], dtype=np.float64)[: max(0, n - i0)]
             col[i0:i0 + len(v)] = v
         cols[lead] = col

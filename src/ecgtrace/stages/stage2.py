@@ -19,6 +19,7 @@ from ecgtrace.models.device import resolve_device
 from ecgtrace.models.stage2 import Stage2Model, load_stage2
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
+from ecgtrace.stages import trace
 from ecgtrace.stages.trace import network
 
 #: Einthoven/Goldberger relations (exact for ideal recordings): II = I + III, aVR + aVL + aVF = 0.
@@ -59,10 +60,10 @@ class Stage2:
     """
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", einthoven: bool = False,
-                 params: tc.ClassicalParams | None = None) -> None:
+                 params: trace.ClassicalParams | None = None) -> None:
         self.device = str(resolve_device(device, "stage 2"))
         self.einthoven = einthoven
-        self.params = params or tc.ClassicalParams()
+        self.params = params or trace.ClassicalParams()
         self.model: Stage2Model | None = None
         self.checkpoint = Path(checkpoint) if checkpoint else None
         if self.checkpoint is not None:
@@ -75,7 +76,7 @@ class Stage2:
     def method(self) -> str:
         return "model" if self.model is not None else "classical"
 
-    def rows(self, rect_bgr: np.ndarray) -> dict[str, tc.RowTrace]:
+    def rows(self, rect_bgr: np.ndarray) -> dict[str, trace.RowTrace]:
         """Per-row traces (rectified px) of a page, by the model or the classical reader."""
         if self.model is not None:
             return network.read_rows(self.model, rect_bgr)
@@ -93,7 +94,7 @@ class Stage2:
         if not (fs > 0 and np.isfinite(fs)):
             raise EcgTraceError(f"sampling rate must be a positive number of Hz, got {fs}")
         try:
-            page = tc.page_for(rect_bgr)
+            page = paper.page_for(rect_bgr)
         except ValueError as e:
             raise StageError(f"{e}; run stage 1 to rectify the page first") from e
         rows = self.rows(rect_bgr)
@@ -101,17 +102,17 @@ class Stage2:
             # judge the model's path by the page's own ink near it, as the classical path is judged;
             # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
             small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)
-            sp = tc.page_for(small)
-            prob = tc.mask_furniture(tc.trace_probability(small), sp, self.params)
+            sp = paper.page_for(small)
+            prob = trace.mask_furniture(trace.trace_probability(small), sp, self.params)
             s = small.shape[1] / rect_bgr.shape[1]
             radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
             for tr in rows.values():
-                tr.ink = tc.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
-        values = {k: tc.row_values(tr, page) for k, tr in rows.items()}
-        signals = tc.cut_leads(values, fs, n_samples)
+                tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
+        values = {k: trace.row_values(tr, page) for k, tr in rows.items()}
+        signals = trace.cut_leads(values, fs, n_samples)
         if self.einthoven:
             signals = einthoven_correct(signals)
         res = tc.ClassicalResult(rows=rows)
-        quality = tc.quality_flags(res, page, self.params)
+        quality = trace.quality_flags(res, page, self.params)
         traces_px = {k: np.stack([tr.x.astype(np.float64), tr.y], axis=1) for k, tr in rows.items()}
         return LeadSignals(signals=signals, fs=float(fs), traces_px=traces_px, quality=quality, method=self.method)

@@ -24,7 +24,8 @@ Steps (all geometry from :mod:`ecgtrace.paper`; the shared core lives in :mod:`e
    resampling of each lead window to ``fs``; :func:`~ecgtrace.stages.trace.quality.quality_flags`
    (:mod:`.trace.quality`) says per lead whether a trace was read.
 
-Every name the core modules define is re-exported here, so ``trace_classical.X`` keeps working.
+The public names that used to live here are re-exported, so ``trace_classical.X`` keeps working;
+new code imports the shared core from :mod:`ecgtrace.stages.trace`.
 """
 
 from __future__ import annotations
@@ -34,54 +35,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ecgtrace import paper
-from ecgtrace.paper import CANONICAL, N_ROWS, ROW_KEYS, Page, page_for
-from ecgtrace.stages.trace.ink import (
-    LINE_VISIBLE,
-    _erase_long_lines,
-    _follow_line,
-    _remove_lines,
-    ink_map,
-    ink_near_path,
-    mask_furniture,
-    trace_probability,
-)
-from ecgtrace.stages.trace.leads import EDGE_COLUMNS, cut_leads, lead_indices, resample_window, row_values
+from ecgtrace.paper import CANONICAL, N_ROWS, Page
+from ecgtrace.paper import ROW_KEYS as ROW_KEYS  # re-exported: the names that lived here keep working
+from ecgtrace.paper import page_for as page_for
+from ecgtrace.stages.trace.ink import ink_map, mask_furniture
+from ecgtrace.stages.trace.ink import ink_near_path as ink_near_path
+from ecgtrace.stages.trace.ink import trace_probability as trace_probability
+from ecgtrace.stages.trace.leads import cut_leads as cut_leads
+from ecgtrace.stages.trace.leads import lead_indices as lead_indices
+from ecgtrace.stages.trace.leads import resample_window as resample_window
+from ecgtrace.stages.trace.leads import row_values
 from ecgtrace.stages.trace.params import ClassicalParams
-from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, _runs, _subpixel, thin, viterbi
-from ecgtrace.stages.trace.quality import _foreign_columns, quality_flags
-
-__all__ = [
-    # the classical reader
-    "ClassicalResult",
-    "extract",
-    "trace_rows",
-    # re-exported from ecgtrace.paper
-    "ROW_KEYS",
-    "page_for",
-    # re-exported from ecgtrace.stages.trace (they used to live here)
-    "ClassicalParams",
-    "EDGE_COLUMNS",
-    "LINE_VISIBLE",
-    "RUN_THRESHOLD",
-    "RowTrace",
-    "_erase_long_lines",
-    "_follow_line",
-    "_foreign_columns",
-    "_remove_lines",
-    "_runs",
-    "_subpixel",
-    "cut_leads",
-    "ink_map",
-    "ink_near_path",
-    "lead_indices",
-    "mask_furniture",
-    "quality_flags",
-    "resample_window",
-    "row_values",
-    "thin",
-    "trace_probability",
-    "viterbi",
-]
+from ecgtrace.stages.trace.path import RowTrace, _subpixel, viterbi
+from ecgtrace.stages.trace.quality import quality_flags
 
 
 @dataclass
