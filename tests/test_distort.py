@@ -270,3 +270,97 @@ def test_rendered_page_traces_stay_on_ink():
         out, gt2 = distort.apply_variant(img, gt, v, 3, orientation=k % 8, photometric=False)
         assert out.shape[:2] == tuple(gt2.image_size) and gt2.orientation == k % 8
         assert on_trace_fraction(out, gt2) > 0.95, v
+
+
+# --- ECG-Image-Kit's own augmentation (rotation, crop, padding, grey noise, colour temperature) ----------
+EIK_AUGS = [
+    distort.EikAugment(rotate_deg=5.0, crop=0.02),
+    distort.EikAugment(rotate_deg=-4.0, crop=0.01, pad=0.06),
+    distort.EikAugment(rotate_deg=3.0, pad=0.05, corner_fill=(255, 255, 255)),
+    distort.EikAugment(noise_sigma=50.0, temperature_k=3000.0, rotate_deg=-5.0, crop=0.02),
+]
+
+
+def with_augment(gt: GroundTruth, aug: distort.EikAugment) -> GroundTruth:
+    from dataclasses import replace
+
+    return replace(gt, extra={**gt.extra, distort.EIK_AUGMENT_KEY: aug.to_array()})
+
+
+@pytest.mark.parametrize("k", range(len(EIK_AUGS)))
+def test_eik_augment_moves_points_with_pixels(k, grid_page, fwd_page):
+    """Grid dots and fwd_map dots sit under their moved points after rotation + crop + padding."""
+    aug = EIK_AUGS[k]
+    assert distort.EikAugment.from_array(aug.to_array()) == aug
+    for img, gt, idx, which in (grid_page + ("grid",), fwd_page + ("fwd",)):
+        g = with_augment(gt, aug)
+        out, gt2 = distort.eik_augment(img, g, aug, np.random.default_rng(k), photometric=False)
+        assert distort.EIK_AUGMENT_KEY in g.extra  # the input's ground truth is left as it was
+        assert out.shape == img.shape and tuple(gt2.image_size) == img.shape[:2]
+        pts = gt2.grid_points[idx] if which == "grid" else gt2.fwd_map.reshape(-1, 2)[idx].astype(np.float64)
+        err, frac = dot_errors(out, pts)
+        assert frac > 0.95, (k, which, frac)
+        assert err.max() < 0.5 and np.median(err) < 0.15, (k, which, err.max(), np.median(err))
+        assert on_trace_fraction(out, gt2) > 0.97
+        assert distort.EIK_AUGMENT_KEY not in gt2.extra and "eik_augmented" in gt2.extra
+    # photometry never moves geometry
+    img, gt, _ = grid_page
+    a, ga = distort.eik_augment(img, gt, aug, np.random.default_rng(k))
+    b, gb = distort.eik_augment(img, gt, aug, np.random.default_rng(k), photometric=False)
+    assert np.array_equal(ga.grid_points, gb.grid_points)
+
+
+def test_eik_augment_corners_noise_and_temperature():
+    white = np.full((425, 550, 3), 255, np.uint8)
+    out, _ = distort.eik_augment(white, None, distort.EikAugment(rotate_deg=5.0), np.random.default_rng(0))
+    assert (out[0, 0] == 0).all() and (out[212, 275] == 255).all()  # black corners, as ECG-Image-Kit leaves them
+    out, _ = distort.eik_augment(white, None, distort.EikAugment(rotate_deg=5.0, pad=0.08), np.random.default_rng(0))
+    assert (out[0, 0] == 0).all() and (out[25, 275] == 255).all()  # white padding inside the black corners
+    grey = np.full((425, 550, 3), 128, np.uint8)
+    out, _ = distort.eik_augment(grey, None, distort.EikAugment(noise_sigma=50.0), np.random.default_rng(0))
+    d = out.astype(float) - 128
+    assert 44 < d.std() < 54 and abs(d.mean()) < 2
+    assert np.corrcoef(d[..., 0].ravel(), d[..., 2].ravel())[0, 1] > 0.95  # grey noise, as measured on its pages
+    out, _ = distort.eik_augment(white, None, distort.EikAugment(temperature_k=3746.0), np.random.default_rng(0))
+    assert np.abs(out[200, 200].astype(int) - (153, 201, 255)).max() <= 4  # measured on ECG-Image-Kit's page
+
+
+@pytest.mark.parametrize("variant", distort.VARIANTS)
+def test_variants_with_eik_augment_stay_exact(variant, grid_page):
+    """Every variant but the clean 0001 applies the page's augmentation first; geometry stays exact, once."""
+    img, gt, idx = grid_page
+    g = with_augment(gt, distort.EikAugment(rotate_deg=-3.0, crop=0.015, pad=0.03, noise_sigma=20.0,
+                                            temperature_k=15000.0))
+    out, gt2 = distort.apply_variant(img, g, variant, 4, photometric=False)
+    err, frac = dot_errors(out, gt2.grid_points[idx])
+    assert frac > 0.95, (variant, frac)
+    assert err.max() < 0.6 and np.median(err) < 0.2, (variant, err.max(), np.median(err))
+    assert on_trace_fraction(out, gt2) > 0.95
+    plain, gp = distort.apply_variant(img, gt, variant, 4, photometric=False)
+    if variant == "0001":  # the competition's clean render is un-augmented: the page stays canonical
+        assert distort.EIK_AUGMENT_KEY in gt2.extra and np.array_equal(gp.grid_points, gt2.grid_points)
+        return
+    assert distort.EIK_AUGMENT_KEY not in gt2.extra
+    assert not np.allclose(gp.grid_points, gt2.grid_points)  # the augmentation did move the page
+    again, g3 = distort.apply_variant(out, gt2, "0003", 1, photometric=False)  # consumed: not applied twice
+    assert "eik_augmented" in g3.extra and distort.EIK_AUGMENT_KEY not in g3.extra
+    full, gf = distort.apply_variant(img, g, variant, 4)
+    np.testing.assert_array_equal(gf.grid_points, gt2.grid_points)
+
+
+def test_synthetic_pages_carry_the_augmentation_into_variants():
+    from ecgtrace.data import synthetic
+    from ecgtrace.data.render import RenderStyle, render_page
+    from ecgtrace.data.signals import synthesize_ecg
+
+    sig = synthesize_ecg(0, fs=250)
+    aug = distort.EikAugment(rotate_deg=4.0, noise_sigma=30.0)
+    img, gt = render_page(sig, 250, Page(dpi=50), style=RenderStyle(augment=aug), rng=0)
+    assert distort.EikAugment.from_gt(gt) == aug
+    same, _ = synthetic.apply_variant(img, gt, "0001", np.random.default_rng(0))
+    assert same is img  # 0001 stays the clean, canonical render
+    out, gt2 = synthetic.apply_variant(img, gt, "0003", np.random.default_rng(0))
+    assert gt2.variant == "0003" and "eik_augmented" in gt2.extra
+    _, g0 = synthetic.apply_variant(*render_page(sig, 250, Page(dpi=50), style=RenderStyle(), rng=0), "0003",
+                                    np.random.default_rng(0))
+    assert not np.allclose(g0.grid_points, gt2.grid_points)

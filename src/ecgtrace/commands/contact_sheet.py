@@ -1,4 +1,10 @@
-"""``ecgtrace contact-sheet``: one synthetic ECG in every variant, tiled with captions."""
+"""``ecgtrace contact-sheet``: one synthetic ECG in every variant, or (``--spread N``) N random training
+pages, tiled with captions.
+
+The spread sheet shows what the training data looks like: every page has its own random look
+(:func:`ecgtrace.data.render.random_style`: grid, pen, lead-switch marks, calibration pulse, labels,
+source resolution, text, ECG-Image-Kit augmentation) and cycles through the variants.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="which synthetic ECG (default 0)")
     p.add_argument("--variants", default=None, help="comma-separated variant codes (default: every available one)")
     p.add_argument("--tile-width", type=int, default=880, dest="tile_width", help="width of each tile in px")
+    p.add_argument("--spread", type=int, default=0, metavar="N",
+                   help="instead: N random training pages (random look per page, variants cycling), "
+                        "to see the spread of the training distribution")
     p.add_argument("--real", default=None,
                    help="optional folder of real ECG pictures; up to 3 are added as a last row for comparison")
     p.set_defaults(func=run)
@@ -46,6 +55,51 @@ def _fit(img: np.ndarray, w: int, h: int) -> np.ndarray:
     y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
     box[y:y + small.shape[0], x:x + small.shape[1]] = small
     return box
+
+
+def _describe(style) -> str:
+    """A short caption of a page's look."""
+    mark = style.switch_mark if style.separators else "none"
+    aug = style.augment
+    a = ""
+    if aug is not None:
+        a = f" eik(n{aug.noise_sigma:.0f} r{aug.rotate_deg:+.1f}" + (f" {aug.temperature_k / 1000:.0f}K" if
+                                                                    aug.temperature_k else "") + ")"
+    return (f"{style.grid} {style.trace_width_pt:.2f}pt {mark} cal:{style.cal_shape if style.calibration else '-'}"
+            f" {style.source_dpi or 0:.0f}dpi{a}")
+
+
+def _tile(tiles: list[np.ndarray], tile_width: int, cols: int = 3) -> np.ndarray:
+    """Tiles in rows of ``cols`` with 8 px white gaps."""
+    rows = math.ceil(len(tiles) / cols)
+    blank = np.full_like(tiles[0], 255)
+    tiles = tiles + [blank] * (rows * cols - len(tiles))
+    pad = 8
+    grid_rows = []
+    for r in range(rows):
+        row = []
+        for c in range(cols):
+            row += [tiles[r * cols + c], np.full((tiles[0].shape[0], pad, 3), 255, np.uint8)]
+        grid_rows += [np.hstack(row[:-1]), np.full((pad, cols * tile_width + (cols - 1) * pad, 3), 255, np.uint8)]
+    return np.vstack(grid_rows[:-1])
+
+
+def make_spread_sheet(n: int, seed: int = 0, variants=None, tile_width: int = 880, cols: int = 4) -> np.ndarray:
+    """``n`` random training pages (a random look each; variants cycling), captioned with their look."""
+    from ecgtrace.data.synthetic import SyntheticPages, available_variants, check_variants
+
+    variants = check_variants(variants) if variants else available_variants()
+    pages = SyntheticPages(n, variants=variants, seed=seed)
+    tiles = []
+    for i in range(n):
+        s = pages[i]
+        h = int(round(tile_width * 1700 / 2200))
+        tiles.append(_caption(_fit(s.image, tile_width, h), f"#{i} {s.variant} {_describe(pages.style_of(i))}"))
+    sheet = _tile(tiles, tile_width, cols)
+    head = np.full((44, sheet.shape[1], 3), 255, np.uint8)
+    cv2.putText(head, f"ecgtrace contact sheet: {n} random training pages, seed {seed}", (8, 30),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
+    return np.vstack([head, sheet])
 
 
 def make_sheet(seed: int = 0, variants=None, tile_width: int = 880, real: str | Path | None = None) -> np.ndarray:
@@ -73,18 +127,7 @@ def make_sheet(seed: int = 0, variants=None, tile_width: int = 880, real: str | 
             im = cv2.imread(str(p), cv2.IMREAD_COLOR)
             if im is not None:
                 tiles.append(_caption(_fit(im, tile_width, tile_h), f"real: {p.name}"))
-    cols = 3
-    rows = math.ceil(len(tiles) / cols)
-    blank = np.full_like(tiles[0], 255)
-    tiles += [blank] * (rows * cols - len(tiles))
-    pad = 8
-    grid_rows = []
-    for r in range(rows):
-        row = []
-        for c in range(cols):
-            row += [tiles[r * cols + c], np.full((tiles[0].shape[0], pad, 3), 255, np.uint8)]
-        grid_rows += [np.hstack(row[:-1]), np.full((pad, cols * tile_width + (cols - 1) * pad, 3), 255, np.uint8)]
-    sheet = np.vstack(grid_rows[:-1])
+    sheet = _tile(tiles, tile_width, 3)
     head = np.full((44, sheet.shape[1], 3), 255, np.uint8)
     cv2.putText(head, f"ecgtrace contact sheet: synthetic ECG seed {seed}, fs {fs:g} Hz, page {image.shape[1]}x"
                 f"{image.shape[0]}", (8, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
@@ -100,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
         raise EcgTraceError(f"--out {out} must end in .png or .jpg")
     if args.tile_width < 100:
         raise EcgTraceError(f"--tile-width must be at least 100 px, got {args.tile_width}")
-    sheet = make_sheet(args.seed, args.variants, args.tile_width, args.real)
+    if args.spread < 0 or args.spread > 200:
+        raise EcgTraceError(f"--spread must be within 0..200 pages, got {args.spread}")
+    if args.spread:
+        sheet = make_spread_sheet(args.spread, args.seed, args.variants, args.tile_width)
+    else:
+        sheet = make_sheet(args.seed, args.variants, args.tile_width, args.real)
     with atomic_write(out) as tmp:
         if not cv2.imwrite(str(tmp), sheet):
             raise EcgTraceError(f"could not write {out}; check the folder is writable")

@@ -4,7 +4,13 @@ A variant is one geometric warp (at most ONE ``cv2.remap`` per page: scanner
 rotation/skew, camera perspective and non-rigid paper curl, creases and
 wrinkles are composed into a single backward map) followed by photometric
 effects (lighting, shadows, stains, mould, moire, blur, noise, JPEG, B/W) and,
-last, an optional orientation class (:mod:`ecgtrace.orient`).
+last, an optional orientation class (:mod:`ecgtrace.orient`). A page whose ground
+truth carries ECG-Image-Kit augmentation parameters (:class:`EikAugment`, drawn per
+page by the renderer's random styles) first gets, in every variant but the clean 0001,
+that augmentation (rotation, crop,
+padding, strong grey noise, colour temperature) as the generator's saved file would
+show it; the variant then prints / scans / photographs that file (one resampling
+more for such pages, as the real chain has).
 
 Geometry is exact: a :class:`Warp` is ``src = Hinv(q) + D(q)`` for an output
 pixel ``q``, with ``Hinv`` a homography (output -> input px) and ``D`` a
@@ -893,6 +899,132 @@ def paste_holes(img: np.ndarray, bg: np.ndarray, polys: list[np.ndarray]) -> Non
 
 
 # =============================================================================
+# ECG-Image-Kit's own augmentation (its ``--augment`` / padding step), per page
+# =============================================================================
+#: Key of the :class:`EikAugment` parameters in ``GroundTruth.extra`` (written by the renderer,
+#: consumed and replaced by ``"eik_augmented"`` once :func:`eik_augment` has run).
+EIK_AUGMENT_KEY = "eik_augment"
+
+
+@dataclass(frozen=True)
+class EikAugment:
+    """What ECG-Image-Kit's generator does to a drawn page before it saves it (``--augment``, padding).
+
+    The renderer draws the parameters per page (``RenderStyle.augment``) and stores them in the
+    ground truth; :func:`apply_variant` applies them first, before the print / scan / photo of
+    the variant, so every variant can start from an "augmented ECG-Image-Kit file". Geometry is
+    one affine map (pad -> rotate -> crop) that moves the ground truth exactly.
+
+    Attributes:
+        noise_sigma: std of additive Gaussian noise in grey levels of 255, the same in all three
+            channels (ECG-Image-Kit's noise is grey: channel correlation 0.95 in its aug pages).
+        temperature_k: colour temperature (kelvin) whose white point multiplies the channels
+            (ECG-Image-Kit draws 2000-4000 K, orange paper, or 10000-20000 K, bluish); None = none.
+        rotate_deg: rotation about the image centre, degrees (OpenCV sign: counter-clockwise).
+        crop: fraction of the width and of the height cut off (split between the two sides at
+            random), the rest scaled back to the image size (imgaug ``Crop(keep_size=True)``).
+        pad: white border per side as a fraction of each dimension; the page shrinks to make room
+            (ECG-Image-Kit's ``pad_inches``, with the image size kept).
+        corner_fill: BGR colour of the corners a rotation uncovers (ECG-Image-Kit leaves them black).
+    """
+
+    noise_sigma: float = 0.0
+    temperature_k: float | None = None
+    rotate_deg: float = 0.0
+    crop: float = 0.0
+    pad: float = 0.0
+    corner_fill: tuple[int, int, int] = (0, 0, 0)
+
+    def to_array(self) -> np.ndarray:
+        """Flat float64 form, for ``GroundTruth.extra`` (which is saved as plain arrays)."""
+        return np.array([self.noise_sigma, self.temperature_k or 0.0, self.rotate_deg, self.crop, self.pad,
+                         *self.corner_fill], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> "EikAugment":
+        a = np.asarray(a, dtype=np.float64).ravel()
+        return cls(float(a[0]), float(a[1]) or None, float(a[2]), float(a[3]), float(a[4]),
+                   tuple(int(v) for v in a[5:8]))
+
+    @classmethod
+    def from_gt(cls, gt: GroundTruth | None) -> "EikAugment | None":
+        """The augmentation a page still has to undergo, or None."""
+        if gt is None or EIK_AUGMENT_KEY not in gt.extra:
+            return None
+        return cls.from_array(gt.extra[EIK_AUGMENT_KEY])
+
+
+def temperature_gains(kelvin: float) -> np.ndarray:
+    """BGR channel gains (0..1) of a black body's white point at ``kelvin``.
+
+    The usual piecewise fit of the Planckian locus in sRGB (red saturates below 6600 K, blue above).
+    Checked against ECG-Image-Kit's aug pages: 3746 K turns white paper into BGR (153, 201, 255),
+    this gives (154, 199, 255); 18318 K gives (255, 200, 174) against (253, 195, 184).
+    """
+    t = float(np.clip(kelvin, 1000.0, 40000.0)) / 100.0
+    if t <= 66:
+        r, g = 255.0, 99.4708 * np.log(t) - 161.1196
+        b = 0.0 if t <= 19 else 138.5177 * np.log(t - 10) - 305.0448
+    else:
+        r = 329.6987 * (t - 60) ** -0.1332047
+        g = 288.1222 * (t - 60) ** -0.0755148
+        b = 255.0
+    return np.clip(np.array([b, g, r]) / 255.0, 0.0, 1.0)
+
+
+def eik_affine(size: tuple[int, int], aug: EikAugment, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(forward 3x3 page px -> output px, forward 3x3 padded canvas -> output px) of ``aug``'s geometry."""
+    h, w = size
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    s = 1.0 / (1.0 + 2.0 * max(aug.pad, 0.0))
+    pad = np.array([[s, 0, cx * (1 - s)], [0, s, cy * (1 - s)], [0, 0, 1.0]])
+    rot = np.vstack([cv2.getRotationMatrix2D((cx, cy), float(aug.rotate_deg), 1.0), [0, 0, 1.0]])
+    c = float(np.clip(aug.crop, 0.0, 0.2))
+    z = 1.0 / (1.0 - c)
+    x0, y0 = rng.uniform(0.0, 1.0, 2) * c * np.array([w, h])  # how much of the cut falls on the left / top
+    crop = np.array([[z, 0, -x0 * z], [0, z, -y0 * z], [0, 0, 1.0]])
+    return crop @ rot @ pad, crop @ rot
+
+
+def eik_augment(image: np.ndarray, gt: GroundTruth | None, aug: EikAugment, rng: np.random.Generator,
+                photometric: bool = True) -> tuple[np.ndarray, GroundTruth | None]:
+    """Apply ``aug`` (geometry: one affine resampling; then grey noise, then colour temperature).
+
+    ``photometric`` False keeps the geometry and skips noise and temperature (the random draws of
+    the geometry are the same either way).
+
+    The order follows the measured pages: the noise is sharp (added after the rotation), and the
+    noise is clipped at white before the temperature tints it (the paper's 90th percentile is
+    exactly the white point's colour).
+    """
+    size = image.shape[:2]
+    h, w = size
+    fwd, canvas = eik_affine(size, aug, rng)
+    warp = Warp(size, size, np.linalg.inv(fwd), None, _grid_step(w / 2200.0))
+    corner = tuple(float(v) for v in aug.corner_fill)
+    if aug.pad > 0 or aug.rotate_deg == 0:
+        img = warp.apply(image, fill=(255, 255, 255))  # the padding is white paper
+        if aug.rotate_deg != 0 and corner != (255.0, 255.0, 255.0):
+            # corners outside the rotated canvas: blend by the (anti-aliased) canvas coverage
+            inside = cv2.warpAffine(np.full(size, 255, np.uint8), canvas[:2], (w, h), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            a = inside.astype(F32)[..., None] * F32(1 / 255)
+            img = (img * a + np.asarray(corner, F32) * (1 - a) + 0.5).astype(np.uint8)
+    else:
+        img = warp.apply(image, fill=corner)
+    if photometric and aug.noise_sigma > 0:
+        img = add_noise(img, sensor_noise(size, rng, aug.noise_sigma, colour=False))
+    if photometric and aug.temperature_k:
+        lut = np.clip(np.rint(np.arange(256)[:, None] * temperature_gains(aug.temperature_k)[None, :]), 0, 255)
+        img = cv2.LUT(img, lut.astype(np.uint8).reshape(256, 1, 3))
+    if gt is None:
+        return img, None
+    extra = {k: v for k, v in gt.extra.items() if k != EIK_AUGMENT_KEY}
+    extra["eik_augmented"] = aug.to_array()
+    return img, warp.move(gt, extra=extra)
+
+
+# =============================================================================
 # variants
 # =============================================================================
 @dataclass
@@ -1069,6 +1201,14 @@ def apply_variant(image_bgr: np.ndarray, gt: GroundTruth | None, variant: str, r
                             "pass the GroundTruth rendered with this image")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     seeds = rng.integers(0, 2 ** 63 - 1, 2)
+    # The page as ECG-Image-Kit would have saved it, before it is printed / scanned / photographed. Not
+    # for 0001: the competition's clean renders are un-augmented, and the stages rely on 0001 being the
+    # canonical page (stage 2 trains on it unrectified; stage 0's tests undo only its rotation).
+    aug = EikAugment.from_gt(gt) if variant != "0001" else None
+    if aug is not None:
+        # its own stream, so pages without the augmentation are distorted exactly as before
+        img, gt = eik_augment(np.ascontiguousarray(img), gt, aug, np.random.default_rng([int(seeds[0]), 7]),
+                              photometric)
     ctx = _Ctx(np.ascontiguousarray(img), gt, np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]),
                img.shape[1] / 2200.0, photometric)
     out, gt2 = _RECIPES[variant](ctx)

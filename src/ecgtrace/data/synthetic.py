@@ -147,11 +147,15 @@ class SyntheticPages:
             return rec.to_fs(fs), fs
         return synthesize_ecg(rng, fs=fs, method=self.method), fs
 
+    def style_of(self, i: int) -> RenderStyle:
+        """The look of record ``i`` (the fixed ``style``, or the random one its seed draws)."""
+        return self.style or random_style(self._rng(i, 1))
+
     def clean(self, i: int) -> tuple[np.ndarray, GroundTruth, Signals, float]:
         """Clean render of record ``i``: (image, gt, signals, fs)."""
         signals, fs = self.record(i)
         rng = self._rng(i, 1)
-        style = self.style or random_style(rng)
+        style = self.style or random_style(rng)  # the same draw as style_of(i); rng then drives the text
         image, gt = render_page(signals, fs, page=self.page, style=style, rng=rng)
         return image, gt, signals, fs
 
