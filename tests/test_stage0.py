@@ -192,3 +192,28 @@ def test_sheet_outline_gives_the_perspective():
     # a sheet that runs off the picture, and a picture of nothing, give no outline
     assert find_paper_outline(_photo_of_sheet(sheet, corners - [200.0, 0.0])) is None
     assert find_paper_outline(np.full((600, 800, 3), 128, np.uint8)) is None
+
+
+def test_a_turned_flat_page_is_deskewed():
+    """A flat page turned by a few degrees (ECG-Image-Kit's --rotate): the classical path measures the angle
+    from its grid lines and turns it back, so the label centres land on their canonical places; an upright
+    page and the estimate's own gain say when not to."""
+    from ecgtrace.data.render import RenderStyle, render_page
+    from ecgtrace.data.signals import synthesize_ecg
+    from ecgtrace.stages.stage0 import MIN_SKEW_GAIN, estimate_skew, rotation_about_centre
+
+    signals = synthesize_ecg(np.random.default_rng(2), fs=500.0)
+    img, gt = render_page(signals, 500.0, page=CANONICAL, style=RenderStyle(), rng=np.random.default_rng(0))
+    small = cv2.resize(img, (1100, 850), interpolation=cv2.INTER_AREA)
+    angle, gain = estimate_skew(small)
+    assert abs(angle) < 0.1 and gain < 1.5  # upright: nothing to do
+    for deg in (3.0, -4.0):
+        rot = rotation_about_centre(deg, CANONICAL.size)
+        turned = cv2.warpPerspective(img, rot, (CANONICAL.width_px, CANONICAL.height_px), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))  # black corners
+        est, gain = estimate_skew(cv2.resize(turned, (1100, 850), interpolation=cv2.INTER_AREA))
+        assert abs(est - deg) < 0.15 and gain > MIN_SKEW_GAIN, (deg, est, gain)
+        page = Stage0()(turned)
+        assert "deskewed" in page.message, page.message
+        labels = apply_homography(page.homography, apply_homography(rot, gt.markers))
+        assert np.median(np.linalg.norm(labels - CANONICAL.label_centers, axis=1)) < 4.0

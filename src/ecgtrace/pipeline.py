@@ -194,8 +194,13 @@ class Pipeline:
             leads = self.stage2(rect.image, fs, n_samples=n_samples)
         found = sum(1 for q in leads.quality.values() if not q.startswith("no trace"))
         if found < MIN_LEADS_FOUND:
-            raise StageError(f"found a trace for only {found} of 12 leads; this does not look like a readable "
-                             "12-lead ECG page" + (f" ({'; '.join(warnings)})" if warnings else ""))
+            if not rect.ok:
+                # no grid and (almost) no trace: nothing here says ECG page; refuse with the reasons
+                raise StageError(f"found a trace for only {found} of 12 leads and no ECG grid; this does not "
+                                 "look like a readable 12-lead ECG page" + (f" ({'; '.join(warnings)})" if warnings else ""))
+            # a grid was found, so it is an ECG page: give the best estimate and say what went wrong
+            warnings.append(f"a trace was found for only {found} of 12 leads; the signals are a best estimate, "
+                            "check the overlay")
         df = signals_frame(leads.signals, fs)
         report = {
             "name": name,

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for path, res in done:
         bad = [k for k, q in res.report["lead_quality"].items() if q != "ok"]
         note = f"; check leads {', '.join(bad)}" if bad else ""
+        note += "".join(f"; {w}" for w in res.report["warnings"])
         print(f"  {path.name}: {res.name}.csv/.hea/.json/_overlay.png "
               f"({res.report['method']['stage0']}/{res.report['method']['stage1']}/{res.report['method']['stage2']}{note})")
     for path, msg in failed:

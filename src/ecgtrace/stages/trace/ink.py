@@ -20,11 +20,27 @@ from ecgtrace.stages.trace.params import ClassicalParams
 LINE_VISIBLE = 0.2
 
 
+def whiten_paper(image_bgr: np.ndarray, kernel_px: int | None = None) -> np.ndarray:
+    """The picture divided, channel by channel, by its local paper colour: paper reads (1, 1, 1) (float32).
+
+    A max filter wider than the trace (and than the gap between grid lines) finds the paper in
+    each channel, a blur smooths it. On white paper this is plain flat-fielding; on orange, pink
+    or blue paper it also removes the paper's tint, so a black trace reads black and unsaturated
+    and a red grid stays red, whatever colour the sheet is.
+    """
+    f = image_bgr.astype(np.float32)
+    k = kernel_px or max(3, int(round(image_bgr.shape[1] / 2200 * 9)) | 1)
+    bg = cv2.dilate(f, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    bg = cv2.GaussianBlur(bg, (0, 0), sigmaX=3 * k)
+    return f / np.maximum(bg, 40.0)
+
+
 def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     """Per-pixel trace-ink score in [0, 1] (float32) of a BGR or grey page.
 
-    Darkness is measured on the *largest* channel, so a saturated grid line (red,
-    blue, green) scores ~0 however dark its hue is; remaining saturation is
+    Darkness is measured on the *largest* channel of the paper-whitened picture
+    (:func:`whiten_paper`), so a saturated grid line (red, blue, green) scores ~0
+    however dark its hue is, on any colour of paper; remaining saturation is
     penalised, and a robust contrast stretch pushes the (lighter, thinner) grid of
     grey/B&W pages under the floor.
     """
@@ -41,17 +57,17 @@ def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     img = image_bgr
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    f = img.astype(np.float32)
-    mx = f.max(axis=2)
-    mn = f.min(axis=2)
-    # paper brightness: a max filter wider than the trace removes the ink, a blur smooths it
-    k = max(3, int(round(img.shape[1] / 2200 * 9)) | 1)
-    bg = cv2.dilate(mx, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-    bg = cv2.GaussianBlur(bg, (0, 0), sigmaX=3 * k)
-    bg = np.maximum(bg, 40.0)
-    dark = np.clip(1.0 - mx / bg, 0.0, 1.0)
-    sat = (mx - mn) / np.maximum(mx, 1.0)
+    g = whiten_paper(img)
+    mx = g.max(axis=2)
+    mn = g.min(axis=2)
+    dark = np.clip(1.0 - mx, 0.0, 1.0)
+    sat = (mx - mn) / np.maximum(mx, 1.0 / 255.0)
     score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
+    score = _erase_solid_areas(score, CANONICAL.scaled_to(score.shape[1]))
+    # The outer millimetre of a rectified page never holds a trace (the rhythm strip's baseline is 21 mm
+    # above the bottom edge) but often a sliver of what lay beyond the sheet: a dark edge the path would follow.
+    m = max(1, int(round(CANONICAL.scaled_to(score.shape[1]).px_per_mm)))
+    score[:m], score[-m:], score[:, :m], score[:, -m:] = 0.0, 0.0, 0.0, 0.0
     # grey/B&W grids survive the colour test; on a rectified page their lines are axis-aligned.
     # Vertical lines: the median down each pixel column (the trace covers a small part of it)
     # is the line's own ink; columns with a visible line are in-painted from the nearest clean
@@ -74,6 +90,24 @@ def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
     return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
+
+
+#: Dark areas at least this wide (mm) in both directions are not a pen stroke (the thickest pen is ~0.7 mm;
+#: 1.5 mm also took the dense QRS blobs of bold traces on black-and-white scans: -2.5 dB on variant 0004).
+SOLID_AREA_MM = 3.0
+
+
+def _erase_solid_areas(score: np.ndarray, page: Page) -> np.ndarray:
+    """Zero the ink of solid dark areas: the black fill a rotated or cropped picture has in its corners,
+    the background beside the sheet, heavy shadows. A trace is a thin stroke; an area that holds a
+    ``SOLID_AREA_MM`` square of ink everywhere is not one (and would pull the path along its edge)."""
+    k = max(3, int(round(SOLID_AREA_MM * page.px_per_mm)))
+    solid = cv2.morphologyEx((score >= 0.5).astype(np.uint8), cv2.MORPH_OPEN,
+                             cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    if not solid.any():
+        return score
+    solid = cv2.dilate(solid, np.ones((5, 5), np.uint8))
+    return np.where(solid > 0, 0.0, score).astype(score.dtype)
 
 
 def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = LINE_VISIBLE) -> np.ndarray:
