@@ -36,25 +36,18 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from ecgtrace.data.signals import normalize_lead, wfdb_leads
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import LEADS, RHYTHM_KEY
 
 #: Picture suffixes the generator (or a re-encoding of its output) uses.
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _IMAGE_RE = re.compile(r"^(?P<record>.+)-(?P<k>\d+)$")
-_LEAD_LOOKUP = {lead.lower(): lead for lead in LEADS}
 #: Bytes per sample of the WFDB formats we can size-check (others are only read).
 _FMT_BYTES = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0, "212": 1.5,
               "310": 4.0 / 3.0, "311": 4.0 / 3.0}
 _LAYOUT_HINT = ("expected ECG-Image-Kit output (R.hea/R.dat + R-0.png [+ R-0.json]) or a competition data set "
                 "(train.csv + train/{id}/{id}.csv + train/{id}/{id}-NNNN.png)")
-
-
-def normalize_lead(name: Any) -> str | None:
-    """A lead name as written by some generator (``"AVR"``, ``" v1 "``, ``"-aVR"``...) -> :data:`LEADS` spelling,
-    or None when it is no standard lead."""
-    s = str(name).strip()
-    return _LEAD_LOOKUP.get(s.lower())
 
 
 @dataclass
@@ -175,19 +168,7 @@ def read_truth(rec_path: str | Path) -> tuple[float, dict[str, np.ndarray]]:
     except Exception as e:  # noqa: BLE001
         raise EcgTraceError(f"data file {dats} is corrupt or truncated ({type(e).__name__}: {e}); "
                             f"{fix}".replace("\n", " ")) from e
-    units = [str(u or "mV").strip().lower() for u in (rec.units or ["mV"] * data.shape[1])]
-    truth: dict[str, np.ndarray] = {}
-    for j, name in enumerate(rec.sig_name or []):
-        lead = normalize_lead(name)
-        if lead is None or lead in truth:
-            continue
-        scale = {"uv": 1e-3, "µv": 1e-3, "v": 1e3}.get(units[j] if j < len(units) else "mv", 1.0)
-        truth[lead] = data[:, j] * scale
-    missing = [lead for lead in LEADS if lead not in truth]
-    if missing:
-        raise EcgTraceError(f"record {hea} lacks lead(s) {', '.join(missing)} (it has {', '.join(rec.sig_name or [])}); "
-                            "the truth needs all 12 leads")
-    return float(rec.fs), {lead: truth[lead] for lead in LEADS}
+    return float(rec.fs), wfdb_leads(rec, data, f"record {hea}")
 
 
 # --------------------------------------------------------------------------- page JSON

@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -286,6 +287,13 @@ def fit_length(signals: Signals, fs: float, duration: float = DURATION_S) -> Sig
 _LEAD_LOOKUP = {lead.lower(): lead for lead in LEADS}
 
 
+def normalize_lead(name: Any) -> str | None:
+    """A lead name as written by some generator (``"AVR"``, ``" v1 "``, ``"-aVR"``...) -> :data:`LEADS` spelling,
+    or None when it is no standard lead."""
+    s = str(name).strip()
+    return _LEAD_LOOKUP.get(s.lower())
+
+
 @dataclass
 class WfdbRecord:
     """One record read from disk: 12 leads in mV at its own ``fs``."""
@@ -332,20 +340,31 @@ def read_wfdb_record(path: str | Path) -> WfdbRecord:
     if rec.p_signal is None or rec.fs is None or rec.fs <= 0:
         raise EcgTraceError(f"WFDB record {path} has no physical signal or sampling rate")
     data = np.asarray(rec.p_signal, dtype=np.float64)
+    signals = wfdb_leads(rec, data, f"WFDB record {path}")
+    if data.shape[0] < 2:
+        raise EcgTraceError(f"WFDB record {path} holds no samples")
+    return WfdbRecord(name=path.name, fs=float(rec.fs), signals=signals)
+
+
+def wfdb_leads(rec: Any, data: np.ndarray, what: str) -> Signals:
+    """The 12 leads (mV, :data:`LEADS` order) of a read WFDB record whose physical samples are ``data``.
+
+    Lead names are matched case-insensitively (``AVR`` is aVR), other units converted to mV; a
+    record without all 12 leads is a one-line error naming ``what``.
+    """
     units = [str(u or "mV").strip().lower() for u in (rec.units or ["mV"] * data.shape[1])]
     found: Signals = {}
     for j, name in enumerate(rec.sig_name or []):
-        lead = _LEAD_LOOKUP.get(str(name).strip().lower())
+        lead = normalize_lead(name)
         if lead is None or lead in found:
             continue
         scale = {"uv": 1e-3, "µv": 1e-3, "v": 1e3}.get(units[j] if j < len(units) else "mv", 1.0)
         found[lead] = data[:, j] * scale
     missing = [lead for lead in LEADS if lead not in found]
     if missing:
-        raise EcgTraceError(f"WFDB record {path} lacks lead(s) {', '.join(missing)} (has {', '.join(rec.sig_name or [])})")
-    if data.shape[0] < 2:
-        raise EcgTraceError(f"WFDB record {path} holds no samples")
-    return WfdbRecord(name=path.name, fs=float(rec.fs), signals={lead: found[lead] for lead in LEADS})
+        raise EcgTraceError(f"{what} lacks lead(s) {', '.join(missing)} (it has {', '.join(rec.sig_name or [])}); "
+                            "the truth needs all 12 leads")
+    return {lead: found[lead] for lead in LEADS}
 
 
 def load_wfdb_folder(folder: str | Path, limit: int | None = None) -> list[WfdbRecord]:
