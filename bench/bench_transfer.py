@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", action="append", default=[],
                     help="folder of stage{K}_*.pth; repeat or comma-separate for several model sets "
                          "(the classical path always runs too)")
+    ap.add_argument("--no-classical", action="store_true", dest="no_classical",
+                    help="skip the classical path (measure only the --checkpoints sets)")
     ap.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     ap.add_argument("--variants", default=None, help="comma-separated sub-folders, e.g. clean,bw (default all)")
     ap.add_argument("--limit", type=int, default=0, help="at most N pages per sub-folder (0 = all)")
@@ -83,6 +85,8 @@ def main() -> None:
     logger.remove()
     logger.add(sys.stderr, level="WARNING", format="{message}")
     sets = model_sets(args.checkpoints)
+    if args.no_classical:
+        sets = [s for s in sets if s[1] is not None] or sys.exit("bench_transfer: --no-classical needs --checkpoints DIR")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     t0 = time.perf_counter()
     pages = find_pages(args.data)
