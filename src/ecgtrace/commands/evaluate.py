@@ -20,7 +20,6 @@ sub-folder's) score is the rule applied to that variant's images.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import traceback
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.io import atomic_write
+from ecgtrace.io import atomic_write, write_json
 
 
 def register(subparsers) -> None:
@@ -155,11 +154,6 @@ def plot_report(rep: dict, path: Path) -> None:
         plt.close(fig)
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2))
-
-
 def _out_paths(pred: Path) -> tuple[Path, Path]:
     stem = pred.name
     for suf in (".csv.gz", ".csv", ".parquet", ".pq"):
@@ -240,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(rep))
     json_path, png_path = _out_paths(pred)
     try:
-        _write_json(rep, json_path)
+        write_json(rep, json_path)
         written = [str(json_path)]
         if not args.no_plot:
             plot_report(rep, png_path)
@@ -460,8 +454,6 @@ def format_data_report(rep: dict) -> str:
 
 def run_data(args: argparse.Namespace) -> int:
     """``evaluate --data``: digitize and score the folder, print the table, write the JSON."""
-    from ecgtrace.io import write_json
-
     data = Path(args.data)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rep = evaluate_data(data, checkpoints=args.checkpoints, device=args.device, fs_from_record=args.fs_from_record,

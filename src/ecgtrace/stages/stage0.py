@@ -354,12 +354,15 @@ def estimate_skew(page_bgr: np.ndarray) -> tuple[float, float]:
         prof = rot[h // 8: -h // 8, w // 8: -w // 8].mean(axis=1)
         return float(prof.var())
 
-    coarse = np.arange(-MAX_SKEW_DEG, MAX_SKEW_DEG + 1e-9, 0.5)
-    best = float(coarse[int(np.argmax([score(a) for a in coarse]))])
-    fine = np.arange(best - 0.5, best + 0.5 + 1e-9, 0.05)
-    best = float(fine[int(np.argmax([score(a) for a in fine]))])
+    coarse = np.arange(-MAX_SKEW_DEG, MAX_SKEW_DEG + 1e-9, 0.5)  # holds 0.0 exactly: the unturned score
+    coarse_scores = [score(a) for a in coarse]
+    at_zero = coarse_scores[int(np.argmin(np.abs(coarse)))]
+    start = float(coarse[int(np.argmax(coarse_scores))])
+    fine = np.arange(start - 0.5, start + 0.5 + 1e-9, 0.05)
+    fine_scores = [score(a) for a in fine]
+    k = int(np.argmax(fine_scores))
     # cv2's positive angle turns the image anticlockwise: the page itself was turned clockwise by that much
-    return best, score(best) / max(score(0.0), 1e-12)
+    return float(fine[k]), fine_scores[k] / max(at_zero, 1e-12)
 
 
 def rotation_about_centre(deg: float, hw: tuple[int, int]) -> np.ndarray:

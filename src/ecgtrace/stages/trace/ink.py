@@ -63,10 +63,12 @@ def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dark = np.clip(1.0 - mx, 0.0, 1.0)
     sat = (mx - mn) / np.maximum(mx, 1.0 / 255.0)
     score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
-    score = _erase_solid_areas(score, CANONICAL.scaled_to(score.shape[1]))
+    w = score.shape[1]
+    page = CANONICAL.scaled_to(w)
+    score = _erase_solid_areas(score, page)
     # The outer millimetre of a rectified page never holds a trace (the rhythm strip's baseline is 21 mm
     # above the bottom edge) but often a sliver of what lay beyond the sheet: a dark edge the path would follow.
-    m = max(1, int(round(CANONICAL.scaled_to(score.shape[1]).px_per_mm)))
+    m = max(1, int(round(page.px_per_mm)))
     score[:m], score[-m:], score[:, :m], score[:, -m:] = 0.0, 0.0, 0.0, 0.0
     # grey/B&W grids survive the colour test; on a rectified page their lines are axis-aligned.
     # Vertical lines: the median down each pixel column (the trace covers a small part of it)
@@ -74,8 +76,6 @@ def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # columns either side (a black grid is as dark as the trace, no contrast can split them).
     # Horizontal lines: their level is read in the right margin, past 10 s, where no trace runs
     # (a flat trace fills most of its own pixel row), and subtracted.
-    w = score.shape[1]
-    page = CANONICAL.scaled_to(w)
     col_level = np.median(score, axis=0)
     blind = col_level >= LINE_VISIBLE
     score = _remove_lines(score, col_level)
