@@ -1,8 +1,8 @@
 """The direction of the code, read from the imports themselves (ast), so a wrong import fails the suite.
 
 Layers, lowest first: ``paper``/``orient`` (nothing of ours) <- ``errors``, ``geometry``, ``io`` <-
-``models`` <- ``stages`` <- ``pipeline`` <- ``commands``. Training (``train/``) and data making
-(``data/``) sit beside inference: nothing on the inference side imports them.
+``models`` <- ``stages`` <- ``pipeline`` <- ``serve`` (the web app) <- ``commands``. Training
+(``train/``) and data making (``data/``) sit beside inference: nothing on the inference side imports them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "models": INFERENCE_FORBIDDEN + ("ecgtrace.stages", "ecgtrace.pipeline"),
     "stages": INFERENCE_FORBIDDEN + ("ecgtrace.pipeline",),
     "pipeline": INFERENCE_FORBIDDEN,
+    "serve": INFERENCE_FORBIDDEN,  # the web app runs the pipeline; the command line wraps it, not the reverse
 }
 #: modules that import nothing of ours at all
 LEAVES = ("paper", "orient", "errors")
