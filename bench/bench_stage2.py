@@ -2,8 +2,8 @@
 
 Modes (each scored with ``ecgtrace.metric`` through a real submission):
 
-- ``e2e``: the whole pipeline on the test pictures (stage 0 -> 1 -> 2, classical unless
-  --checkpoints gives models);
+- ``e2e``: the whole pipeline on the test pictures (stage 0 -> 1 -> 2: per stage --checkpoints,
+  else the shipped weights, else classical; --classical for the classical paths only);
 - ``gt_rect``: stage 2 alone on the pictures rectified with their *ground-truth* geometry,
   so the difference to ``e2e`` is what stages 0/1 lose;
 - ``gt_rect_einthoven``: the same with the soft Einthoven correction, to measure the switch;
@@ -109,7 +109,9 @@ def main() -> int:
     ap.add_argument("--per-variant", type=int, default=2)
     ap.add_argument("--seed", type=int, default=424242)
     ap.add_argument("--modes", default="e2e,gt_rect,gt_rect_einthoven")
-    ap.add_argument("--checkpoints", default=None, help="stage 0/1/2 checkpoints folder for the e2e mode")
+    ap.add_argument("--checkpoints", default=None, help="stage 0/1/2 checkpoints folder for the e2e mode "
+                                                        "(default: the shipped weights, else classical)")
+    ap.add_argument("--classical", action="store_true", help="e2e mode: the classical paths, not the shipped weights")
     ap.add_argument("--stage2-checkpoint", default=None, help="a stage2_*.pth for the model_* modes")
     ap.add_argument("--name", default="bench_stage2")
     ap.add_argument("--work", default=str(ROOT / "outputs" / "bench_stage2"))
@@ -132,7 +134,7 @@ def main() -> int:
     for mode in modes:
         t0 = time.time()
         if mode == "e2e":
-            out = predict_split(data, "test", checkpoints=args.checkpoints, progress=True)
+            out = predict_split(data, "test", checkpoints=args.checkpoints, progress=True, classical=args.classical)
             path = write_submission(out.submission, work / "submission_e2e.csv")
             rep = evaluate(path, data, split="test", worst=3)
             res = {"score_db": rep["score_db"], "per_variant": {v: r["score_db"] for v, r in rep["per_variant"].items()},

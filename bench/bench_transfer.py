@@ -2,7 +2,8 @@
 
 Runs the whole pipeline on every page of ../shared/eik-dev (clean, bw, aug, wrinkle, header: the
 generator's own output layout, see its README) or any folder of that layout (--data), once with the
-classical paths and once per --checkpoints model set, and scores each page against its WFDB record
+classical paths, once with the shipped weights (when any ship: the default path of a fresh install)
+and once per --checkpoints model set, and scores each page against its WFDB record
 with the competition rule. Besides the score per sub-folder it says where the loss comes from:
 pages refused or crashed (scored as zeros), pages where stage 0 or stage 1 was unsure, the score of
 only the pages both stages handled, and the per-lead median SNR. The loop is
@@ -28,11 +29,18 @@ sys.path.insert(0, str(ROOT / "src"))
 from ecgtrace.commands.evaluate import evaluate_data, format_data_report  # noqa: E402
 from ecgtrace.data.eik import find_pages  # noqa: E402
 from ecgtrace.io import write_json  # noqa: E402
+from ecgtrace.models.shipped import read_manifest  # noqa: E402
+
+#: checkpoints value of the two built-in sets (the classical paths; the shipped weights)
+CLASSICAL, SHIPPED = "<classical>", "<shipped>"
 
 
 def model_sets(values: list[str]) -> list[tuple[str, str | None]]:
-    """(label, checkpoints folder) for the classical path and every --checkpoints folder given."""
-    sets: list[tuple[str, str | None]] = [("classical", None)]
+    """(label, checkpoints folder) for the classical path, the shipped weights (if any ship) and every
+    --checkpoints folder given."""
+    sets: list[tuple[str, str | None]] = [("classical", CLASSICAL)]
+    if read_manifest().weights:
+        sets.append(("shipped", SHIPPED))
     for v in values:
         for d in (x.strip() for x in v.split(",")):
             if d:
@@ -71,7 +79,7 @@ def main() -> None:
                     help="folder of stage{K}_*.pth; repeat or comma-separate for several model sets "
                          "(the classical path always runs too)")
     ap.add_argument("--no-classical", action="store_true", dest="no_classical",
-                    help="skip the classical path (measure only the --checkpoints sets)")
+                    help="skip the classical path (measure only the shipped and --checkpoints sets)")
     ap.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     ap.add_argument("--variants", default=None, help="comma-separated sub-folders, e.g. clean,bw (default all)")
     ap.add_argument("--limit", type=int, default=0, help="at most N pages per sub-folder (0 = all)")
@@ -86,14 +94,15 @@ def main() -> None:
     logger.add(sys.stderr, level="WARNING", format="{message}")
     sets = model_sets(args.checkpoints)
     if args.no_classical:
-        sets = [s for s in sets if s[1] is not None] or sys.exit("bench_transfer: --no-classical needs --checkpoints DIR")
+        sets = [s for s in sets if s[1] != CLASSICAL] or sys.exit("bench_transfer: --no-classical needs --checkpoints DIR")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     t0 = time.perf_counter()
     pages = find_pages(args.data)
     results = {}
     for label, ckpt in sets:
-        rep = evaluate_data(args.data, checkpoints=ckpt, device=args.device, fs_from_record=args.fs_from_record,
-                            variants=variants, limit=args.limit, pages=pages)
+        rep = evaluate_data(args.data, checkpoints=None if ckpt in (CLASSICAL, SHIPPED) else ckpt,
+                            device=args.device, fs_from_record=args.fs_from_record, variants=variants,
+                            limit=args.limit, pages=pages, classical=ckpt == CLASSICAL)
         results[label] = rep
         print(f"\n=== {label} ===")
         print(format_data_report(rep))

@@ -107,7 +107,7 @@ def test_untrustworthy_pixels_are_dropped_with_the_reason(eik_folder):
 
 def test_evaluate_data_scores_the_clean_page(eik_folder, tmp_path, capsys):
     root, _, _ = eik_folder
-    rc = main(["evaluate", "--data", str(root), "--out", str(tmp_path)])
+    rc = main(["evaluate", "--data", str(root), "--out", str(tmp_path), "--classical"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "clean" in out and "overall" in out and "per-lead median" in out
@@ -127,7 +127,7 @@ def test_refused_page_scores_as_zeros_and_the_run_goes_on(tmp_path, capsys):
     signals = synthesize_ecg(np.random.default_rng(2), fs=250)
     write_record(tmp_path, "r1", signals, 250, names=[x.upper() for x in LEADS])  # "AVR" etc. are normalised
     cv2.imwrite(str(tmp_path / "r1-0.png"), np.full((850, 1100, 3), 255, np.uint8))
-    rep = evaluate_data(tmp_path, progress=False)
+    rep = evaluate_data(tmp_path, progress=False, classical=True)
     row = rep["pages"][0]
     assert row["status"] in ("refused", "crashed") and row["message"]
     assert rep["overall"]["refused"] + rep["overall"]["crashed"] == 1

@@ -30,7 +30,7 @@ def page_png(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(page_png):
-    return ecgtrace.digitize(page_png, fs=500)
+    return ecgtrace.digitize(page_png, fs=500, classical=True)  # the classical path, whatever ships
 
 
 def test_result_api(result, tmp_path):
@@ -85,7 +85,7 @@ def test_digitize_batch_skips_bad_files(page_png, tmp_path, capsys):
     photo = np.stack([xx * 0.1 + 60, yy * 0.15 + 80, 120 + 40 * np.sin(xx / 90.0)], -1).astype(np.uint8)
     cv2.imwrite(str(bad / "landscape.jpg"), photo)  # a smooth non-ECG picture
     out = tmp_path / "out"
-    rc = main(["digitize", str(page_png), str(bad), "--output", str(out)])
+    rc = main(["digitize", str(page_png), str(bad), "--output", str(out), "--classical"])
     text = capsys.readouterr()
     assert rc == 0, text
     name = "page_one"  # file-safe (a WFDB record name cannot hold spaces)
@@ -95,7 +95,7 @@ def test_digitize_batch_skips_bad_files(page_png, tmp_path, capsys):
         assert f"FAILED {bad / f}" in text.out, (f, text.out)
     assert "digitized 1 of 5" in text.out
     # all bad -> non-zero exit
-    assert main(["digitize", str(bad / "empty.png"), "--output", str(tmp_path / "o2")]) == 1
+    assert main(["digitize", str(bad / "empty.png"), "--output", str(tmp_path / "o2"), "--classical"]) == 1
 
 
 def test_predict_writes_a_valid_submission(tmp_path, capsys):
@@ -105,7 +105,7 @@ def test_predict_writes_a_valid_submission(tmp_path, capsys):
     data = tmp_path / "ds"
     write_dataset(data, n=0, n_test=1, variants=("0001",), seed=3, fs=256.0, progress=False)
     sub_path = tmp_path / "sub.csv"
-    rc = main(["predict", "--data", str(data), "--output", str(sub_path)])
+    rc = main(["predict", "--data", str(data), "--output", str(sub_path), "--classical"])
     assert rc == 0, capsys.readouterr()
     sub = read_submission(sub_path)
     rep = validate_submission(sub, read_test_csv(data / "test.csv"))

@@ -28,7 +28,7 @@ def test_classical_orientation_keeps_upright_real_pictures_upright():
 def test_pipeline_reads_clean_real_pictures(name):
     from ecgtrace.pipeline import Pipeline
 
-    res = Pipeline()(REAL / name)  # these two are read well today: guard against regressions
+    res = Pipeline(classical=True)(REAL / name)  # these two are read well today: guard against regressions
     assert list(res.signals.columns) == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     ok = [lead for lead, q in res.report["lead_quality"].items() if q == "ok"]
     assert len(ok) >= 6, res.report["lead_quality"]
@@ -39,7 +39,7 @@ def test_poor_real_picture_is_flagged_not_passed_as_ok():
     from ecgtrace.pipeline import Pipeline
 
     try:
-        res = Pipeline()(REAL / "ecg00019.bmp")  # a layout off the canonical page: most rows are missed
+        res = Pipeline(classical=True)(REAL / "ecg00019.bmp")  # a layout off the canonical page: most rows are missed
     except EcgTraceError as e:  # a clear one-line refusal is also an honest answer
         assert "\n" not in str(e)
         return

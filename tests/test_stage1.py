@@ -196,7 +196,7 @@ def test_overlay_and_command(tmp_path) -> None:
     assert ov.shape == img.shape and np.abs(ov.astype(int) - img.astype(int)).sum() > 0
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((170, 220, 3), 250, np.uint8))
-    assert main(["stage1", "--image", str(blank), "--output", str(tmp_path / "out")]) == 0
+    assert main(["stage1", "--image", str(blank), "--output", str(tmp_path / "out"), "--classical"]) == 0
     for name in ("rectified.png", "lattice_overlay.png", "rectify_map.npy"):
         assert (tmp_path / "out" / name).is_file()
     assert np.load(tmp_path / "out" / "rectify_map.npy").shape == (CANONICAL.height_px, CANONICAL.width_px, 2)

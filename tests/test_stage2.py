@@ -279,7 +279,7 @@ def test_stage2_command_writes_signals_that_match_the_page(clean_page, tmp_path)
     page = tmp_path / "rect.png"
     cv2.imwrite(str(page), img)
     out = tmp_path / "out"
-    assert main(["stage2", "--image", str(page), "--output", str(out), "--fs", str(fs)]) == 0
+    assert main(["stage2", "--image", str(page), "--output", str(out), "--fs", str(fs), "--classical"]) == 0
     for name in ("signals.csv", "trace_overlay.png", "signals.png"):
         assert (out / name).is_file(), name
     df = pd.read_csv(out / "signals.csv")

@@ -19,7 +19,7 @@ from ecgtrace.errors import EcgTraceError
 #: Subcommand modules, in the order ``ecgtrace --help`` lists them.
 COMMANDS = (
     "demo", "synth", "contact_sheet", "train", "check", "stage0", "stage1", "stage2",
-    "digitize", "predict", "evaluate", "serve",
+    "digitize", "predict", "evaluate", "models", "export", "serve",
 )
 
 

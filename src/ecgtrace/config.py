@@ -53,8 +53,9 @@ class ModelConfig:
     INPUT_SIZE: list[int] = field(default_factory=lambda: [1152, 1440])  # (height, width)
     BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
     DECODER_CHANNELS: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
-    #: A checkpoint whose weights start training (fine-tuning, e.g. a low-resolution run at full
-    #: resolution); same architecture required. Ignored on --resume.
+    #: Weights that start training (fine-tuning, e.g. a low-resolution run at full resolution): a
+    #: checkpoint (.pth), an exported .safetensors, or "shipped" (the weights that ship for this
+    #: stage); same architecture required. Ignored on --resume.
     INIT: str = ""
 
 

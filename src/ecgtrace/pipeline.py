@@ -1,10 +1,12 @@
 """Picture -> 12 lead signals: stage 0 (normalize) -> stage 1 (rectify) -> stage 2 (extract).
 
-``Pipeline(checkpoints_dir)`` loads whatever ``stage{K}_*.pth`` it finds there and
-uses each stage's classical path otherwise. ``Pipeline(...)(image, fs)`` returns a
-:class:`Result`: the signals as a competition-style table, what each stage found,
-and writers for CSV / WFDB / overlay / plot. ``ecgtrace.digitize`` is the one-line
-form.
+``Pipeline(checkpoints_dir)`` takes, per stage, the ``stage{K}_*.pth`` it finds there, else
+the weights that ship with the package, else the stage's classical path
+(:func:`ecgtrace.models.shipped.resolve_weights`); ``classical=True`` forces the classical
+paths. The report and the overlay title say which weights read each stage.
+``Pipeline(...)(image, fs)`` returns a :class:`Result`: the signals as a competition-style
+table, what each stage found, and writers for CSV / WFDB / overlay / plot.
+``ecgtrace.digitize`` is the one-line form.
 
 The three stages share one constructor shape, ``StageK(checkpoint=None, device="cpu",
 **options)``, and one call shape, picture in, typed page out; the pipeline is the
@@ -27,7 +29,7 @@ import pandas as pd
 from ecgtrace import io, orient, paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.geometry import rectified_to_original
-from ecgtrace.models.checkpoint import find_checkpoint
+from ecgtrace.models.shipped import WeightsSource, resolve_weights
 from ecgtrace.paper import CANONICAL, ROW_KEYS
 from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
 from ecgtrace.stages.stage0 import Stage0
@@ -140,7 +142,7 @@ class Result:
             text = "II (rhythm)" if lead == paper.RHYTHM_KEY else lead
             flag = self.leads.quality.get(paper.RHYTHM_LEAD if lead == paper.RHYTHM_KEY else lead, "ok")
             labels[text + ("" if flag == "ok" else " ?")] = (xy, key)
-        img = io.draw_overlay(self.image, traces, labels)
+        img = io.draw_overlay(self.image, traces, labels, title=weights_title(self.report.get("weights")))
         if path is not None:
             io.write_image(img, path)
         return img
@@ -151,18 +153,41 @@ class Result:
         return rectified_to_original(np.array([xy]), map_xy, hmat)[0] / self.work_scale
 
 
+def weights_title(weights: dict[str, dict[str, Any]] | None) -> str | None:
+    """Overlay title naming the weights of each stage: ``s0 classical | s1 classical | s2 shipped NAME (ab12cd34)``."""
+    if not weights:
+        return None
+    parts = []
+    for key, w in weights.items():
+        kind = w.get("kind", "?")
+        label = kind if kind == "classical" else f"{kind} {w.get('name')} ({w.get('sha256')})"
+        parts.append(f"s{key.removeprefix('stage')} {label}")
+    return " | ".join(parts)
+
+
 # --------------------------------------------------------------------------- pipeline
 class Pipeline:
-    """Stage 0 -> 1 -> 2 with models from ``checkpoints_dir`` where present, classical paths otherwise."""
+    """Stage 0 -> 1 -> 2; per stage a checkpoint from ``checkpoints_dir``, else the shipped weights, else the
+    classical path. ``classical=True`` runs every stage's classical path.
 
-    def __init__(self, checkpoints_dir: str | Path | None = None, device: str = "cpu", einthoven: bool = False) -> None:
+    ``weights`` maps ``"stage0"``.. to the :class:`~ecgtrace.models.shipped.WeightsSource` each stage uses.
+    """
+
+    def __init__(self, checkpoints_dir: str | Path | None = None, device: str = "cpu", einthoven: bool = False,
+                 classical: bool = False) -> None:
         if checkpoints_dir is not None and not Path(checkpoints_dir).exists():
             raise EcgTraceError(f"checkpoint folder {checkpoints_dir} not found; train with `ecgtrace train` "
-                                "or leave --checkpoints out to use the classical paths")
+                                "or leave --checkpoints out to use the shipped weights")
         self.device = device
-        self.stage0 = Stage0(checkpoint=find_checkpoint(checkpoints_dir, 0), device=device)
-        self.stage1 = Stage1(checkpoint=find_checkpoint(checkpoints_dir, 1), device=device)
-        self.stage2 = Stage2(checkpoint=find_checkpoint(checkpoints_dir, 2), device=device, einthoven=einthoven)
+        src = [resolve_weights(k, checkpoints_dir, classical=classical) for k in range(3)]
+        self.stage0 = Stage0(checkpoint=src[0], device=device)
+        self.stage1 = Stage1(checkpoint=src[1], device=device)
+        self.stage2 = Stage2(checkpoint=src[2], device=device, einthoven=einthoven)
+
+    @property
+    def weights(self) -> dict[str, WeightsSource]:
+        """Where each stage's weights came from (after any fallback to the classical path)."""
+        return {"stage0": self.stage0.weights, "stage1": self.stage1.weights, "stage2": self.stage2.weights}
 
     def __call__(self, image: str | Path | np.ndarray, fs: float = 500.0, name: str | None = None,
                  n_samples: dict[str, int] | None = None) -> Result:
@@ -214,6 +239,7 @@ class Pipeline:
             "grid_confidence": _finite(rect.confidence),
             "lead_quality": dict(leads.quality),
             "method": {"stage0": norm.method, "stage1": rect.method, "stage2": leads.method},
+            "weights": {k: w.to_dict() for k, w in self.weights.items()},
             "messages": [m for m in (norm.message, rect.message) if m],
             "warnings": warnings,
             "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
@@ -235,13 +261,14 @@ _DEFAULT: dict[tuple, Pipeline] = {}
 
 
 def digitize(image: str | Path | np.ndarray, fs: float = 500.0, checkpoints: str | Path | None = None,
-             device: str = "cpu") -> Result:
+             device: str = "cpu", classical: bool = False) -> Result:
     """Digitize one ECG picture: ``ecgtrace.digitize("photo.jpg").signals`` is a DataFrame of the 12 leads.
 
-    ``checkpoints``: a folder with ``stage{0,1,2}_*.pth``; without it the classical paths run.
-    The pipeline is built once per (checkpoints, device) and reused.
+    ``checkpoints``: a folder with ``stage{0,1,2}_*.pth`` that overrides the shipped weights per stage;
+    ``classical=True`` runs the classical paths only. The pipeline is built once per
+    (checkpoints, device, classical) and reused.
     """
-    key = (str(checkpoints) if checkpoints else None, device)
+    key = (str(checkpoints) if checkpoints else None, device, bool(classical))
     if key not in _DEFAULT:
-        _DEFAULT[key] = Pipeline(checkpoints, device=device)
+        _DEFAULT[key] = Pipeline(checkpoints, device=device, classical=classical)
     return _DEFAULT[key](image, fs=fs)

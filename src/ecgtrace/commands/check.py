@@ -18,10 +18,11 @@ def register(subparsers) -> None:
         "check",
         help="show training status, test a checkpoint (--test) or list checkpoints (--list)",
         description="Without a flag: checkpoints found per stage, last epoch, best loss and when. --test CKPT: "
-                    "load it, verify keys, architecture and a forward pass, and say what is wrong if anything. "
+                    "load it (a training .pth or an exported/shipped .safetensors), verify keys, architecture and "
+                    "a forward pass, and say what is wrong if anything. "
                     "--list: every checkpoint with epoch, loss, size and date.",
     )
-    p.add_argument("--test", default=None, metavar="CKPT", help="checkpoint file to test")
+    p.add_argument("--test", default=None, metavar="CKPT", help="checkpoint (.pth) or .safetensors file to test")
     p.add_argument("--list", action="store_true", help="list all checkpoints")
     p.add_argument("--output-root", default="./outputs/", dest="output_root",
                    help="where the stage{K}_checkpoints folders are (default ./outputs/)")
@@ -126,7 +127,6 @@ class CheckReport:
 
 def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     """Load ``path``, check its keys, rebuild the recorded architecture, load the weights and run a forward pass."""
-    import numpy as np
     import torch
 
     from ecgtrace.models import checkpoint as mck
@@ -137,6 +137,8 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     if not p.is_file():
         return CheckReport(False, f"{p} does not exist; list checkpoints with `ecgtrace check --list`", lines)
     lines.append(f"File: {p} ({p.stat().st_size / 1e6:.1f} MB, {_date(p.stat().st_mtime)})")
+    if mck.is_inference_file(p):
+        return _test_inference_file(p, device, lines)
     try:
         state = mck.load_checkpoint(p)
     except EcgTraceError as e:
@@ -178,7 +180,19 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
                  f"{weights.channel_order} mean {list(weights.mean)} std {list(weights.std)}, "
                  f"heads {', '.join(weights.heads) or '?'}"
                  + ("" if mck.PRETRAINED_CFG_KEY in state else " (derived: the file predates pretrained_cfg)"))
-    h, w = weights.input_size
+    problem = _forward_check(model, weights.input_size, device, lines)
+    if problem:
+        return CheckReport(False, problem, lines)
+    return CheckReport(True, f"{p.name} is a valid stage {state.get('stage', '?')} checkpoint "
+                             f"(epoch {state['epoch']}, loss {_fmt(state['loss'])})", lines)
+
+
+def _forward_check(model: Any, input_size: tuple[int, int], device: str, lines: list[str]) -> str | None:
+    """Run a small forward pass; append its shapes to ``lines``; the problem, or None when it works."""
+    import numpy as np
+    import torch
+
+    h, w = input_size
     s = min(1.0, 256.0 / max(h, w))  # a small input is enough to prove the forward pass works
     hh, ww = max(32, int(h * s) // 32 * 32), max(32, int(w * s) // 32 * 32)
     model.to(device).eval()
@@ -187,14 +201,66 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
         with torch.no_grad():
             out = model(torch.zeros(1, 3, hh, ww, device=device))
     except Exception as e:  # noqa: BLE001 - the diagnosis is the point
-        return CheckReport(False, f"forward pass failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", lines)
+        return f"forward pass failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     outs = out if isinstance(out, dict) else {"output": out}
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outs.items())
     lines.append(f"Forward pass on 1x3x{hh}x{ww}: {shapes} in {time.time() - t0:.2f} s")
     if not all(bool(np.isfinite(v.float().cpu().numpy()).all()) for v in outs.values()):
-        return CheckReport(False, "forward pass gives NaN/inf; the weights are unusable", lines)
-    return CheckReport(True, f"{p.name} is a valid stage {state.get('stage', '?')} checkpoint "
-                             f"(epoch {state['epoch']}, loss {_fmt(state['loss'])})", lines)
+        return "forward pass gives NaN/inf; the weights are unusable"
+    return None
+
+
+def _test_inference_file(p: Path, device: str, lines: list[str]) -> CheckReport:
+    """``--test`` of an exported / shipped ``.safetensors``: metadata, sha256, architecture, forward pass."""
+    import torch
+
+    from ecgtrace.models import checkpoint as mck
+    from ecgtrace.models import shipped
+
+    try:
+        state = mck.read_inference_file(p)
+    except EcgTraceError as e:
+        return CheckReport(False, str(e), lines)
+    meta = state["metadata"]
+    weights = mck.pretrained_cfg_of(state)
+    sha = shipped.file_sha256(p)
+    lines.append(f"Inference file (safetensors): name {meta.get('name', '?')}, stage {_stage_text(weights.stage)}, "
+                 f"epoch {state['epoch']}, exported from {meta.get('source', '?')}")
+    lines.append(f"sha256 {sha}")
+    entry = next((e for e in shipped.read_manifest().weights.values() if e.path.resolve() == p.resolve()), None)
+    if entry is not None:
+        if entry.sha256 != sha:
+            return CheckReport(False, f"{p} is the shipped stage-{entry.stage} file but does not match the "
+                                      f"manifest's sha256 ({entry.sha256_prefix}); reinstall ecgtrace", lines)
+        lines.append(f"Shipped as stage {entry.stage} ({entry.name}); sha256 matches the manifest")
+    lines.append(f"Architecture: {weights.architecture or '?'} {weights.arch_kwargs}")
+    try:
+        model = mck.build_model(weights)
+    except (EcgTraceError, TypeError, ValueError, RuntimeError) as e:
+        return CheckReport(False, f"cannot rebuild the model of {p}: {e}", lines)
+    sd = state["model_state_dict"]
+    rep = mck.compare_state_dict(model, sd)
+    if not rep.ok:
+        return CheckReport(False, f"architecture mismatch: {rep.summary()}; the weights do not belong to the "
+                                  "recorded architecture (file edited or mixed up?)", lines)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        return CheckReport(False, f"{len(bad)} weight tensors hold NaN/inf (e.g. {bad[0]}); export again", lines)
+    model.load_state_dict(sd, strict=True)
+    n_params = sum(v.numel() for v in model.parameters())
+    lines.append(f"Weights: {len(sd)} tensors, {n_params:,} parameters, all match")
+    lines.append(f"Preprocessing: input {weights.input_size[0]}x{weights.input_size[1]} (h x w), "
+                 f"{weights.channel_order} mean {list(weights.mean)} std {list(weights.std)}, "
+                 f"heads {', '.join(weights.heads) or '?'}")
+    problem = _forward_check(model, weights.input_size, device, lines)
+    if problem:
+        return CheckReport(False, problem, lines)
+    return CheckReport(True, f"{p.name} is a valid stage {_stage_text(weights.stage)} inference file "
+                             f"({meta.get('name', '?')}, sha256 {sha[:shipped.SHA_PREFIX]})", lines)
+
+
+def _stage_text(stage: int | None) -> str:
+    return "?" if stage is None else str(stage)
 
 
 __all__ = ["register", "run", "test_checkpoint", "list_checkpoints", "status_lines", "CheckReport"]

@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ecgtrace.commands.models import add_weights_options
+
 
 def register(subparsers) -> None:
     """Add the ``demo`` subcommand."""
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.add_argument("--n-test", type=int, default=3, dest="n_test", help="test pages (default 3: one per variant)")
     p.add_argument("--variants", default="0001,0003,0005", help="variants to render (default 0001,0003,0005)")
-    p.add_argument("--checkpoints", default=None, help="folder with stage checkpoints (default: classical paths)")
+    add_weights_options(p)
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic data (default 7)")
     p.set_defaults(func=run)
 
@@ -45,12 +47,16 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     variants = check_variants(args.variants)
     data = out / "data"
+    pipe = Pipeline(args.checkpoints, classical=args.classical)
+    print("weights: " + "; ".join(f"stage {k[-1]} {w.label()}" for k, w in pipe.weights.items())
+          + ("" if any(w.uses_network for w in pipe.weights.values()) else
+             " (no weights ship with this install: `ecgtrace models`)" if not args.classical else ""))
     print(f"[1/4] rendering {args.n_test} test page(s), variants {','.join(variants)} -> {data}")
     write_dataset(data, n=0, n_test=args.n_test, variants=variants, seed=args.seed, workers=1, fs=500.0,
                   progress=False)
 
     print("[2/4] predicting the test split (stage 0 -> 1 -> 2)")
-    outcome = predict_split(data, "test", checkpoints=args.checkpoints, progress=True)
+    outcome = predict_split(data, "test", checkpoints=args.checkpoints, progress=True, classical=args.classical)
     sub_path = write_submission(outcome.submission, out / "submission.csv")
     for image_id, msg in outcome.failed.items():
         print(f"  FAILED {image_id} (scored as zeros): {msg.splitlines()[0]}")
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("[4/4] digitizing one picture with an overlay")
     first = sorted((data / "test").glob("*.png"))[0]
-    res = Pipeline(args.checkpoints)(first, fs=500.0)
+    res = pipe(first, fs=500.0)
     dig = out / "digitized"
     dig.mkdir(exist_ok=True)
     res.to_csv(dig / f"{res.name}.csv")

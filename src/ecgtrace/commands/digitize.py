@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ecgtrace.commands.models import add_weights_options
 from ecgtrace.errors import EcgTraceError
 
 EPILOG = """\
@@ -15,7 +16,7 @@ For each picture NAME.png it writes, in --output:
   NAME.csv           time_s + the 12 leads in mV (leads other than II only in their 2.5 s window)
   NAME.hea/NAME.dat  the same as a WFDB record (wfdb.rdrecord reads it; missing samples are NaN)
   NAME.json          what each stage found: orientation, confidence, grid error, per-lead quality,
-                     method and time per stage
+                     method, weights (name + sha256 prefix) and time per stage
   NAME_overlay.png   the extracted traces drawn on the original picture
 
 A picture that cannot be read (empty, unreadable, too small or too large, not an ECG) is
@@ -30,14 +31,16 @@ def register(subparsers) -> None:
         "digitize",
         help="turn ECG pictures into 12-lead signals (CSV, WFDB, JSON report, overlay)",
         description="Digitize pictures of 12-lead paper ECGs: stage 0 (normalize) -> 1 (rectify) -> 2 (extract). "
-                    "Uses models from --checkpoints where present (stage{0,1,2}_*.pth), classical methods otherwise.",
+                    "Per stage it uses a model from --checkpoints where present (stage{0,1,2}_*.pth), else the "
+                    "weights that ship with ecgtrace (`ecgtrace models`), else the classical method; --classical "
+                    "forces the classical methods.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="picture files and/or folders of pictures")
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
     p.add_argument("--fs", type=float, default=500.0, help="sampling rate of the output signals in Hz (default 500)")
-    p.add_argument("--checkpoints", default=None, help="folder with stage0/1/2 checkpoints (default: classical paths)")
+    add_weights_options(p)
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
     p.add_argument("--no-overlay", action="store_true", dest="no_overlay", help="skip the overlay pictures")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise EcgTraceError(f"no pictures found in {' '.join(args.images)} (looked for {', '.join(io.IMAGE_SUFFIXES)})")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline(args.checkpoints, device=args.device, einthoven=args.einthoven)
+    pipe = Pipeline(args.checkpoints, device=args.device, einthoven=args.einthoven, classical=args.classical)
     debug = getattr(args, "debug", False) or bool(os.environ.get("ECGTRACE_DEBUG"))
     used: set[str] = set()
     done, failed = [], []

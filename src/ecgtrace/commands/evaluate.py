@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ecgtrace.commands.models import add_weights_options
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.io import atomic_write, write_json
 
@@ -57,7 +58,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("digitize and score a folder of pages (instead of --pred/--truth)")
     g.add_argument("--data", help="folder in ECG-Image-Kit's output layout (or a folder of such folders, or a "
                                   "competition data set): every picture is digitized and scored against its record")
-    g.add_argument("--checkpoints", default=None, help="folder with stage{0,1,2}_*.pth (default: classical paths)")
+    add_weights_options(g)
     g.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     g.add_argument("--out", default=".", help="where evaluate_<folder name>.json goes (default: current folder)")
     g.add_argument("--fs-from-record", action="store_true", dest="fs_from_record",
@@ -365,8 +366,10 @@ def summarize_rows(rows: list[dict]) -> dict[str, Any]:
 
 def evaluate_data(folder: str | Path, checkpoints: str | Path | None = None, device: str = "cpu",
                   fs_from_record: bool = False, variants: list[str] | None = None, limit: int = 0,
-                  progress: bool = True, pages=None) -> dict[str, Any]:
+                  progress: bool = True, pages=None, classical: bool = False) -> dict[str, Any]:
     """Digitize and score every page of ``folder`` (ECG-Image-Kit layout, or a competition data set).
+
+    Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical.
 
     ``variants`` keeps only those sub-folders; ``limit`` keeps the first N pages of each. ``pages``
     (from :func:`ecgtrace.data.eik.find_pages`) skips reading the folder again. Returns the report:
@@ -396,7 +399,7 @@ def evaluate_data(folder: str | Path, checkpoints: str | Path | None = None, dev
             if count[p.subset] <= limit:
                 kept.append(p)
         pages = kept
-    pipe = Pipeline(checkpoints, device=device)
+    pipe = Pipeline(checkpoints, device=device, classical=classical)
     t0 = time.perf_counter()
     rows = []
     bar = tqdm(pages, desc=f"evaluate {folder.name}", unit="page", disable=not progress)
@@ -410,6 +413,7 @@ def evaluate_data(folder: str | Path, checkpoints: str | Path | None = None, dev
     return {
         "data": str(folder),
         "checkpoints": str(checkpoints) if checkpoints else None,
+        "weights": {k: w.to_dict() for k, w in pipe.weights.items()},
         "methods": rows[0]["methods"] if rows and rows[0]["methods"] else None,
         "fs_from_record": bool(fs_from_record),
         "n_pages": len(rows),
@@ -434,7 +438,10 @@ def format_data_report(rep: dict) -> str:
 
     head = (f"  {'folder':<12}{'pages':>6}{'score dB':>10}{'median':>8}{'refused':>8}{'crash':>6}{'s0?':>5}"
             f"{'s1?':>5}{'handled':>8}{'hdl dB':>8}{'s/page':>8}")
-    lines = [f"{rep['data']}: {rep['n_pages']} page(s), checkpoints {rep['checkpoints'] or 'none (classical)'}",
+    from ecgtrace.pipeline import weights_title
+
+    weights = weights_title(rep.get("weights")) or ("checkpoints " + (rep["checkpoints"] or "none (classical)"))
+    lines = [f"{rep['data']}: {rep['n_pages']} page(s), weights {weights}",
              "", "score per folder (dB, competition rule; s0?/s1? = stage 0/1 unsure; handled = both sure):", head]
     items = list(rep["per_subset"].items()) + [("overall", rep["overall"])]
     for name, r in items:
@@ -457,7 +464,7 @@ def run_data(args: argparse.Namespace) -> int:
     data = Path(args.data)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rep = evaluate_data(data, checkpoints=args.checkpoints, device=args.device, fs_from_record=args.fs_from_record,
-                        variants=variants, limit=args.limit)
+                        variants=variants, limit=args.limit, classical=args.classical)
     print(format_data_report(rep))
     name = data.resolve().name or "data"
     path = Path(args.out) / f"evaluate_{name}.json"

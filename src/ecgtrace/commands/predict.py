@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgtrace.commands.models import add_weights_options
 from ecgtrace.errors import EcgTraceError
 
 
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="test", help="split name: reads {split}.csv and {split}/{id}.png (default test)")
     p.add_argument("--output", "-o", default="submission.csv", help="submission file, .csv or .parquet "
                                                                     "(default submission.csv)")
-    p.add_argument("--checkpoints", default=None, help="folder with stage0/1/2 checkpoints (default: classical paths)")
+    add_weights_options(p)
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
@@ -53,8 +54,12 @@ def _find_image(folder: Path, image_id: str) -> Path | None:
 
 
 def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path | None = None,
-                  device: str = "cpu", einthoven: bool = False, limit: int = 0, progress: bool = True) -> PredictOutcome:
-    """Digitize every image listed in ``DATA/{split}.csv``; returns the submission table and per-image reports."""
+                  device: str = "cpu", einthoven: bool = False, limit: int = 0, progress: bool = True,
+                  classical: bool = False) -> PredictOutcome:
+    """Digitize every image listed in ``DATA/{split}.csv``; returns the submission table and per-image reports.
+
+    Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical.
+    """
     from tqdm import tqdm
 
     from ecgtrace.pipeline import Pipeline
@@ -70,7 +75,7 @@ def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path
     if limit > 0:
         ids = ids[:limit]
         test_df = test_df[test_df["id"].astype(str).isin(ids)].reset_index(drop=True)
-    pipe = Pipeline(checkpoints, device=device, einthoven=einthoven)
+    pipe = Pipeline(checkpoints, device=device, einthoven=einthoven, classical=classical)
     preds: dict[str, dict[str, np.ndarray]] = {}
     out = PredictOutcome(submission=pd.DataFrame(), n_images=len(ids))
     t0 = time.time()
@@ -100,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     """Predict, validate and write the submission."""
     from ecgtrace.submission import read_test_csv, validate_submission, write_submission
 
-    outcome = predict_split(args.data, args.split, args.checkpoints, args.device, args.einthoven, args.limit)
+    outcome = predict_split(args.data, args.split, args.checkpoints, args.device, args.einthoven, args.limit,
+                            classical=args.classical)
     test_df = read_test_csv(Path(args.data) / f"{args.split}.csv")
     if args.limit > 0:
         keep = list(dict.fromkeys(test_df["id"].astype(str)))[: args.limit]

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ecgtrace.commands.models import add_weights_options
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.io import atomic_write
 
@@ -21,10 +22,11 @@ def register(subparsers) -> None:
                     "lattice and writes rectified.png (the page resampled so the grid is the canonical lattice), "
                     "lattice_overlay.png (the fitted lattice and detected nodes on the input) and rectify_map.npy "
                     "(float32 H x W x 2: for each rectified pixel, its x, y in the input). Prints the residual grid "
-                    "error. Without --checkpoint the classical path (grid periodicity) is used. Pages without a "
-                    "visible grid are passed through unrectified and flagged.",
+                    "error. Without --checkpoint the shipped weights are used, else (or with --classical) the classical "
+                    "path (grid periodicity). Pages without a visible grid are passed through unrectified and "
+                    "flagged.",
     )
-    p.add_argument("--checkpoint", default=None, help="stage 1 checkpoint (.pth); omit for the classical path")
+    add_weights_options(p, single_stage=1)
     p.add_argument("--image", required=True, help="input page (stage 0 output, ~2200x1700)")
     p.add_argument("--output", default="./outputs/inference/", help="output folder (default ./outputs/inference/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -51,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     img = cv2.imread(str(src), cv2.IMREAD_COLOR)
     if img is None:
         raise EcgTraceError(f"cannot read {src} as an image; give a PNG or JPEG file")
-    stage = Stage1(checkpoint=args.checkpoint, device=args.device, refine=not args.no_refine)
+    from ecgtrace.models.shipped import resolve_weights
+
+    source = resolve_weights(1, args.checkpoint, classical=args.classical)
+    stage = Stage1(checkpoint=source, device=args.device, refine=not args.no_refine)
     rect = stage(img)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         np.save(tmp, rect.map_xy)  # tmp ends in .npy, so np.save keeps its name
     if rect.ok:
         print(f"Grid error: {rect.grid_error_px:.2f} px (held-out nodes, canonical px); confidence "
-              f"{rect.confidence:.2f}; method {rect.method}")
+              f"{rect.confidence:.2f}; method {rect.method}; weights {stage.weights.label()}")
         print(rect.message)
     else:
-        print(f"Not rectified (method {rect.method}): {rect.message}")
+        print(f"Not rectified (method {rect.method}, weights {stage.weights.label()}): {rect.message}")
     print(f"Wrote {out / 'rectified.png'}, {out / 'lattice_overlay.png'} and {out / 'rectify_map.npy'}")
     return 0

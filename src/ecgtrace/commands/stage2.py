@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ecgtrace.commands.models import add_weights_options
 from ecgtrace.errors import EcgTraceError
 
 
@@ -18,9 +19,9 @@ def register(subparsers) -> None:
                     "and cuts the 12 leads. Writes signals.csv (time_s + 12 leads, each lead only in its own "
                     "window, lead II the full rhythm strip), trace_overlay.png (where each row was read, on the "
                     "page) and signals.png (the 12 leads plotted). Prints each lead's quality. Without "
-                    "--checkpoint the classical reader is used.",
+                    "--checkpoint the shipped weights are used, else (or with --classical) the classical reader.",
     )
-    p.add_argument("--checkpoint", default=None, help="stage 2 checkpoint (.pth); omit for the classical reader")
+    add_weights_options(p, single_stage=2)
     p.add_argument("--image", required=True, help="rectified page (stage 1 output)")
     p.add_argument("--output", default="./outputs/inference/", help="output folder (default ./outputs/inference/)")
     p.add_argument("--fs", type=float, default=500.0, help="sampling rate of the output in Hz (default 500)")
@@ -38,17 +39,21 @@ def run(args: argparse.Namespace) -> int:
     if not (args.fs > 0):
         raise EcgTraceError(f"--fs must be a positive number of Hz, got {args.fs}")
     img = io.read_image(args.image)
-    stage = Stage2(checkpoint=args.checkpoint, device=args.device, einthoven=args.einthoven)
+    from ecgtrace.models.shipped import resolve_weights
+
+    source = resolve_weights(2, args.checkpoint, classical=args.classical)
+    stage = Stage2(checkpoint=source, device=args.device, einthoven=args.einthoven)
     leads = stage(img, args.fs)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     df = signals_frame(leads.signals, leads.fs)
     io.write_signals_csv(df, out / "signals.csv")
-    io.write_image(io.draw_overlay(img, leads.traces_px, title=f"stage 2: {leads.method}"), out / "trace_overlay.png")
+    title = f"stage 2: {leads.method}, weights {stage.weights.label()}"
+    io.write_image(io.draw_overlay(img, leads.traces_px, title=title), out / "trace_overlay.png")
     io.plot_signals(df, leads.fs, out / "signals.png", title=f"{Path(args.image).name} ({leads.method})")
     ok = [k for k, q in leads.quality.items() if q == "ok"]
-    print(f"Read {len(leads.signals)}/12 leads with the {leads.method} reader at {leads.fs:g} Hz; "
-          f"{len(ok)} ok")
+    print(f"Read {len(leads.signals)}/12 leads with the {leads.method} reader (weights {stage.weights.label()}) "
+          f"at {leads.fs:g} Hz; {len(ok)} ok")
     for lead, q in leads.quality.items():
         if q != "ok":
             print(f"  {lead}: {q}")

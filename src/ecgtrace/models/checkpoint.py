@@ -10,10 +10,16 @@ input size, mean / std and channel order the network was trained on, and its hea
 names. Inference takes its preprocessing from there. Checkpoints from before it
 existed get the same description derived from their ``arch`` and ``config`` entries
 (:func:`pretrained_cfg_of`).
+
+Inference-only files (``.safetensors``, written by ``ecgtrace export``; the weights that
+ship with the package are such files) hold the fp16 weights and, in their metadata, the
+same ``pretrained_cfg`` as JSON: a lone file describes itself. :func:`load_model` reads
+both kinds.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +34,10 @@ from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB
 
 #: Key of the weights description in a checkpoint dict.
 PRETRAINED_CFG_KEY = "pretrained_cfg"
+#: Suffix of inference-only weights files (safetensors: plain tensors + string metadata, no pickle).
+INFERENCE_SUFFIX = ".safetensors"
+#: Version of the metadata layout of the inference files this code writes.
+INFERENCE_FORMAT = 1
 #: ``MODEL.INPUT_SIZE`` of a config that does not say (the config default, for very old files).
 _DEFAULT_INPUT_SIZE = (1152, 1440)
 
@@ -116,7 +126,10 @@ def diagnose_load_error(path: Path, err: BaseException) -> str:
         return f"{path} cannot be read ({e}); check the file permissions"
     if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
         return f"{path} is not a torch checkpoint (it starts with {head!r}); give a .pth written by `ecgtrace train`"
-    if "central directory" in msg or "failed reading zip" in msg or isinstance(err, (EOFError, zipfile.BadZipFile)):
+    # a zip whose end record is gone (cut short) fails in torch with varying messages (even EINVAL)
+    cut_zip = head[:2] == b"PK" and not zipfile.is_zipfile(path)
+    if (cut_zip or "central directory" in msg or "failed reading zip" in msg
+            or isinstance(err, (EOFError, zipfile.BadZipFile))):
         return (f"{path} is truncated or corrupt ({size:,} bytes; {msg[:120]}); the copy or save did not finish: "
                 "copy it again or use an earlier stage*_epoch_*.pth")
     if "Weights only load failed" in msg or "Unsupported global" in msg:
@@ -148,8 +161,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
+def is_inference_file(path: str | Path) -> bool:
+    """True for an inference-only weights file (``.safetensors``)."""
+    return Path(path).suffix.lower() == INFERENCE_SUFFIX
+
+
+def read_inference_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``.safetensors`` weights file as a checkpoint-like dict; failures are one-line errors.
+
+    Returns ``model_state_dict`` (floating tensors cast to float32: the file stores fp16),
+    ``pretrained_cfg`` (from the file's metadata), ``epoch`` and ``metadata`` (all string entries).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise EcgTraceError(f"weights file {p} not found; export one with `ecgtrace export CKPT --out FILE`")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - every failure gets one diagnosis line
+        size = p.stat().st_size
+        msg = f"{e}".splitlines()[0][:120] if str(e) else type(e).__name__
+        what = "is empty (0 bytes)" if size == 0 else f"is truncated or not a safetensors file ({size:,} bytes; {msg})"
+        raise EcgTraceError(f"{p} {what}; copy it again or export it again with `ecgtrace export CKPT --out FILE`") from e
+    if PRETRAINED_CFG_KEY not in meta:
+        raise EcgTraceError(f"{p} is a safetensors file without a pretrained_cfg (not written by `ecgtrace export`); "
+                            "export the training checkpoint with `ecgtrace export CKPT --out FILE`")
+    try:
+        cfg = json.loads(meta[PRETRAINED_CFG_KEY])
+        PretrainedCfg.from_dict(cfg)
+    except (ValueError, TypeError) as e:
+        raise EcgTraceError(f"{p}: its pretrained_cfg metadata is not valid ({e}); export the checkpoint again") from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return {"model_state_dict": state, PRETRAINED_CFG_KEY: cfg, "epoch": int(meta.get("epoch", 0) or 0),
+            "stage": cfg.get("stage"), "metadata": meta}
+
+
+def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint (``.pth``, :func:`load_checkpoint`) or an inference file (:func:`read_inference_file`)."""
+    return read_inference_file(path) if is_inference_file(path) else load_checkpoint(path, map_location)
+
+
 def find_checkpoint(checkpoints: str | Path | None, stage: int) -> Path | None:
-    """The ``stage{stage}_*.pth`` to use from a folder (``*best*`` first, else the newest), or the file itself.
+    """The ``stage{stage}_*.pth`` (or exported ``stage{stage}*.safetensors``) to use from a folder
+    (``*best*`` first, else the newest), or the file itself.
 
     None when ``checkpoints`` is None or the folder holds none for this stage.
     """
@@ -162,6 +219,7 @@ def find_checkpoint(checkpoints: str | Path | None, stage: int) -> Path | None:
         raise EcgTraceError(f"checkpoint folder {p} not found; pass --checkpoints DIR holding stage{stage}_*.pth, "
                             "or leave it out")
     cands = sorted(p.glob(f"stage{stage}_*.pth")) + sorted(p.glob(f"stage{stage}_checkpoints/*.pth"))
+    cands += sorted(p.glob(f"stage{stage}{INFERENCE_SUFFIX}")) + sorted(p.glob(f"stage{stage}_*{INFERENCE_SUFFIX}"))
     if not cands:
         return None
     best = [c for c in cands if "best" in c.name]
@@ -242,12 +300,13 @@ class LoadedModel:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", stage: int | None = None,
                heads: tuple[str, ...] = ()) -> LoadedModel:
-    """Rebuild the network a checkpoint describes, load its weights (strict), eval mode.
+    """Rebuild the network a checkpoint (``.pth``) or an exported ``.safetensors`` file describes,
+    load its weights (strict), eval mode.
 
     ``stage`` / ``heads``: what the caller needs; a checkpoint of another stage, or one
     whose network lacks a head, is a one-line error that says which file to give.
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = load_weights_file(path, map_location="cpu")
     cfg = pretrained_cfg_of(ckpt)
     if stage is not None and cfg.stage is not None and cfg.stage != stage:
         raise EcgTraceError(f"{path} is a stage {cfg.stage} checkpoint; give a stage {stage} checkpoint "

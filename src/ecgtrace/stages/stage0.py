@@ -29,9 +29,10 @@ import torch
 
 from ecgtrace import io, orient
 from ecgtrace.geometry import apply_homography, resize_matrix
-from ecgtrace.models.checkpoint import LoadedModel, load_checkpoint, load_model
+from ecgtrace.models.checkpoint import LoadedModel, is_inference_file, load_checkpoint, load_model
 from ecgtrace.models.device import resolve_device
 from ecgtrace.models.preprocess import resize_to_input, to_chw
+from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
 from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
 from ecgtrace.stages.base import NormalizedPage, StageError
@@ -193,18 +194,23 @@ class Stage0:
     """Normalize an ECG picture: upright, on the canonical page.
 
     Args:
-        checkpoint: a stage-0 ``.pth`` from ``ecgtrace train --stage 0``; None = classical path.
+        checkpoint: a stage-0 ``.pth`` from ``ecgtrace train --stage 0`` (or an exported ``.safetensors``),
+            a :class:`~ecgtrace.models.shipped.WeightsSource` (the shipped weights), or None = classical path.
         device: torch device for the network.
         flip_tta: also run the mirrored image and average (slower, a little more robust).
+
+    ``weights`` says where the weights came from (``kind`` "classical" when no network runs).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", flip_tta: bool = False) -> None:
-        self.checkpoint = str(checkpoint) if checkpoint else None
+    def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
+                 flip_tta: bool = False) -> None:
         self.device = str(resolve_device(device, "stage 0"))
         self.flip_tta = bool(flip_tta)
-        self.net: LoadedModel | None = None
-        if self.checkpoint:
-            self.net = load_model(self.checkpoint, self.device, stage=0, heads=(MARKER_HEAD, ORIENT_HEAD))
+        self.net: LoadedModel | None
+        self.net, self.weights = open_weights(
+            as_source(checkpoint, 0),
+            lambda p: load_model(p, self.device, stage=0, heads=(MARKER_HEAD, ORIENT_HEAD)))
+        self.checkpoint = str(self.weights.path) if self.net is not None else None
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -427,8 +433,10 @@ class ECGModelLoader:
     ``path=None`` uses the classical path (no network).
     """
 
-    def __init__(self, checkpoint_path: str | Path | None, device: str = "cpu", flip_tta: bool = False) -> None:
-        self.checkpoint_path = str(checkpoint_path) if checkpoint_path else None
+    def __init__(self, checkpoint_path: str | Path | WeightsSource | None, device: str = "cpu",
+                 flip_tta: bool = False) -> None:
+        self.source = as_source(checkpoint_path, 0)
+        self.checkpoint_path = str(self.source.path) if self.source.path else None
         self.device = str(resolve_device(device, "stage 0"))
         self.flip_tta = flip_tta
         self._stage: Stage0 | None = None
@@ -437,9 +445,11 @@ class ECGModelLoader:
     def load_model(self) -> tuple[Any, dict[str, Any]]:
         """Build the network and load the weights; returns (model in eval mode, training config dict)."""
         if self._stage is None:
-            self._stage = Stage0(self.checkpoint_path, device=self.device, flip_tta=self.flip_tta)
-            if self.checkpoint_path:
-                self.config = dict(load_checkpoint(self.checkpoint_path).get("config") or {})
+            self._stage = Stage0(self.source, device=self.device, flip_tta=self.flip_tta)
+            if self._stage.net is not None and not is_inference_file(self._stage.checkpoint):
+                self.config = dict(load_checkpoint(self._stage.checkpoint).get("config") or {})
+            elif self._stage.net is not None:  # an inference file keeps no training config, only its description
+                self.config = {"pretrained_cfg": self._stage.net.cfg.to_dict()}
         return self._stage.model, self.config
 
     def inference(self, image_path: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -460,6 +470,7 @@ class ECGModelLoader:
             "homography": page.homography,
             "normalized_image": page.image,
             "method": page.method,
+            "weights": self._stage.weights.label(),
             "ok": page.ok,
             "message": page.message,
         }

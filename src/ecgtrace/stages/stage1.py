@@ -26,6 +26,7 @@ from ecgtrace.geometry import apply_homography, identity_map, remap
 from ecgtrace.io import as_bgr
 from ecgtrace.models.checkpoint import LoadedModel
 from ecgtrace.models.device import resolve_device
+from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
 from ecgtrace.models.stage1 import load_stage1, predict_grid
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
@@ -58,7 +59,8 @@ class Stage1:
     """Grid detection and page rectification.
 
     Args:
-        checkpoint: a ``stage1_*.pth`` file; ``None`` uses the classical path.
+        checkpoint: a ``stage1_*.pth`` file (or an exported ``.safetensors``), a
+            :class:`~ecgtrace.models.shipped.WeightsSource` (the shipped weights); ``None`` uses the classical path.
         device: torch device for the network.
         page: output geometry (canonical 2200 x 1700 by default).
         method: ``"auto"`` (network if a checkpoint is given, else classical), ``"model"`` or ``"classical"``.
@@ -66,17 +68,17 @@ class Stage1:
             network's lattice (classical sub-pixel measurement, network's indices).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", page: Page = CANONICAL,
-                 method: str = "auto", refine: bool = True) -> None:
+    def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
+                 page: Page = CANONICAL, method: str = "auto", refine: bool = True) -> None:
         if method not in ("auto", "model", "classical"):
             raise EcgTraceError(f"unknown stage-1 method {method!r}; use auto, model or classical")
         self.page = page
         self.device = str(resolve_device(device, "stage 1"))
         self.refine = refine
         self.net: LoadedModel | None = None
-        if checkpoint is not None and method != "classical":
-            self.net = load_stage1(checkpoint, self.device)
-        elif method == "model":
+        self.weights = as_source(None if method == "classical" else checkpoint, 1)
+        self.net, self.weights = open_weights(self.weights, lambda p: load_stage1(p, self.device))
+        if self.net is None and method == "model":
             raise EcgTraceError("stage 1 method 'model' needs a checkpoint; pass --checkpoint stage1_best.pth")
         self.method = "model" if self.net is not None else "classical"
 

@@ -16,6 +16,7 @@ import numpy as np
 from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.device import resolve_device
+from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
 from ecgtrace.models.stage2 import Stage2Model, load_stage2
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
@@ -55,22 +56,24 @@ class Stage2:
     """Rectified page -> :class:`LeadSignals`.
 
     ``Stage2(checkpoint=None)`` uses the classical reader; a checkpoint path (a
-    ``stage2_*.pth`` file) loads the learned model. ``einthoven`` switches on the soft
-    Einthoven correction (see :func:`einthoven_correct`).
+    ``stage2_*.pth`` file or an exported ``.safetensors``) or a
+    :class:`~ecgtrace.models.shipped.WeightsSource` (the shipped weights) loads the learned
+    model; ``weights`` says which. ``einthoven`` switches on the soft Einthoven correction
+    (see :func:`einthoven_correct`).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", einthoven: bool = False,
-                 params: trace.ClassicalParams | None = None) -> None:
+    def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
+                 einthoven: bool = False, params: trace.ClassicalParams | None = None) -> None:
         self.device = str(resolve_device(device, "stage 2"))
         self.einthoven = einthoven
         self.params = params or trace.ClassicalParams()
-        self.model: Stage2Model | None = None
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        if self.checkpoint is not None:
-            if not self.checkpoint.is_file():
-                raise EcgTraceError(f"stage-2 checkpoint {self.checkpoint} not found; train one with "
-                                    "`ecgtrace train --stage 2` or leave --checkpoints out")
-            self.model = load_stage2(self.checkpoint, device=self.device)
+        source = as_source(checkpoint, 2)
+        if source.kind == "checkpoint" and not source.path.is_file():
+            raise EcgTraceError(f"stage-2 checkpoint {source.path} not found; train one with "
+                                "`ecgtrace train --stage 2` or leave --checkpoints out")
+        self.model: Stage2Model | None
+        self.model, self.weights = open_weights(source, lambda p: load_stage2(p, device=self.device))
+        self.checkpoint = self.weights.path if self.model is not None else None
 
     @property
     def method(self) -> str:

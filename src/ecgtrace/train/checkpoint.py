@@ -28,7 +28,8 @@ import torch
 
 from ecgtrace.config import Config, flatten, set_key
 from ecgtrace.io import atomic_write
-from ecgtrace.models.checkpoint import build_model, load_checkpoint, load_weights, pretrained_cfg_of
+from ecgtrace.models.checkpoint import build_model, load_checkpoint, pretrained_cfg_of
+from ecgtrace.models.shipped import load_init_weights
 from ecgtrace.train.tasks import get_task
 
 __all__ = ["load_checkpoint"]  # the resume path reads checkpoints with the inference reader
@@ -140,7 +141,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
     return get_task(int(ckpt.get("stage", config.STAGE))).build_model(config)
 
 
-def init_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load the weights of checkpoint ``path`` into ``model`` (fine-tuning); a mismatch is a one-line error."""
-    load_weights(model, load_checkpoint(path, map_location="cpu"), f"MODEL.INIT={path} does not fit this model",
-                 "use the MODEL.* settings it was trained with (`ecgtrace check --test CKPT` prints them)")
+def init_weights(model: torch.nn.Module, path: str | Path, stage: int | None = None) -> Path:
+    """Load ``MODEL.INIT`` into ``model`` (fine-tuning): a ``.pth`` checkpoint, an exported ``.safetensors``, or
+    ``"shipped"`` (the weights that ship for ``stage``). Returns the file used; a mismatch is a one-line error."""
+    return load_init_weights(model, str(path), stage)

@@ -314,8 +314,8 @@ def fit(cfg: Any, task: Task | str | None = None, resume: bool = False,
 
         init = str(getattr(cfg.MODEL, "INIT", "") or "")
         if init and not resumed_from:  # a resumed run continues its own weights
-            ck.init_weights(_unwrap(model), init)
-            log(f"Initialised weights from {init}")
+            used = ck.init_weights(_unwrap(model), init, stage)
+            log(f"Initialised weights from {init}" + (f" ({used})" if str(used) != init else ""))
 
         # -- epochs ------------------------------------------------------------------------------
         log_every = 1 if debug else max(1, int(cfg.TRAIN.LOG_EVERY))

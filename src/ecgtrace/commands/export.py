@@ -1,0 +1,132 @@
+"""``ecgtrace export``: a training checkpoint -> an inference-only fp16 ``.safetensors`` file (or the shipped one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ecgtrace.errors import EcgTraceError
+
+
+def register(subparsers) -> None:
+    """Add the ``export`` subcommand."""
+    p = subparsers.add_parser(
+        "export",
+        help="turn a training checkpoint into an inference-only .safetensors file (or ship it with --ship)",
+        description="Export a training checkpoint (.pth from `ecgtrace train`) as an inference-only file: fp16 "
+                    "weights, no optimizer state, the weights description (architecture, input size, "
+                    "normalisation, heads) in its metadata. Any command that takes --checkpoint(s) reads it. "
+                    "--ship writes it as the package's stage{K}.safetensors instead and updates the manifest "
+                    "(ecgtrace/weights/manifest.json, or $ECGTRACE_WEIGHTS_DIR).",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="training checkpoint (.pth) or an exported .safetensors")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--out", default=None, metavar="FILE", help="output file (.safetensors)")
+    g.add_argument("--ship", action="store_true",
+                   help="write the shipped stage{K}.safetensors and its manifest entry (replaces the old one)")
+    p.add_argument("--name", default=None, help="name of the weights (default: stage, encoder, input size, epoch)")
+    p.add_argument("--recipe", default=None, metavar="TEXT",
+                   help="with --ship: the data recipe it was trained on (default: from the checkpoint's config)")
+    p.add_argument("--train-command", default=None, dest="train_command", metavar="TEXT",
+                   help="with --ship: the training command (default: `ecgtrace train --stage K` + the recorded "
+                        "MODEL.* settings)")
+    p.add_argument("--commit", default=None, help="with --ship: the commit it was trained at (default: git HEAD)")
+    p.add_argument("--figures", default=None, metavar="JSON_FILE",
+                   help="with --ship: a JSON file of bench figures to record (transfer bench per variant, own "
+                        "bench, time per picture ...)")
+    p.set_defaults(func=run)
+
+
+def _git_head() -> str:
+    """The commit of the source tree ecgtrace runs from, or "" outside a git clone."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _recorded(ckpt_path: str) -> tuple[str, str]:
+    """(training command, data recipe) reconstructed from a checkpoint's config (best effort)."""
+    from ecgtrace.models.checkpoint import is_inference_file, load_checkpoint
+
+    if is_inference_file(ckpt_path):
+        return "", ""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt.get("config") or {}
+    model, data = cfg.get("MODEL") or {}, cfg.get("DATA") or {}
+    bb = model.get("BACKBONE") or {}
+    parts = [f"ecgtrace train --stage {ckpt.get('stage', cfg.get('STAGE', '?'))}"]
+    if bb.get("NAME"):
+        parts.append(f"MODEL.BACKBONE.NAME={bb['NAME']}")
+    for key in ("INPUT_SIZE", "DECODER_CHANNELS"):
+        if model.get(key):
+            parts.append(f"'MODEL.{key}={json.dumps(model[key]).replace(' ', '')}'")
+    epochs = (cfg.get("TRAIN") or {}).get("EPOCHS")
+    if epochs:
+        parts.append(f"TRAIN.EPOCHS={epochs}")
+    if model.get("INIT"):
+        parts.append(f"MODEL.INIT={model['INIT']}")
+    variants = ",".join(str(v) for v in data.get("VARIANTS") or []) or "all"
+    root = data.get("ROOT") or ""
+    recipe = (f"DATA.ROOT={root}, variants {variants}" + (f", synthetic pages on the fly when ROOT holds none "
+                                                          f"({data.get('SYNTHETIC_PER_EPOCH')}/epoch)"
+                                                          if data.get("SYNTHETIC") else ""))
+    return " ".join(parts), recipe
+
+
+def _read_figures(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        figs = json.loads(p.read_text())
+    except OSError as e:
+        raise EcgTraceError(f"cannot read --figures {p}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise EcgTraceError(f"--figures {p} is not valid JSON ({e})") from e
+    if not isinstance(figs, dict):
+        raise EcgTraceError(f"--figures {p} must hold a JSON object (name -> figure), not a {type(figs).__name__}")
+    return figs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export (or ship) and print size, parameter count and sha256."""
+    from ecgtrace.models import shipped
+
+    if not args.ship and any(v is not None for v in (args.recipe, args.train_command, args.commit, args.figures)):
+        raise EcgTraceError("--recipe, --train-command, --commit and --figures go into the manifest: use them "
+                            "with --ship")
+    if not Path(args.checkpoint).is_file():
+        raise EcgTraceError(f"checkpoint {args.checkpoint} not found; list checkpoints with `ecgtrace check --list`")
+    if args.ship:
+        figures = _read_figures(args.figures)
+        command, recipe = _recorded(args.checkpoint)
+        trained = {"command": args.train_command or command, "data": args.recipe or recipe,
+                   "commit": args.commit if args.commit is not None else _git_head(),
+                   "checkpoint": Path(args.checkpoint).name}
+        entry = shipped.ship_weights(args.checkpoint, name=args.name, trained=trained, figures=figures)
+        total = shipped.folder_size(entry.folder)
+        print(f"shipped stage {entry.stage}: {entry.path} ({entry.size_bytes / 1e6:.1f} MB, "
+              f"{entry.parameters:,} parameters)")
+        print(f"  name {entry.name}, sha256 {entry.sha256}")
+        print(f"  manifest {entry.folder / shipped.MANIFEST_NAME} updated; weights folder {total / 1e6:.1f} MB "
+              f"of the {shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget")
+        if total > shipped.SIZE_BUDGET_BYTES:
+            print(f"WARNING: the shipped weights ({total / 1e6:.1f} MB) exceed the "
+                  f"{shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget; ship a smaller model")
+        if not figures:
+            print("  no --figures given: `ecgtrace models` shows none for it")
+        return 0
+    res = shipped.export_weights(args.checkpoint, args.out, name=args.name)
+    print(f"wrote {res.path}: stage {res.stage if res.stage is not None else '?'}, {res.name}, "
+          f"{res.size_bytes / 1e6:.1f} MB, {res.parameters:,} parameters")
+    print(f"  sha256 {res.sha256}")
+    if res.fp32_tensors:
+        print(f"  {len(res.fp32_tensors)} tensor(s) beyond the fp16 range kept in float32 "
+              f"(e.g. {res.fp32_tensors[0]})")
+    return 0
