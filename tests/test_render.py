@@ -15,6 +15,7 @@ from ecgtrace.paper import (
     CANONICAL,
     LEADS,
     MARKERS,
+    PEN_OFFSET_PX,
     RHYTHM_KEY,
     ROW_BASELINES_MV,
     Page,
@@ -27,6 +28,11 @@ def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - est) ** 2), 1e-30)))
 
 
+def true_px(gt: GroundTruth, page: Page, poly: np.ndarray) -> np.ndarray:
+    """A GT polyline (where the pen drew) moved back by the pen offset (half a *source* px) to the true line."""
+    return poly - PEN_OFFSET_PX * page.dpi / float(gt.extra["source_dpi"])
+
+
 def round_trip(gt: GroundTruth, signals, fs, page) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """GT polylines -> paper.px_to_lead -> (input mV, read-back mV) per trace; checks the times too."""
     out = {}
@@ -34,6 +40,7 @@ def round_trip(gt: GroundTruth, signals, fs, page) -> dict[str, tuple[np.ndarray
     for key, poly in gt.traces.items():
         lead = "II" if key == RHYTHM_KEY else key
         i0, i1 = window_indices(key, fs, n)
+        poly = true_px(gt, page, poly)
         t, mv = page.px_to_lead(key, poly[:, 0], poly[:, 1])
         np.testing.assert_allclose(t, np.arange(i0, i1) / fs, atol=1 / 32 / page.px_per_s + 1e-9)
         out[key] = (signals[lead][i0:i1], mv)
@@ -185,6 +192,7 @@ def test_random_styles_round_trip_and_ink(seed):
     n = len(sig["II"])
     for key, poly in gt.traces.items():  # any source dpi: the error is 1/32 px of the *source* page
         i0, i1 = window_indices(key, 500, n)
+        poly = true_px(gt, page, poly)
         _, mv = page.px_to_lead(key, poly[:, 0], poly[:, 1])
         ref = sig["II" if key == RHYTHM_KEY else key][i0:i1]
         assert np.abs(mv - ref).max() <= (k / 32 + 1e-6) / page.px_per_mv
@@ -259,13 +267,14 @@ def test_lead_switch_marks(mark):
             x = int(round(page.column_x(col)))
             below = ink[int(b + (0.5 if mark == "bar" else 0.7) * page.px_per_mv), x - 1:x + 2]
             above = ink[int(b - 0.1 * page.px_per_mv), x]
-            on_trace = ink[int(round(b)), x - 1:x + 2]
+            pen = int(round(b + PEN_OFFSET_PX))  # the row where the pen drew the flat trace
+            on_trace = ink[pen, x - 1:x + 2]
             if mark == "bar":
                 assert below.min() > 150 and ink[int(b + 0.5 * page.px_per_mv), x - 5] < 60
             elif mark == "tick":
                 assert below.max() < 60 and ink[int(b - 0.3 * page.px_per_mv), x] > 100
             elif mark == "gap":
-                assert on_trace.max() < 60 and ink[int(round(b)), x - 8] > 100
+                assert on_trace.max() < 60 and ink[pen, x - 8] > 100
             else:
                 assert below.max() < 60 and above < 60 and on_trace.min() > 100
 

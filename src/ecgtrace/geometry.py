@@ -121,3 +121,11 @@ def rectified_to_original(pts: np.ndarray, map_xy: np.ndarray | None, homography
     if homography is not None:
         p = apply_homography(np.linalg.inv(np.asarray(homography, dtype=np.float64)), p)
     return p
+
+
+def rectified_px_size(map_xy: np.ndarray | None, homography: np.ndarray | None, at: tuple[float, float]) -> float:
+    """Original-photo px per rectified px near the rectified point ``at`` (the mean of the x and y
+    stretch of :func:`rectified_to_original` over one pixel)."""
+    x, y = float(at[0]), float(at[1])
+    p = rectified_to_original(np.array([[x - 0.5, y], [x + 0.5, y], [x, y - 0.5], [x, y + 0.5]]), map_xy, homography)
+    return float(0.5 * (np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[3] - p[2])))

@@ -50,6 +50,7 @@ from ecgtrace.paper import (
     MARKERS,
     N_COLUMNS,
     N_ROWS,
+    PEN_OFFSET_PX,
     RHYTHM_KEY,
     RHYTHM_LEAD,
     ROW_BASELINES_MV,
@@ -541,8 +542,14 @@ def _draw_footer(img: np.ndarray, page: Page, style: RenderStyle, rng: np.random
 
 # --- traces --------------------------------------------------------------------------
 def _fixed(x: np.ndarray, y: np.ndarray, page: Page) -> np.ndarray:
-    """(N, 2) int32 OpenCV fixed-point (1/16 px) vertices, clipped to the page."""
+    """(N, 2) int32 OpenCV fixed-point (1/16 px) vertices of a pen line, clipped to the page.
+
+    Moved by :data:`~ecgtrace.paper.PEN_OFFSET_PX`: the pen draws where matplotlib (ECG-Image-Kit)
+    would, half a pixel up and left of the true position, while the grid stays on its lines.
+    """
     h, w = page.size
+    x = np.asarray(x, dtype=np.float64) + PEN_OFFSET_PX
+    y = np.asarray(y, dtype=np.float64) + PEN_OFFSET_PX
     xy = np.stack([np.clip(x, 0.0, w - 1.0), np.clip(y, 0.0, h - 1.0)], axis=1)
     return np.rint(xy * 16.0).astype(np.int32)
 
@@ -707,7 +714,7 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
         # Many samples fall within one pixel; drawing every one is slow (AA thick segments) and
         # invisible. Douglas-Peucker keeps the drawn curve within DRAW_TOL_PX of the GT polyline.
         polys.append(cv2.approxPolyDP(pts.reshape(-1, 1, 2), DRAW_TOL_PX * 16.0, False).reshape(-1, 2))
-        traces[key] = pts.astype(np.float64) * (k / 16.0)  # exactly what is drawn, on the final page
+        traces[key] = pts.astype(np.float64) * (k / 16.0)  # exactly what is drawn (pen offset included), on the final page
         times[key] = t
         mvs[key] = mv
     if style.calibration:

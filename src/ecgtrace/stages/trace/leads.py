@@ -13,9 +13,14 @@ from ecgtrace.stages.trace.path import RowTrace
 EDGE_COLUMNS = 1.0
 
 
-def row_values(tr: RowTrace, page: Page) -> tuple[np.ndarray, np.ndarray]:
-    """(time s, mV) of every path column of a row."""
-    return page.x_to_time(tr.x.astype(np.float64)), page.y_to_mv(tr.row, tr.y)
+def row_values(tr: RowTrace, page: Page, pen_offset_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(time s, mV) of every path column of a row.
+
+    ``pen_offset_px``: where the drawn line sits relative to the true one, in this page's px
+    (see :data:`ecgtrace.paper.PEN_OFFSET_PX`); subtracted from both x and y.
+    """
+    x = tr.x.astype(np.float64) - pen_offset_px
+    return page.x_to_time(x), page.y_to_mv(tr.row, np.asarray(tr.y, dtype=np.float64) - pen_offset_px)
 
 
 def lead_indices(lead: str, fs: float, sig_len: int | None = None) -> tuple[int, int]:
