@@ -28,7 +28,7 @@ import pandas as pd
 
 from ecgtrace import io, orient, paper
 from ecgtrace.errors import EcgTraceError
-from ecgtrace.geometry import rectified_to_original
+from ecgtrace.geometry import rectified_px_size, rectified_to_original
 from ecgtrace.models.shipped import WeightsSource, resolve_weights
 from ecgtrace.paper import CANONICAL, ROW_KEYS
 from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
@@ -216,7 +216,11 @@ class Pipeline:
         if not rect.ok:
             warnings.append(f"stage 1 unsure: {rect.message or 'no grid found'}")
         with timer("stage2"):
-            leads = self.stage2(rect.image, fs, n_samples=n_samples)
+            # the pen offset is half a pixel of the picture as drawn, in rectified px here
+            rh, rw = rect.image.shape[:2]
+            src_px = rectified_px_size(rect.map_xy, norm.homography, (rw / 2, rh / 2)) / work_scale
+            pen = paper.PEN_OFFSET_PX / src_px if np.isfinite(src_px) and src_px > 1e-3 else paper.PEN_OFFSET_PX
+            leads = self.stage2(rect.image, fs, n_samples=n_samples, pen_offset_px=pen)
         found = sum(1 for q in leads.quality.values() if not q.startswith("no trace"))
         if found < MIN_LEADS_FOUND:
             if not rect.ok:

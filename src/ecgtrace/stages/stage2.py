@@ -85,7 +85,8 @@ class Stage2:
             return network.read_rows(self.model, rect_bgr)
         return tc.trace_rows(rect_bgr, self.params).rows
 
-    def __call__(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None = None) -> LeadSignals:
+    def __call__(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None = None,
+                 pen_offset_px: float | None = None) -> LeadSignals:
         """Read the 12 leads of a rectified page at ``fs`` Hz.
 
         ``signals[lead]`` holds only the lead's own window (round(2.5 fs) samples;
@@ -111,7 +112,7 @@ class Stage2:
             radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
             for tr in rows.values():
                 tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
-        values = {k: trace.row_values(tr, page) for k, tr in rows.items()}
+        values = {k: trace.row_values(tr, page, paper.PEN_OFFSET_PX if pen_offset_px is None else pen_offset_px) for k, tr in rows.items()}
         signals = trace.cut_leads(values, fs, n_samples)
         if self.einthoven:
             signals = einthoven_correct(signals)
