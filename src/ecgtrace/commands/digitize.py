@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ecgtrace.commands.models import add_weights_options
@@ -21,6 +22,8 @@ For each picture NAME.png it writes, in --output:
 
 A picture that cannot be read (empty, unreadable, too small or too large, not an ECG) is
 reported in one line and skipped; the rest of the batch is done.
+With --workers N, N pictures are digitized at a time (one process each, the models loaded
+once per process); the outputs are the same files as with one.
 Exit status: 0 if at least one picture was digitized, 1 if all failed, 2 on bad arguments.
 """
 
@@ -42,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--fs", type=float, default=500.0, help="sampling rate of the output signals in Hz (default 500)")
     add_weights_options(p)
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="digitize N pictures at a time in N processes (default 1; each gets cores / N threads)")
     p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
     p.add_argument("--no-overlay", action="store_true", dest="no_overlay", help="skip the overlay pictures")
     p.add_argument("--plot", action="store_true", help="also write NAME_plot.png (the 12 leads)")
@@ -59,12 +64,38 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
+@dataclass
+class Picture:
+    """One picture of the batch and where its outputs go."""
+
+    path: Path
+    name: str  # output file stem, unique in the batch
+    out: Path
+    fs: float
+    overlay: bool = True
+    plot: bool = False
+
+
+def digitize_picture(pipe, job: Picture) -> dict:
+    """Digitize one picture and write its outputs (in a worker process, or in this one); returns its report."""
+    res = pipe(job.path, fs=job.fs, name=job.name)
+    res.to_csv(job.out / f"{job.name}.csv")
+    res.to_wfdb(job.out, job.name)
+    if job.overlay:
+        res.overlay(job.out / f"{job.name}_overlay.png")
+    if job.plot:
+        res.plot(job.out / f"{job.name}_plot.png")
+    res.report["source"] = str(job.path)
+    res.to_json(job.out / f"{job.name}.json")
+    return res.report
+
+
 def run(args: argparse.Namespace) -> int:
     """Digitize every picture; report failures one line each; non-zero exit only if all failed."""
     from tqdm import tqdm
 
     from ecgtrace import io
-    from ecgtrace.pipeline import Pipeline
+    from ecgtrace.batch import build_pipeline, run_pool
 
     if not (args.fs > 0):
         raise EcgTraceError(f"--fs must be a positive number of Hz, got {args.fs}")
@@ -73,39 +104,31 @@ def run(args: argparse.Namespace) -> int:
         raise EcgTraceError(f"no pictures found in {' '.join(args.images)} (looked for {', '.join(io.IMAGE_SUFFIXES)})")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline(args.checkpoints, device=args.device, einthoven=args.einthoven, classical=args.classical)
+    if args.workers < 1:
+        raise EcgTraceError(f"--workers must be at least 1, got {args.workers}")
     debug = getattr(args, "debug", False) or bool(os.environ.get("ECGTRACE_DEBUG"))
     used: set[str] = set()
-    done, failed = [], []
+    jobs = [Picture(path, _unique_name(path.stem, used), out, args.fs, not args.no_overlay, args.plot) for path in paths]
+    done, failed = {}, {}
     t0 = time.time()
-    bar = tqdm(paths, desc="digitizing", unit="img", disable=len(paths) < 2)
-    for path in bar:
-        name = _unique_name(path.stem, used)
-        try:
-            res = pipe(path, fs=args.fs, name=name)
-            res.to_csv(out / f"{name}.csv")
-            res.to_wfdb(out, name)
-            if not args.no_overlay:
-                res.overlay(out / f"{name}_overlay.png")
-            if args.plot:
-                res.plot(out / f"{name}_plot.png")
-            res.report["source"] = str(path)
-            res.to_json(out / f"{name}.json")
-            done.append((path, res))
-        except Exception as e:  # one bad picture never stops the batch
-            if debug:
-                raise
-            msg = str(e) if isinstance(e, EcgTraceError) else f"{type(e).__name__}: {e}"
-            failed.append((path, msg))
-            tqdm.write(f"skipped {path}: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), desc="digitizing", unit="img", disable=len(jobs) < 2)
+    pipe_kwargs = {"device": args.device, "einthoven": args.einthoven, "classical": args.classical}
+    for i, outcome in run_pool(jobs, digitize_picture, build_pipeline, (args.checkpoints, pipe_kwargs),
+                               workers=args.workers, raise_errors=debug):
+        bar.update()
+        if outcome.ok:
+            done[i] = outcome.value
+        else:  # one bad picture never stops the batch
+            failed[i] = msg = outcome.error
+            tqdm.write(f"skipped {jobs[i].path}: {msg.splitlines()[0] if msg else 'error'}", file=sys.stderr)
     bar.close()
     print(f"digitized {len(done)} of {len(paths)} picture(s) in {time.time() - t0:.1f} s -> {out.resolve()}")
-    for path, res in done:
-        bad = [k for k, q in res.report["lead_quality"].items() if q != "ok"]
+    for i, report in sorted(done.items()):  # in the order given, however many workers
+        bad = [k for k, q in report["lead_quality"].items() if q != "ok"]
         note = f"; check leads {', '.join(bad)}" if bad else ""
-        note += "".join(f"; {w}" for w in res.report["warnings"])
-        print(f"  {path.name}: {res.name}.csv/.hea/.json/_overlay.png "
-              f"({res.report['method']['stage0']}/{res.report['method']['stage1']}/{res.report['method']['stage2']}{note})")
-    for path, msg in failed:
-        print(f"  FAILED {path}: {msg.splitlines()[0] if msg else 'error'}")
+        note += "".join(f"; {w}" for w in report["warnings"])
+        print(f"  {jobs[i].path.name}: {jobs[i].name}.csv/.hea/.json/_overlay.png "
+              f"({report['method']['stage0']}/{report['method']['stage1']}/{report['method']['stage2']}{note})")
+    for i, msg in sorted(failed.items()):
+        print(f"  FAILED {jobs[i].path}: {msg.splitlines()[0] if msg else 'error'}")
     return 0 if done else 1

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                                                                     "(default submission.csv)")
     add_weights_options(p)
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="digitize N pictures at a time in N processes (default 1; each gets cores / N threads)")
     p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.set_defaults(func=run)
@@ -53,16 +55,27 @@ def _find_image(folder: Path, image_id: str) -> Path | None:
     return None
 
 
+def predict_image(pipe, job: tuple[str, Path, float, dict[str, int]]) -> tuple[dict[str, np.ndarray], dict]:
+    """One image of the split (in a worker process, or in this one): its lead signals and report."""
+    image_id, path, fs, n_samples = job
+    res = pipe(path, fs=fs, name=image_id, n_samples=n_samples)
+    return res.leads.signals, res.report
+
+
 def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path | None = None,
                   device: str = "cpu", einthoven: bool = False, limit: int = 0, progress: bool = True,
-                  classical: bool = False) -> PredictOutcome:
+                  classical: bool = False,
+                  workers: int = 1) -> PredictOutcome:
     """Digitize every image listed in ``DATA/{split}.csv``; returns the submission table and per-image reports.
+
+    ``workers`` > 1 digitizes that many images at a time in worker processes (:func:`ecgtrace.batch.run_pool`);
+    the submission is the same.
 
     Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical.
     """
     from tqdm import tqdm
 
-    from ecgtrace.pipeline import Pipeline
+    from ecgtrace.batch import build_pipeline, run_pool
     from ecgtrace.submission import build_submission, read_test_csv
 
     data = Path(data)
@@ -75,27 +88,32 @@ def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path
     if limit > 0:
         ids = ids[:limit]
         test_df = test_df[test_df["id"].astype(str).isin(ids)].reset_index(drop=True)
-    pipe = Pipeline(checkpoints, device=device, einthoven=einthoven, classical=classical)
     preds: dict[str, dict[str, np.ndarray]] = {}
     out = PredictOutcome(submission=pd.DataFrame(), n_images=len(ids))
     t0 = time.time()
-    for image_id in tqdm(ids, desc="predicting", unit="img", disable=not progress):
+    jobs, failed = [], {}
+    for image_id in ids:
         rows = test_df[test_df["id"].astype(str) == image_id]
-        fs = float(rows["fs"].iloc[0])
-        n_samples = {str(lead): int(n) for lead, n in zip(rows["lead"], rows["number_of_rows"])}
         path = _find_image(data / split, image_id)
         if path is None:
-            out.failed[image_id] = f"no picture {data / split / image_id}.png"
-            tqdm.write(f"skipped {image_id}: {out.failed[image_id]}", file=sys.stderr)
+            failed[image_id] = f"no picture {data / split / image_id}.png"
+            tqdm.write(f"skipped {image_id}: {failed[image_id]}", file=sys.stderr)
             continue
-        try:
-            res = pipe(path, fs=fs, name=image_id, n_samples=n_samples)
-        except Exception as e:  # noqa: BLE001 - a failed image is predicted as zeros, never stops the run
-            out.failed[image_id] = str(e) if isinstance(e, EcgTraceError) else f"{type(e).__name__}: {e}"
-            tqdm.write(f"skipped {image_id}: {out.failed[image_id]}", file=sys.stderr)
-            continue
-        preds[image_id] = res.leads.signals
-        out.reports[image_id] = res.report
+        n_samples = {str(lead): int(n) for lead, n in zip(rows["lead"], rows["number_of_rows"])}
+        jobs.append((image_id, path, float(rows["fs"].iloc[0]), n_samples))
+    bar = tqdm(total=len(jobs), desc="predicting", unit="img", disable=not progress)
+    pipe_kwargs = {"device": device, "einthoven": einthoven, "classical": classical}
+    for i, outcome in run_pool(jobs, predict_image, build_pipeline, (checkpoints, pipe_kwargs), workers=workers):
+        bar.update()
+        image_id = jobs[i][0]
+        if outcome.ok:
+            preds[image_id], out.reports[image_id] = outcome.value
+        else:  # a failed image is predicted as zeros, never stops the run
+            failed[image_id] = outcome.error
+            tqdm.write(f"skipped {image_id}: {outcome.error}", file=sys.stderr)
+    bar.close()
+    out.failed = {i: failed[i] for i in ids if i in failed}  # in the order of the split
+    out.reports = {i: out.reports[i] for i in ids if i in out.reports}
     out.submission = build_submission(test_df, preds, missing="zeros")
     out.seconds = time.time() - t0
     return out
@@ -106,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from ecgtrace.submission import read_test_csv, validate_submission, write_submission
 
     outcome = predict_split(args.data, args.split, args.checkpoints, args.device, args.einthoven, args.limit,
-                            classical=args.classical)
+                            classical=args.classical, workers=args.workers)
     test_df = read_test_csv(Path(args.data) / f"{args.split}.csv")
     if args.limit > 0:
         keep = list(dict.fromkeys(test_df["id"].astype(str)))[: args.limit]
