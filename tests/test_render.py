@@ -28,9 +28,9 @@ def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - est) ** 2), 1e-30)))
 
 
-def true_px(gt: GroundTruth, page: Page, poly: np.ndarray) -> np.ndarray:
-    """A GT polyline (where the pen drew) moved back by the pen offset (half a *source* px) to the true line."""
-    return poly - PEN_OFFSET_PX * page.dpi / float(gt.extra["source_dpi"])
+def true_px(poly: np.ndarray) -> np.ndarray:
+    """A GT polyline (where the pen drew) moved back by the pen offset (half a page px) to the true line."""
+    return poly - PEN_OFFSET_PX
 
 
 def round_trip(gt: GroundTruth, signals, fs, page) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -40,7 +40,7 @@ def round_trip(gt: GroundTruth, signals, fs, page) -> dict[str, tuple[np.ndarray
     for key, poly in gt.traces.items():
         lead = "II" if key == RHYTHM_KEY else key
         i0, i1 = window_indices(key, fs, n)
-        poly = true_px(gt, page, poly)
+        poly = true_px(poly)
         t, mv = page.px_to_lead(key, poly[:, 0], poly[:, 1])
         np.testing.assert_allclose(t, np.arange(i0, i1) / fs, atol=1 / 32 / page.px_per_s + 1e-9)
         out[key] = (signals[lead][i0:i1], mv)
@@ -192,7 +192,7 @@ def test_random_styles_round_trip_and_ink(seed):
     n = len(sig["II"])
     for key, poly in gt.traces.items():  # any source dpi: the error is 1/32 px of the *source* page
         i0, i1 = window_indices(key, 500, n)
-        poly = true_px(gt, page, poly)
+        poly = true_px(poly)
         _, mv = page.px_to_lead(key, poly[:, 0], poly[:, 1])
         ref = sig["II" if key == RHYTHM_KEY else key][i0:i1]
         assert np.abs(mv - ref).max() <= (k / 32 + 1e-6) / page.px_per_mv
@@ -204,13 +204,14 @@ def test_random_styles_round_trip_and_ink(seed):
 
 
 def test_source_dpi_is_an_exact_rescale():
-    """Drawn at 50 dpi and scaled to a 100 dpi page: the GT is the 50 dpi drawing's GT times 2, exactly."""
+    """Drawn at 50 dpi and scaled to a 100 dpi page: the GT is the 50 dpi drawing's GT times 2, exactly
+    (the true lines; the pen offset is half a pixel of each finished picture)."""
     sig = synthesize_ecg(4, fs=500)
     lo_img, lo = render_page(sig, 500, page=Page(dpi=50), style=RenderStyle(grid="none"), rng=0)
     hi_img, hi = render_page(sig, 500, page=Page(dpi=100), style=RenderStyle(grid="none", source_dpi=50), rng=0)
     assert hi_img.shape[:2] == Page(dpi=100).size and float(hi.extra["source_dpi"]) == 50.0
     for key in lo.traces:
-        np.testing.assert_allclose(hi.traces[key], 2.0 * lo.traces[key], atol=1e-9)
+        np.testing.assert_allclose(true_px(hi.traces[key]), 2.0 * true_px(lo.traces[key]), atol=1e-9)
     np.testing.assert_allclose(hi.markers, Page(dpi=100).label_centers, atol=1e-9)
     # the picture is the low-resolution one blown up (thick, soft lines), not a fresh sharp drawing
     sharp, _ = render_page(sig, 500, page=Page(dpi=100), style=RenderStyle(grid="none"), rng=0)

@@ -541,15 +541,16 @@ def _draw_footer(img: np.ndarray, page: Page, style: RenderStyle, rng: np.random
 
 
 # --- traces --------------------------------------------------------------------------
-def _fixed(x: np.ndarray, y: np.ndarray, page: Page) -> np.ndarray:
-    """(N, 2) int32 OpenCV fixed-point (1/16 px) vertices of a pen line, clipped to the page.
+def _fixed(x: np.ndarray, y: np.ndarray, page: Page, offset: float = 0.0) -> np.ndarray:
+    """(N, 2) int32 OpenCV fixed-point (1/16 px) vertices of a pen line moved by ``offset`` px, clipped to the page.
 
-    Moved by :data:`~ecgtrace.paper.PEN_OFFSET_PX`: the pen draws where matplotlib (ECG-Image-Kit)
-    would, half a pixel up and left of the true position, while the grid stays on its lines.
+    The offset is the pen's (:data:`~ecgtrace.paper.PEN_OFFSET_PX`): lines drawn where matplotlib
+    (ECG-Image-Kit) would put them, half a pixel of the finished picture up and left of the true
+    position, while the grid stays on its lines.
     """
     h, w = page.size
-    x = np.asarray(x, dtype=np.float64) + PEN_OFFSET_PX
-    y = np.asarray(y, dtype=np.float64) + PEN_OFFSET_PX
+    x = np.asarray(x, dtype=np.float64) + offset
+    y = np.asarray(y, dtype=np.float64) + offset
     xy = np.stack([np.clip(x, 0.0, w - 1.0), np.clip(y, 0.0, h - 1.0)], axis=1)
     return np.rint(xy * 16.0).astype(np.int32)
 
@@ -694,6 +695,7 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
     style = style or random_style(rng)
     src = _source_page(page, style)
     k = page.dpi / src.dpi
+    pen = PEN_OFFSET_PX / k  # half a pixel of the finished picture, in source px
     bg = grid_background(src, style)
     img = bg.copy() if style.switch_mark == "gap" else bg
     color = tuple(int(c) for c in style.trace_color)
@@ -710,7 +712,7 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
         t = np.arange(i0, i1, dtype=np.float64) / fs
         mv = np.nan_to_num(np.asarray(signals[lead][i0:i1], dtype=np.float64))
         x, y = src.lead_to_px(key, t, mv)
-        pts = _fixed(x, y, src)
+        pts = _fixed(x, y, src, pen)
         # Many samples fall within one pixel; drawing every one is slow (AA thick segments) and
         # invisible. Douglas-Peucker keeps the drawn curve within DRAW_TOL_PX of the GT polyline.
         polys.append(cv2.approxPolyDP(pts.reshape(-1, 1, 2), DRAW_TOL_PX * 16.0, False).reshape(-1, 2))
@@ -718,10 +720,10 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
         times[key] = t
         mvs[key] = mv
     if style.calibration:
-        polys += [_fixed(p[:, 0], p[:, 1], src) for p in (calibration_polyline(src, r, style) for r in range(N_ROWS))]
+        polys += [_fixed(p[:, 0], p[:, 1], src, pen) for p in (calibration_polyline(src, r, style) for r in range(N_ROWS))]
     marks = switch_positions(src, style)
     sw_px = _pt_px(style.switch_width_pt, src) if style.switch_width_pt is not None else None
-    ticks = [_fixed(np.array([x, x]), np.array([y1, y0]), src) for x, y0, y1 in marks]
+    ticks = [_fixed(np.array([x, x]), np.array([y1, y0]), src, pen) for x, y0, y1 in marks]
     if style.switch_mark == "tick" and sw_px is None:
         polys += ticks  # same pen as the trace: one call
     cv2.polylines(img, polys, False, color, thick, line, shift=4)
@@ -729,7 +731,7 @@ def render_page(signals: dict[str, np.ndarray], fs: float, page: Page = CANONICA
         cv2.polylines(img, ticks, False, color, max(1, int(round(sw_px))), line, shift=4)
     elif style.switch_mark == "bar":
         half = max(sw_px or 0.0, 1.0) / 2.0
-        bars = [_fixed(np.array([x - half, x + half, x + half, x - half]), np.array([y0, y0, y1, y1]), src)
+        bars = [_fixed(np.array([x - half, x + half, x + half, x - half]), np.array([y0, y0, y1, y1]), src, pen)
                 for x, y0, y1 in marks]
         cv2.fillPoly(img, bars, color, line, shift=4)
     elif style.switch_mark == "gap":  # the pen lifted at the switch: the paper shows through
