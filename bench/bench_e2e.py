@@ -2,11 +2,24 @@
 
 Usage:
     PYTHONPATH=src python bench/bench_e2e.py [--n 6] [--variants 0001,0003,0005] [--checkpoints DIR]
-        [--device cpu] [--name bench_e2e]
+        [--device cpu] [--name bench_e2e] [--profile] [--baseline REV]
+    PYTHONPATH=src python bench/bench_e2e.py --throughput 20 --workers 1,2 [--name NAME]
+
 Renders ``n`` held-out pages (cycling the variants), digitizes each through
 ``ecgtrace.pipeline.Pipeline`` (the first image is a warm-up and is not counted),
 writes CSV + WFDB + JSON + overlay like ``ecgtrace digitize``, and prints/writes
 mean and median seconds per stage to bench/results/<name>.json.
+
+``--profile`` adds the time of every step the stages mark (:mod:`ecgtrace.stages.steps`:
+grid features, node measurement, lattice fit, dense map, remap, ink map, path search, ...),
+as a tree with the mean seconds per image, also written to bench/results/<name>_profile.txt.
+
+``--baseline REV`` first runs the same bench on the same pages with the package source of git
+revision ``REV`` (extracted with ``git archive`` into a temporary folder), then the working
+tree, and prints both side by side: before and after in one run.
+
+``--throughput N`` instead renders N pages into a folder and digitizes it with
+``ecgtrace digitize --workers K`` for each K of ``--workers``: pictures per minute.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +37,151 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+
+KEYS = ["load", "stage0", "stage1", "stage2", "total", "write_outputs"]
+
+
+def _setup_path(src: str | None) -> None:
+    sys.path.insert(0, str(Path(src).resolve() if src else ROOT / "src"))
+
+
+def _quiet_logs() -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("ECGTRACE_LOG", "WARNING"), format="{message}")
+
+
+def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]]) -> list[str]:
+    """Mean seconds per image of every step path, as an indented tree in first-seen order."""
+    names: list[str] = []
+    for p in profiles:
+        names += [k for k in p if k not in names]
+    # children follow their parent: sort by the path's parents' first-seen positions
+    pos = {k: i for i, k in enumerate(names)}
+
+    def key(name: str) -> tuple:
+        parts = name.split("/")
+        return tuple(pos.get("/".join(parts[:i + 1]), 1e9) for i in range(len(parts)))
+
+    n = max(1, len(profiles))
+    lines = [f"{'step':<44}{'s/image':>9}{'calls/image':>13}{'share':>8}"]
+    for name in sorted(names, key=key):
+        parts = name.split("/")
+        mean = sum(p.get(name, 0.0) for p in profiles) / n
+        ncall = sum(c.get(name, 0) for c in calls) / n
+        parent = "/".join(parts[:-1])
+        pmean = sum(p.get(parent, 0.0) for p in profiles) / n if parent else 0.0
+        share = f"{100 * mean / pmean:6.0f} %" if pmean > 0 else ""
+        lines.append(f"{'  ' * (len(parts) - 1) + parts[-1]:<44}{mean:9.3f}{ncall:13.1f}{share:>8}")
+    return lines
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """Digitize the bench pages; per-image times (and step profiles)."""
+    import torch
+
+    from ecgtrace.data.synthetic import SyntheticPages
+    from ecgtrace.pipeline import Pipeline
+
+    try:
+        from ecgtrace.stages import steps
+    except ImportError:  # a baseline source from before the step timer
+        steps = None
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
+    t = time.perf_counter()
+    pipe = Pipeline(args.checkpoints, device=args.device)
+    t_init = time.perf_counter() - t
+    rows, profiles, calls = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.n + 1):
+            s = pages[i]
+            t = time.perf_counter()
+            c = time.process_time()
+            if args.profile and steps is not None:
+                with steps.recording() as rec:
+                    res = pipe(s.image, fs=s.fs, name=f"img{i}")
+            else:
+                rec, res = None, pipe(s.image, fs=s.fs, name=f"img{i}")
+            t_pipe, c_pipe = time.perf_counter() - t, time.process_time() - c
+            t = time.perf_counter()
+            res.to_csv(Path(tmp) / f"img{i}.csv")
+            res.to_wfdb(tmp, f"img{i}")
+            res.to_json(Path(tmp) / f"img{i}.json")
+            res.overlay(Path(tmp) / f"img{i}_overlay.png")
+            t_write = time.perf_counter() - t
+            if i == 0:
+                continue  # warm-up
+            r = dict(res.report["timing_s"])
+            r.update(total=t_pipe, cpu_total=c_pipe, write_outputs=t_write, variant=s.variant,
+                     stage1_method=res.report["method"]["stage1"])
+            rows.append(r)
+            if rec is not None:
+                profiles.append(dict(rec.seconds))
+                calls.append(dict(rec.calls))
+            print(f"  {s.variant}: " + "  ".join(f"{k} {v:.2f}s" for k, v in r.items()
+                                                 if isinstance(v, float)), flush=True)
+    summary = {k: {"mean_s": float(np.mean([r[k] for r in rows])), "median_s": float(np.median([r[k] for r in rows]))}
+               for k in KEYS + ["cpu_total"]}
+    return {
+        "device": args.device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "n_images": len(rows), "variants": list(variants), "methods": res.report["method"],
+        "pipeline_init_s": t_init, "per_stage": summary, "per_image": rows,
+        "profile_table": profile_table(profiles, calls) if profiles else None,
+        "note": "machine shared with other jobs while measured (cpu_total: process CPU time, less sensitive to "
+                "that); the first image (warm-up) is not counted",
+    }
+
+
+def run_baseline(args: argparse.Namespace) -> dict:
+    """The same bench with the package source of git revision ``args.baseline``, in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        out = Path(tmp) / "baseline.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n), "--variants", args.variants,
+               "--seed", str(args.seed), "--device", args.device, "--src", str(Path(tmp) / "src"),
+               "--json-out", str(out)] + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
+        env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
+        print(f"baseline ({args.baseline}):", flush=True)
+        subprocess.run(cmd, check=True, env=env)
+        return json.loads(out.read_text())
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    """Pictures per minute of ``ecgtrace digitize --workers K`` on a folder of rendered pages."""
+    import cv2
+
+    from ecgtrace.data.synthetic import SyntheticPages
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    pages = SyntheticPages(args.throughput, variants=variants, seed=args.seed)
+    out: dict = {"n_pages": args.throughput, "variants": list(variants), "cpu_count": os.cpu_count(), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "pages"
+        folder.mkdir()
+        for i in range(args.throughput):
+            cv2.imwrite(str(folder / f"page{i:03d}.png"), pages[i].image)
+        for k in (int(w) for w in args.workers.split(",")):
+            res_dir = Path(tmp) / f"out_w{k}"
+            cmd = [sys.executable, "-m", "ecgtrace", "digitize", str(folder), "-o", str(res_dir), "--workers", str(k)]
+            if args.checkpoints:
+                cmd += ["--checkpoints", args.checkpoints]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                           stdout=subprocess.DEVNULL)
+            dt = time.perf_counter() - t
+            ppm = 60.0 * args.throughput / dt
+            out["runs"][str(k)] = {"seconds": dt, "pictures_per_minute": ppm}
+            print(f"  workers {k}: {args.throughput} pictures in {dt:.1f} s = {ppm:.1f} pictures/min", flush=True)
+        names = sorted(p.name for p in (Path(tmp) / "out_w1").iterdir()) if (Path(tmp) / "out_w1").exists() else []
+        same = all((Path(tmp) / "out_w1" / n).read_bytes() == (Path(tmp) / f"out_w{k}" / n).read_bytes()
+                   for k in out["runs"] for n in names if n.endswith((".csv", ".json", ".hea", ".dat")))
+        out["outputs_identical"] = bool(names) and same
+    return out
 
 
 def main() -> int:
@@ -34,54 +192,50 @@ def main() -> int:
     ap.add_argument("--checkpoints", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default="bench_e2e")
+    ap.add_argument("--profile", action="store_true", help="time every step the stages mark")
+    ap.add_argument("--baseline", default=None, metavar="REV", help="also run git revision REV's source first")
+    ap.add_argument("--throughput", type=int, default=0, metavar="N",
+                    help="pictures/min of `digitize --workers K` on a folder of N pages")
+    ap.add_argument("--workers", default="1,2", help="worker counts for --throughput (default 1,2)")
+    ap.add_argument("--src", default=None, help=argparse.SUPPRESS)  # the package source (baseline runs)
+    ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    _setup_path(args.src)
+    _quiet_logs()
 
-    import torch
-
-    from ecgtrace.data.synthetic import SyntheticPages
-    from ecgtrace.pipeline import Pipeline
-
-    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
-    t = time.perf_counter()
-    pipe = Pipeline(args.checkpoints, device=args.device)
-    t_init = time.perf_counter() - t
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.n + 1):
-            s = pages[i]
-            t = time.perf_counter()
-            res = pipe(s.image, fs=s.fs, name=f"img{i}")
-            t_pipe = time.perf_counter() - t
-            t = time.perf_counter()
-            res.to_csv(Path(tmp) / f"img{i}.csv")
-            res.to_wfdb(tmp, f"img{i}")
-            res.to_json(Path(tmp) / f"img{i}.json")
-            res.overlay(Path(tmp) / f"img{i}_overlay.png")
-            t_write = time.perf_counter() - t
-            if i == 0:
-                continue  # warm-up
-            r = dict(res.report["timing_s"])
-            r.update(total=t_pipe, write_outputs=t_write, variant=s.variant)
-            rows.append(r)
-            print(f"  {s.variant}: " + "  ".join(f"{k} {v:.2f}s" for k, v in r.items() if k != "variant"), flush=True)
-    keys = ["load", "stage0", "stage1", "stage2", "total", "write_outputs"]
-    summary = {k: {"mean_s": float(np.mean([r[k] for r in rows])), "median_s": float(np.median([r[k] for r in rows]))}
-               for k in keys}
-    methods = res.report["method"]
-    out = {
-        "device": args.device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
-        "n_images": len(rows), "variants": list(variants), "methods": methods, "pipeline_init_s": t_init,
-        "per_stage": summary, "per_image": rows,
-        "note": "machine shared with other jobs while measured; the first image (warm-up) is not counted",
-    }
-    print(f"pipeline ({methods['stage0']}/{methods['stage1']}/{methods['stage2']}), {len(rows)} images, "
-          f"{args.device}, init {t_init:.2f} s:")
-    for k in keys:
-        print(f"  {k:>14}: mean {summary[k]['mean_s']:.2f} s  median {summary[k]['median_s']:.2f} s")
     path = ROOT / "bench" / "results" / f"{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if args.throughput:
+        out = throughput(args)
+        print(f"outputs identical across worker counts: {out['outputs_identical']}")
+        path.write_text(json.dumps(out, indent=2))
+        print(f"wrote {path}")
+        return 0
+    base = run_baseline(args) if args.baseline else None
+    if base is not None:
+        print("working tree:", flush=True)
+    out = run_bench(args)
+    if args.json_out:  # a baseline run reports to its parent
+        Path(args.json_out).write_text(json.dumps(out))
+        return 0
+    methods = out["methods"]
+    print(f"pipeline ({methods['stage0']}/{methods['stage1']}/{methods['stage2']}), {out['n_images']} images, "
+          f"{args.device}, init {out['pipeline_init_s']:.2f} s:")
+    s = out["per_stage"]
+    if base is None:
+        for k in KEYS + ["cpu_total"]:
+            print(f"  {k:>14}: mean {s[k]['mean_s']:.2f} s  median {s[k]['median_s']:.2f} s")
+    else:
+        b = base["per_stage"]
+        print(f"  {'':>14}  {'baseline ' + args.baseline:>22}  {'working tree':>22}")
+        for k in KEYS + ["cpu_total"]:
+            print(f"  {k:>14}: mean {b[k]['mean_s']:5.2f} s median {b[k]['median_s']:5.2f} s  "
+                  f"mean {s[k]['mean_s']:5.2f} s median {s[k]['median_s']:5.2f} s")
+        out["baseline"] = {"rev": args.baseline, **base}
+    if out["profile_table"]:
+        print("\nsteps (mean per image):")
+        print("\n".join(out["profile_table"]))
+        (path.parent / f"{args.name}_profile.txt").write_text("\n".join(out["profile_table"]) + "\n")
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
     return 0

@@ -30,7 +30,8 @@ import numpy as np
 
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import lattice as L
-from ecgtrace.stages.trace.ink import whiten_paper
+from ecgtrace.stages.steps import step
+from ecgtrace.stages.trace.ink import blur_wide, channel_max_min, whiten_paper
 
 
 @dataclass
@@ -65,30 +66,35 @@ PAPER_TINT = 25.0
 
 def grid_features(image_bgr: np.ndarray, page: Page = CANONICAL) -> dict[str, np.ndarray]:
     """Candidate grid-line feature images (float32, grid lines bright), keyed by name."""
-    img = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
-    img = img[..., :3].astype(np.float32)
+    src = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
+    src = src[..., :3]
+    img = src.astype(np.float32)
     paper_bgr = np.median(img[::8, ::8].reshape(-1, 3), axis=0)
     if float(paper_bgr.max() - paper_bgr.min()) > PAPER_TINT:
         # judged against the paper's own colour: on orange or blue paper the paper is as saturated as a
         # red grid, and only relative to it does the grid stand out. (Not on white paper: whitening there
         # lost the lattice of a black grid with a bold trace, 14.3 -> -0.6 dB on one bench page.)
-        img = 255.0 * np.minimum(whiten_paper(img, kernel_px=max(3, int(round(0.25 * L.pitch_px(page))) | 1)), 1.0)
+        with step("whiten"):
+            img = 255.0 * np.minimum(whiten_paper(src, kernel_px=max(3, int(round(0.25 * L.pitch_px(page))) | 1)), 1.0)
     sigma = max(2.0, 0.25 * L.pitch_px(page))
-    chroma = img.max(axis=2) - img.min(axis=2)
-    dark = 255.0 - img.mean(axis=2)
+    maxc, minc = channel_max_min(img)
+    chroma = maxc - minc
+    dark = 255.0 - (img[..., 0] + img[..., 1] + img[..., 2]) / 3.0  # img.mean(axis=2), summed in the same order
     feats = {}
-    c = _highpass(chroma, sigma)
+    with step("highpass"):
+        c = _highpass(chroma, sigma)
     # Ink (trace, text) is dark; coloured grid lines are not. Blank the ink and a 2 px rim (blurred ink
     # edges pick up the paper's colour) so a flat trace baseline next to a grid line cannot pull it.
-    maxc = img.max(axis=2)
-    paper = cv2.GaussianBlur(maxc, (0, 0), 2.0 * L.pitch_px(page))
+    with step("paper level"):
+        paper = blur_wide(maxc, 2.0 * L.pitch_px(page))
     ink = (maxc < 0.5 * paper).astype(np.uint8)
     rim = max(1, int(round(0.05 * L.pitch_px(page))))
     ink = cv2.dilate(ink, np.ones((2 * rim + 1, 2 * rim + 1), np.uint8))
     c[ink > 0] = 0.0
     feats["colour"] = c
     feats["colour_valid"] = (ink == 0).astype(np.float32)
-    d = _highpass(dark, sigma)
+    with step("highpass"):
+        d = _highpass(dark, sigma)
     # The trace is darker than any grid line: clip so it weighs no more than a grid pixel.
     pos = d[d > 4.0]
     if pos.size:
@@ -336,10 +342,13 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
     if min(h, w) < 4 * pitch:
         empty.message = f"image {w}x{h} is too small to hold a 5 mm grid at this scale"
         return empty
-    feats = grid_features(image_bgr, page)
-    scores = {k: periodicity(v, pitch) for k, v in feats.items() if not k.endswith("_valid")}
+    with step("features"):
+        feats = grid_features(image_bgr, page)
+    with step("periodicity"):
+        scores = {k: periodicity(v, pitch) for k, v in feats.items() if not k.endswith("_valid")}
     name = max(scores, key=scores.get)
-    feat = ridge_features(np.ascontiguousarray(feats[name], dtype=np.float32), pitch)
+    with step("ridges"):
+        feat = ridge_features(np.ascontiguousarray(feats[name], dtype=np.float32), pitch)
     if f"{name}_valid" in feats:
         feat = feat + (feats[f"{name}_valid"],)
     if scores[name] < min_periodicity:
@@ -357,13 +366,15 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
     # Grow outwards from the centre: each ring is predicted by the lattice fitted to the nodes inside it.
     for radius in GROWTH_RADII:
         todo = ring <= radius
-        m, ctr = measure_nodes(feat, pred, todo, pitch, search_frac=0.45)
+        with step("measure nodes"):
+            m, ctr = measure_nodes(feat, pred, todo, pitch, search_frac=0.45)
         near = np.linalg.norm(m - pred, axis=-1) < 0.4 * pitch
         accepted = todo & (ctr >= min_contrast) & near
         meas = m
         if accepted.sum() >= 12:
             try:
-                fit = L.fit_lattice(meas[accepted], np.argwhere(accepted), page, smoothing=5.0, heldout=False)
+                with step("growth fit"):
+                    fit = L.fit_lattice(meas[accepted], np.argwhere(accepted), page, smoothing=5.0, heldout=False)
             except ValueError:
                 continue
             pred = fit.nodes
@@ -379,7 +390,8 @@ def detect_grid(image_bgr: np.ndarray, page: Page = CANONICAL, *, min_periodicit
     if shift != (0, 0):
         pred = shift_lattice(pred, shift)
     # Final pass: every node re-measured at the converged prediction, narrower search.
-    m, ctr = measure_nodes(feat, pred, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.3)
+    with step("measure nodes"):
+        m, ctr = measure_nodes(feat, pred, np.ones((nh, nv), dtype=bool), pitch, search_frac=0.3)
     near = np.linalg.norm(m - pred, axis=-1) < 0.3 * pitch
     good = (ctr >= min_contrast) & near
     det = GridDetection(points=m[good], index=np.argwhere(good), strength=ctr[good], feature=name,

@@ -18,6 +18,7 @@ reproduce linear functions), so rectifying a clean page changes nothing.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -25,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.interpolate import RectBivariateSpline
+from scipy.linalg import solveh_banded
 
 from ecgtrace.geometry import apply_homography
 from ecgtrace.paper import CANONICAL, Page
@@ -301,26 +303,50 @@ def _second_differences(nh: int, nv: int) -> sp.csr_matrix:
     return sp.vstack([sp.kron(d2(nh), iv), np.sqrt(2.0) * sp.kron(d1(nh), d1(nv)), sp.kron(ih, d2(nv))]).tocsr()
 
 
+@functools.lru_cache(maxsize=8)
+def _bending_band(nh: int, nv: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bending energy ``D^T D`` of an nh x nv lattice as a symmetric band (LAPACK upper form), and the
+    node order it is written in: the shorter side runs fastest, so the band is 2 min(nh, nv) + 1 wide."""
+    d = _second_differences(nh, nv)
+    ii, jj = np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij")
+    flat = ii * nv + jj
+    order = (flat if nv <= nh else flat.T).ravel()  # band position -> row-major node index
+    dtd = (d.T @ d).tocsr()[order][:, order].todia()
+    u = 2 * min(nh, nv)
+    band = np.zeros((u + 1, nh * nv))
+    for off, data in zip(dtd.offsets, dtd.data):
+        if 0 <= off <= u:
+            band[u - off, off:] = data[off:]
+    return band, order
+
+
 def smooth_lattice_field(index: np.ndarray, values: np.ndarray, shape: tuple[int, int],
                          smoothing: float) -> np.ndarray:
     """Smooth (nh, nv, C) field through scattered lattice values: a discrete thin-plate spline.
 
     Minimises sum over the given nodes of |f - value|^2 + ``smoothing`` * (bending energy of f);
     gaps are filled smoothly and linear fields are reproduced exactly. ``smoothing`` must be > 0
-    (a tiny value interpolates).
+    (a tiny value interpolates). The normal equations are a symmetric positive band: a banded
+    Cholesky solve (a general sparse LU when too few nodes leave them singular).
     """
     nh, nv = shape
     lam = max(float(smoothing), 1e-4)
     n = nh * nv
     flat = index[:, 0] * nv + index[:, 1]
     w = np.bincount(flat, minlength=n).astype(np.float64)
-    d = _second_differences(nh, nv)
-    a = (sp.diags(w) + lam * (d.T @ d)).tocsc()
-    solve = spla.factorized(a)
     vals = np.asarray(values, dtype=np.float64).reshape(len(index), -1)
+    rhs = np.stack([np.bincount(flat, weights=vals[:, c], minlength=n) for c in range(vals.shape[1])], axis=1)
+    band, order = _bending_band(nh, nv)
+    ab = lam * band
+    ab[-1] += w[order]
     out = np.empty((n, vals.shape[1]))
-    for c in range(vals.shape[1]):
-        out[:, c] = solve(np.bincount(flat, weights=vals[:, c], minlength=n))
+    try:
+        out[order] = solveh_banded(ab, rhs[order], check_finite=False)
+    except np.linalg.LinAlgError:
+        d = _second_differences(nh, nv)
+        solve = spla.factorized((sp.diags(w) + lam * (d.T @ d)).tocsc())
+        for c in range(vals.shape[1]):
+            out[:, c] = solve(rhs[:, c])
     return out.reshape(nh, nv, -1)
 
 

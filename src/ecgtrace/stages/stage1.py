@@ -33,6 +33,7 @@ from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages.base import RectifiedPage
 from ecgtrace.stages.register import content_offset, registered_nodes
+from ecgtrace.stages.steps import step
 
 #: A fitted lattice may move nodes at most this many 5 mm boxes from their canonical place
 #: (stage 0 already normalized the page; more means the fit latched onto something else).
@@ -100,18 +101,25 @@ class Stage1:
     # -- the stage --------------------------------------------------------------------
     def __call__(self, page_bgr: np.ndarray) -> RectifiedPage:
         """Rectify ``page_bgr`` (stage 0's page; other sizes are scaled to the page first)."""
+        with step("stage1"):
+            return self._run(page_bgr)
+
+    def _run(self, page_bgr: np.ndarray) -> RectifiedPage:
         img = as_bgr(page_bgr, "stage 1")
         H, W = self.page.size
         h_in, w_in = img.shape[:2]
         work = img if (h_in, w_in) == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
-        det = self.detect(work)
-        pre = self._perspective_pass(work, det)
+        with step("detect"):
+            det = self.detect(work)
+        with step("perspective pass"):
+            pre = self._perspective_pass(work, det)
         if pre is not None:  # the nodes of the second pass are in the pre-warped page: bring them back
             det, back = pre
         if not det.ok:
             return self._passthrough(img, det.message, det)
         try:
-            fit = L.fit_lattice(det.points, det.index, self.page)
+            with step("lattice fit"):
+                fit = L.fit_lattice(det.points, det.index, self.page)
         except ValueError as e:
             return self._passthrough(img, f"lattice fit failed ({e}); page passed through unrectified", det)
         nodes = fit.nodes if pre is None else apply_homography(back, fit.nodes)
@@ -121,7 +129,8 @@ class Stage1:
         det.fit = fit
         map_xy, rect = self._rectify(img, work, nodes)
         # the grid numbers boxes only up to a whole-box shift; the traces say which shift is right
-        reg = content_offset(rect)
+        with step("register"):
+            reg = content_offset(rect)
         if reg.confident and reg.shift != (0, 0):
             nodes = registered_nodes(nodes, reg.shift)
             map_xy, rect = self._rectify(img, work, nodes)
@@ -172,11 +181,13 @@ class Stage1:
     def _rectify(self, img: np.ndarray, work: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dense map (canonical px -> ``img`` px) from lattice nodes found on ``work``, and the remapped page."""
         H, W = self.page.size
-        map_xy = L.dense_map(nodes, self.page)
+        with step("dense map"):
+            map_xy = L.dense_map(nodes, self.page)
         h_in, w_in = img.shape[:2]
         if (h_in, w_in) != (H, W):
             map_xy = (map_xy * np.array([w_in / W, h_in / H], dtype=np.float32)).astype(np.float32)
-        return map_xy, remap(img, map_xy, border_value=255)
+        with step("remap"):
+            return map_xy, remap(img, map_xy, border_value=255)
 
     def _passthrough(self, img: np.ndarray, message: str, det: G.GridDetection | None) -> RectifiedPage:
         """Identity result (flagged): never warp a page by a lattice that was not found."""

@@ -20,6 +20,7 @@ from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
 from ecgtrace.models.stage2 import Stage2Model, load_stage2
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
+from ecgtrace.stages.steps import step
 from ecgtrace.stages import trace
 from ecgtrace.stages.trace import network
 
@@ -92,7 +93,16 @@ class Stage2:
         ``signals[lead]`` holds only the lead's own window (round(2.5 fs) samples;
         lead II the full 10 s of the rhythm strip); ``n_samples`` overrides the
         length per lead (e.g. ``number_of_rows`` of a competition ``test.csv``).
+        ``pen_offset_px``: where the drawn line sits from the true one, in rectified px (the
+        pipeline scales :data:`~ecgtrace.paper.PEN_OFFSET_PX` from the picture's own pixels);
+        None assumes the page was drawn at this resolution.
         """
+        offset = paper.PEN_OFFSET_PX if pen_offset_px is None else float(pen_offset_px)
+        with step("stage2"):
+            return self._run(rect_bgr, fs, n_samples, offset)
+
+    def _run(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None,
+             pen_offset_px: float) -> LeadSignals:
         if rect_bgr is None or rect_bgr.ndim not in (2, 3) or min(rect_bgr.shape[:2]) < 64:
             raise StageError("stage 2 needs a rectified page image (at least 64 px); run stages 0 and 1 first")
         if not (fs > 0 and np.isfinite(fs)):
@@ -112,11 +122,13 @@ class Stage2:
             radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
             for tr in rows.values():
                 tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
-        values = {k: trace.row_values(tr, page, paper.PEN_OFFSET_PX if pen_offset_px is None else pen_offset_px) for k, tr in rows.items()}
-        signals = trace.cut_leads(values, fs, n_samples)
-        if self.einthoven:
-            signals = einthoven_correct(signals)
+        with step("leads"):
+            values = {k: trace.row_values(tr, page, pen_offset_px) for k, tr in rows.items()}
+            signals = trace.cut_leads(values, fs, n_samples)
+            if self.einthoven:
+                signals = einthoven_correct(signals)
         res = tc.ClassicalResult(rows=rows)
-        quality = trace.quality_flags(res, page, self.params)
+        with step("quality"):
+            quality = trace.quality_flags(res, page, self.params)
         traces_px = {k: np.stack([tr.x.astype(np.float64), tr.y], axis=1) for k, tr in rows.items()}
         return LeadSignals(signals=signals, fs=float(fs), traces_px=traces_px, quality=quality, method=self.method)

@@ -38,6 +38,7 @@ from ecgtrace import paper
 from ecgtrace.paper import CANONICAL, N_ROWS, Page
 from ecgtrace.paper import ROW_KEYS as ROW_KEYS  # re-exported: the names that lived here keep working
 from ecgtrace.paper import page_for as page_for
+from ecgtrace.stages.steps import step
 from ecgtrace.stages.trace.ink import ink_map, mask_furniture
 from ecgtrace.stages.trace.ink import ink_near_path as ink_near_path
 from ecgtrace.stages.trace.ink import trace_probability as trace_probability
@@ -70,8 +71,10 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     page = page_for(image_bgr)
     blind = np.zeros(image_bgr.shape[1], bool)
     if prob is None:
-        prob, blind = ink_map(image_bgr)
-        prob = mask_furniture(prob, page, p)
+        with step("ink map"):
+            prob, blind = ink_map(image_bgr)
+        with step("furniture"):
+            prob = mask_furniture(prob, page, p)
     h, w = prob.shape
     x0, x1 = page.signal_columns(w)
     xs = np.arange(x0, x1 + 1)
@@ -93,25 +96,30 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
         # A move into column x is drawn between columns x-1 and x: a thin slanted stroke puts part of
         # its ink in each, so the move is as cheap as the inkier of the two columns.
         reach = np.maximum(band, np.concatenate([band[:, :1], band[:, :-1]], axis=1))
-        step = p.step_ink_cost * (1.0 - np.clip(reach / 0.4, 0.0, 1.0)) + p.step_base_cost
+        step_cost = p.step_ink_cost * (1.0 - np.clip(reach / 0.4, 0.0, 1.0)) + p.step_base_cost
         # a stroke crossing an in-painted grid-line column left no ink there: moving is cheap, but not free
-        step[:, blind[x0:x1 + 1]] = np.minimum(step[:, blind[x0:x1 + 1]], p.blind_step_cost)
+        step_cost[:, blind[x0:x1 + 1]] = np.minimum(step_cost[:, blind[x0:x1 + 1]], p.blind_step_cost)
         if row < N_ROWS - 1:
             # the row switches lead at each column start: the trace may jump there for free
             for c in range(1, paper.N_COLUMNS):
                 xb = int(round(page.column_x(c))) - x0
-                step[:, max(0, xb - 2):min(step.shape[1], xb + 3)] = p.step_base_cost
-        path = viterbi(unary, step)
-        ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
+                step_cost[:, max(0, xb - 2):min(step_cost.shape[1], xb + 3)] = p.step_base_cost
+        with step("path search"):
+            path = viterbi(unary, step_cost)
+        with step("centre line"):
+            ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
         ink = raw[path, np.arange(len(path))]  # quality is judged on the page's own ink scale
         clipped = (path <= 1) | (path >= band.shape[0] - 2)
         key = ROW_KEYS[row]
         out.rows[key] = RowTrace(key=key, row=row, x=xs.copy(), y=ysub + top, ink=ink, clipped=clipped)
         # claim this row's pixels so the next row does not follow them where rows overlap
+        # (the pixels within hw of the path's integer rows: offsets |k| <= hw, set column by column)
         hw = p.claimed_halfwidth_px * scale
-        yy = np.arange(h, dtype=np.float64)[:, None]
-        near = np.abs(yy - (path + top)[None, :]) <= hw
-        claimed[:, x0:x1 + 1] = np.maximum(claimed[:, x0:x1 + 1], p.claimed_penalty * near)
+        cols = np.arange(x0, x1 + 1)
+        for k in range(-int(np.floor(hw)), int(np.floor(hw)) + 1):
+            yk = path + top + k
+            ok = (yk >= 0) & (yk < h)
+            claimed[yk[ok], cols[ok]] = np.maximum(claimed[yk[ok], cols[ok]], p.claimed_penalty)
     return out
 
 

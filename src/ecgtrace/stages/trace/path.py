@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 #: Ink level that counts as "on the trace" when measuring a column's ink run (thin anti-aliased
@@ -37,28 +38,35 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     vertically into that column. The min over predecessors of
     ``D[y'] + |C[y] - C[y']|`` (C = cumulative step cost) is computed in O(Hb) with
     two running minima, so the whole path is O(Hb * n) with a short Python loop.
+    The forward pass keeps only the costs; the predecessor is looked up while tracing
+    the path back, for its n points alone (of equal predecessors, the nearest on each
+    side, and the one above on a tie between the sides).
     """
     hb, n = unary.shape
-    ar = np.arange(hb)
-    back = np.empty((n, hb), dtype=np.int32)
-    D = unary[:, 0].astype(np.float64).copy()
+    cum = np.ascontiguousarray(np.cumsum(step, axis=0, dtype=np.float64).T)  # (n, Hb): C per column
+    un = np.ascontiguousarray(unary.T, dtype=np.float64)
+    cost = np.empty((n, hb))
+    cost[0] = un[0]
+    run_min = np.minimum.accumulate
     for x in range(1, n):
-        C = np.cumsum(step[:, x], dtype=np.float64)
-        a = D - C  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
-        ra = np.minimum.accumulate(a)
-        ia = np.maximum.accumulate(np.where(a <= ra, ar, 0))
-        b = (D + C)[::-1]  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
-        rb = np.minimum.accumulate(b)
-        ib = (hb - 1 - np.maximum.accumulate(np.where(b <= rb, ar, 0)))[::-1]
-        fa = ra + C
-        fb = rb[::-1] - C
-        use_a = fa <= fb
-        back[x] = np.where(use_a, ia, ib)
-        D = unary[:, x] + np.where(use_a, fa, fb)
+        C, D = cum[x], cost[x - 1]
+        fa = run_min(D - C)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
+        fa += C
+        fb = run_min((D + C)[::-1])[::-1]  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
+        fb -= C
+        np.minimum(fa, fb, out=fa)
+        np.add(un[x], fa, out=cost[x])
     path = np.empty(n, dtype=np.int64)
-    path[-1] = int(np.argmin(D))
+    y = int(np.argmin(cost[-1]))
+    path[-1] = y
     for x in range(n - 1, 0, -1):
-        path[x - 1] = back[x, path[x]]
+        C, D = cum[x], cost[x - 1]
+        a = D[:y + 1] - C[:y + 1]
+        ka = y - int(np.argmin(a[::-1]))  # the last of equal minima, as the running minimum keeps it
+        b = D[y:] + C[y:]
+        kb = y + int(np.argmin(b))
+        y = ka if a[ka] + C[y] <= b[kb - y] - C[y] else kb
+        path[x - 1] = y
     return path
 
 
@@ -122,6 +130,29 @@ def thin(mask: np.ndarray, max_iter: int = 20) -> np.ndarray:
     return m[1:-1, 1:-1]
 
 
+def thin_touching(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """:func:`thin` of the 8-connected parts of ``mask`` that hold a ``seeds`` pixel (False elsewhere).
+
+    Thinning looks at a pixel's 8 neighbours only, which lie in its own part or are background,
+    so each part thins alone: thinning just these, within their bounding box, gives exactly what
+    thinning the whole mask gives on them, for a fraction of the area.
+    """
+    out = np.zeros(mask.shape, bool)
+    if not seeds.any():
+        return out
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(int(labels.max()) + 1, bool)
+    keep[labels[seeds]] = True
+    keep[0] = False
+    part = keep[labels]
+    rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+    if not len(rows):
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    out[box] = thin(part[box])
+    return out
+
+
 def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int) -> np.ndarray:
     """One float y per column of the trace centre line at the column's centre time.
 
@@ -148,9 +179,13 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     y = np.where(peak, ya + hw, np.where(trough, yb - hw, mid))
     # where a skeleton exists inside the run, its extent is the centre line's own span in this
     # column (the line width no longer bleeds in from the neighbouring columns of a sharp peak)
-    skel = thin(prob_band >= RUN_THRESHOLD)
+    # (read in the long-run columns and their neighbours only: thin just the ink that reaches into them)
     yy = np.arange(hb, dtype=np.float64)[:, None]
-    inrun = skel & (yy >= np.floor(ya)[None, :]) & (yy <= np.ceil(yb)[None, :])
+    span = (yy >= np.floor(ya)[None, :]) & (yy <= np.ceil(yb)[None, :])
+    ink = prob_band >= RUN_THRESHOLD
+    used = ~short
+    used = used | np.r_[used[1:], False] | np.r_[False, used[:-1]]
+    inrun = thin_touching(ink, ink & span & used[None, :]) & span
     has = inrun.any(axis=0)
     st = np.where(inrun, yy, np.inf).min(axis=0)
     sb = np.where(inrun, yy, -np.inf).max(axis=0)

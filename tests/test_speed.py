@@ -1,0 +1,138 @@
+"""The faster forms of stage 1/2 steps give what the direct ones gave (issue 14, point 1), and the step timer."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from ecgtrace.stages import lattice as L
+from ecgtrace.stages import steps
+from ecgtrace.stages.trace import ink
+from ecgtrace.stages.trace.path import thin, thin_touching, viterbi
+
+
+def _page_like(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
+    """Paper with shading, thin dark strokes and a coloured grid: the structure the blurs meet."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 235 + 15 * np.sin(xx / 150.0)[..., None] * np.ones(c)
+    img[:, ::20] = [200, 170, 250][:c]
+    img[::20, :] = [200, 170, 250][:c]
+    for _ in range(40):
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        cv2.line(img, (int(x0), int(y0)), (int(x0 + rng.integers(-80, 80)), int(y0 + rng.integers(-80, 80))),
+                 (20,) * c, 2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape,sigma", [((400, 600), 30.0), ((400, 600, 3), 27.0), ((300, 500), 78.7),
+                                         ((120, 90), 40.0), ((400, 600), 8.0)])
+def test_blur_wide_is_opencvs_blur(shape, sigma):
+    img = _page_like(shape[0], shape[1], shape[2] if len(shape) == 3 else 1).astype(np.float32)
+    img = img.reshape(shape)
+    got = ink.blur_wide(img, sigma)
+    ref = cv2.GaussianBlur(img, (0, 0), sigma)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-3)  # float32 rounding of two ways to sum the same kernel
+
+
+def test_blur_coarse_is_close():
+    img = _page_like(400, 600).astype(np.float32)
+    ref = cv2.GaussianBlur(img, (0, 0), 27.0)
+    assert np.abs(ink.blur_coarse(img, 27.0) - ref).max() < 1.0  # of 0..255: 1e-3 of the range or better
+
+
+def test_channel_max_min():
+    img = _page_like(50, 70).astype(np.float32) * np.float32(1.01)
+    mx, mn = ink.channel_max_min(img)
+    assert np.array_equal(mx, img.max(axis=2)) and np.array_equal(mn, img.min(axis=2))
+
+
+def _viterbi_reference(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The search as it was written first: back pointers stored for every pixel of every column."""
+    hb, n = unary.shape
+    ar = np.arange(hb)
+    back = np.empty((n, hb), dtype=np.int64)
+    d = unary[:, 0].astype(np.float64).copy()
+    for x in range(1, n):
+        c = np.cumsum(step[:, x], dtype=np.float64)
+        a = d - c
+        ra = np.minimum.accumulate(a)
+        ia = np.maximum.accumulate(np.where(a <= ra, ar, 0))
+        b = (d + c)[::-1]
+        rb = np.minimum.accumulate(b)
+        ib = (hb - 1 - np.maximum.accumulate(np.where(b <= rb, ar, 0)))[::-1]
+        fa, fb = ra + c, rb[::-1] - c
+        back[x] = np.where(fa <= fb, ia, ib)
+        d = unary[:, x] + np.minimum(fa, fb)
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = int(np.argmin(d))
+    for x in range(n - 1, 0, -1):
+        path[x - 1] = back[x, path[x]]
+    return path
+
+
+def test_viterbi_matches_the_reference_including_ties():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        hb, n = int(rng.integers(1, 40)), int(rng.integers(1, 80))
+        u = rng.random((hb, n)).astype(np.float32)
+        s = (rng.random((hb, n)) * (trial % 3)).astype(np.float32)
+        if trial % 4 == 0:  # many equal costs
+            u, s = np.round(u, 1), np.round(s, 1)
+        assert np.array_equal(viterbi(u, s), _viterbi_reference(u, s)), trial
+
+
+def test_thin_touching_is_thin_on_the_parts_it_keeps():
+    rng = np.random.default_rng(4)
+    mask = cv2.dilate((rng.random((80, 200)) < 0.04).astype(np.uint8), np.ones((4, 4), np.uint8)).astype(bool)
+    seeds = np.zeros_like(mask)
+    seeds[:, 50:120] = mask[:, 50:120]
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    kept = np.isin(labels, np.unique(labels[seeds])) & mask
+    full = thin(mask)
+    assert np.array_equal(thin_touching(mask, seeds), full & kept)
+    assert not thin_touching(mask, np.zeros_like(mask)).any()
+
+
+def test_banded_lattice_solve_matches_sparse_lu():
+    rng = np.random.default_rng(5)
+    for shape in ((12, 17), (17, 12), (4, 5)):
+        idx = np.argwhere(rng.random(shape) < 0.5)
+        vals = rng.normal(size=(len(idx), 2))
+        for lam in (5.0, 0.01):
+            got = L.smooth_lattice_field(idx, vals, shape, lam)
+            nh, nv = shape
+            flat = idx[:, 0] * nv + idx[:, 1]
+            d = L._second_differences(nh, nv)
+            solve = spla.factorized((sp.diags(np.bincount(flat, minlength=nh * nv).astype(float))
+                                     + lam * (d.T @ d)).tocsc())
+            ref = np.stack([solve(np.bincount(flat, weights=vals[:, c], minlength=nh * nv)) for c in range(2)], 1)
+            np.testing.assert_allclose(got.reshape(-1, 2), ref, atol=1e-9)
+
+
+def test_ink_map_is_reused_only_for_the_same_pixels():
+    page = _page_like(425, 550)
+    prob, blind = ink.ink_map(page)
+    again, _ = ink.ink_map(page.copy())
+    assert np.array_equal(prob, again)
+    again[:] = 0  # the caller's copy: the next reader still gets the ink map
+    assert np.array_equal(ink.ink_map(page)[0], prob)
+    other = page.copy()
+    other[200:210, 100:300] = 0
+    assert not np.array_equal(ink.ink_map(other)[0], prob)
+
+
+def test_steps_nest_and_cost_nothing_unrecorded():
+    with steps.step("outside"):  # no recording open: nothing kept anywhere
+        pass
+    with steps.recording() as rec:
+        with steps.step("a"):
+            with steps.step("b"):
+                pass
+            with steps.step("b"):
+                pass
+    assert list(rec.seconds) == ["a/b", "a"] and rec.calls["a/b"] == 2 and rec.calls["a"] == 1
