@@ -103,7 +103,7 @@ def test_export_is_fp16_self_describing_and_reads_like_the_checkpoint(ckpts, tmp
     # the stage reads with it like with the .pth
     page = np.full((*PAGE_HW, 3), 255, np.uint8)
     sa, sb = Stage2(checkpoint=ckpts["stage2"])(page, 250.0), Stage2(checkpoint=out)(page, 250.0)
-    assert sb.method == "model" and set(sa.signals) == set(sb.signals)
+    assert sb.method == "model+classical" and set(sa.signals) == set(sb.signals)
 
 
 def test_export_errors_are_one_line(ckpts, tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_pipeline_takes_checkpoint_then_shipped_then_classical(ckpts, wdir, tmp_
     pipe = Pipeline()
     kinds = {k: w.kind for k, w in pipe.weights.items()}
     assert kinds == {"stage0": "shipped", "stage1": "classical", "stage2": "shipped"}
-    assert pipe.stage2.method == "model" and pipe.stage0.net is not None
+    assert pipe.stage2.method == "model+classical" and pipe.stage0.net is not None
     assert pipe.weights["stage2"].sha256 == shipped.file_sha256(wdir / "stage2.safetensors")
     # a checkpoint folder wins for the stages it holds, and only those
     mine = tmp_path / "mine"
@@ -195,7 +195,7 @@ def test_report_and_overlay_title_name_the_weights(ckpts, wdir, tmp_path):
     w = res.report["weights"]
     assert w["stage2"] == {"kind": "shipped", "name": "tiny-s2", "sha256": entry.sha256[:8],
                            "path": str(entry.path)}
-    assert w["stage0"]["kind"] == "classical" and res.report["method"]["stage2"] == "model"
+    assert w["stage0"]["kind"] == "classical" and res.report["method"]["stage2"] == "model+classical"
     json.dumps(res.report)
     title = weights_title(w)
     assert title == f"s0 classical | s1 classical | s2 shipped tiny-s2 ({entry.sha256[:8]})"

@@ -168,7 +168,7 @@ def test_stage2_loads_a_checkpoint_and_reads_with_the_model(tmp_path):
     path = tmp_path / "stage2_best.pth"
     save_checkpoint({"model_state_dict": model.state_dict(), "arch": model.arch, "config": cfg.to_dict(),
                      "stage": 2, "epoch": 1}, path)
-    st = Stage2(checkpoint=path)
+    st = Stage2(checkpoint=path, fuse=False)
     assert st.method == "model"
     page = np.full((850, 1100, 3), 255, np.uint8)
     out = st(page, 500.0)

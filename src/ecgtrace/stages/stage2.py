@@ -22,7 +22,7 @@ from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.steps import step
 from ecgtrace.stages import trace
-from ecgtrace.stages.trace import network
+from ecgtrace.stages.trace import fusion, network
 
 #: Einthoven/Goldberger relations (exact for ideal recordings): II = I + III, aVR + aVL + aVF = 0.
 EINTHOVEN_ALPHA = 0.33
@@ -60,11 +60,16 @@ class Stage2:
     ``stage2_*.pth`` file or an exported ``.safetensors``) or a
     :class:`~ecgtrace.models.shipped.WeightsSource` (the shipped weights) loads the learned
     model; ``weights`` says which. ``einthoven`` switches on the soft Einthoven correction
-    (see :func:`einthoven_correct`).
+    (see :func:`einthoven_correct`). With a model, ``fuse`` (default) has the classical reader read
+    the page too and takes each lead window from the path the page's ink favours
+    (:mod:`ecgtrace.stages.trace.fusion`); ``fuse=False`` keeps the network's paths alone.
     """
 
     def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
-                 einthoven: bool = False, params: trace.ClassicalParams | None = None) -> None:
+                 einthoven: bool = False, params: trace.ClassicalParams | None = None, fuse: bool = True,
+                 fusion_params: fusion.FusionParams | None = None) -> None:
+        self.fuse = fuse
+        self.fusion_params = fusion_params or fusion.FusionParams()
         self.device = str(resolve_device(device, "stage 2"))
         self.einthoven = einthoven
         self.params = params or trace.ClassicalParams()
@@ -78,7 +83,9 @@ class Stage2:
 
     @property
     def method(self) -> str:
-        return "model" if self.model is not None else "classical"
+        if self.model is None:
+            return "classical"
+        return "model+classical" if self.fuse else "model"
 
     def rows(self, rect_bgr: np.ndarray) -> dict[str, trace.RowTrace]:
         """Per-row traces (rectified px) of a page, by the model or the classical reader."""
@@ -122,6 +129,13 @@ class Stage2:
             radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
             for tr in rows.values():
                 tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
+            if self.fuse:  # the classical reader reads the page too; per lead window the page's ink decides
+                with step("fusion"):
+                    classical = tc.trace_rows(rect_bgr, self.params)
+                    if fusion.is_clean_coloured(rect_bgr, classical.prob, classical.rows, page, self.fusion_params):
+                        rows = classical.rows
+                    else:
+                        rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params).rows
         with step("leads"):
             values = {k: trace.row_values(tr, page, pen_offset_px) for k, tr in rows.items()}
             signals = trace.cut_leads(values, fs, n_samples)

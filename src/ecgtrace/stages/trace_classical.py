@@ -128,5 +128,5 @@ def extract(image_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None =
     """Rectified page -> (12 leads in mV at ``fs``, the row paths, per-lead quality flags)."""
     page = page_for(image_bgr)
     res = trace_rows(image_bgr, params)
-    rows = {k: row_values(tr, page) for k, tr in res.rows.items()}
+    rows = {k: row_values(tr, page, paper.PEN_OFFSET_PX) for k, tr in res.rows.items()}
     return cut_leads(rows, fs, n_samples), res, quality_flags(res, page, params)

@@ -1,0 +1,108 @@
+"""Per lead, the learned or the classical reader's path: both read the page, the page's ink decides.
+
+The network transfers to pages it was not drawn for (noise, black-and-white scans, odd
+grids) better than the classical reader, which in turn is sharper on a clean page on coloured
+grid paper, where its ink map tells trace from grid by colour and follows the ink to the
+pixel. So a clean coloured page (:func:`is_clean_coloured`) is read by the classical path
+alone; on any other page each lead window of each row takes the path with more ink under it
+(:func:`fuse_rows`, both measured on the same ink map). A row may switch reader at a lead
+switch, where the drawn trace jumps anyway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ecgtrace.paper import CANONICAL, N_COLUMNS, N_ROWS, ROW_KEYS, Page
+from ecgtrace.stages.trace.ink import ink_near_path
+from ecgtrace.stages.trace.path import RowTrace
+
+#: Reader names in :attr:`FusedRows.choice`.
+MODEL, CLASSICAL = "model", "classical"
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """When the classical path wins a lead window (chosen on the ECG-Image-Kit transfer set, see the README)."""
+
+    #: The classical path wins a lead window when its ink exceeds the network path's by this much.
+    ink_margin: float = 0.01
+    #: A clean page (stray ink: fraction of strong-ink pixels more than 2 mm from every classical
+    #: path, below this) on tinted paper or grid is read by the classical path alone: there the ink
+    #: map separates trace from grid by colour and follows it to the pixel.
+    clean_stray_ink: float = 0.001
+    #: 90th percentile of the page's saturation (0-255) above which its grid counts as coloured.
+    coloured_saturation: float = 20.0
+
+
+@dataclass
+class FusedRows:
+    """The fused row paths and, per row and lead window, which reader gave it."""
+
+    rows: dict[str, RowTrace]
+    choice: dict[str, list[str]]  # row key -> reader per lead window (N_COLUMNS entries)
+
+
+def _window(tr: RowTrace, page: Page, col: int) -> np.ndarray:
+    """Boolean mask of the path columns inside lead window ``col`` of the row (the last one closed)."""
+    xa, xb = page.column_x(col), page.column_x(col + 1)
+    return (tr.x >= xa) & ((tr.x < xb) if col < N_COLUMNS - 1 else (tr.x <= xb + 1))
+
+
+def stray_ink(prob: np.ndarray, rows: dict[str, RowTrace], page: Page) -> float:
+    """Fraction of strong-ink pixels (``prob`` > 0.5) of the signal area more than 2 mm from every path."""
+    near = np.zeros(prob.shape, np.uint8)
+    for tr in rows.values():
+        pts = np.round(np.stack([tr.x, tr.y], axis=1)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(near, [pts], False, 255, thickness=max(1, int(4 * page.px_per_mm)))
+    x0, x1 = page.signal_columns(prob.shape[1])
+    away = near[:, x0:x1] == 0
+    return float((prob[:, x0:x1][away] > 0.5).mean()) if away.any() else 0.0
+
+
+def is_clean_coloured(rect_bgr: np.ndarray, prob: np.ndarray, classical: dict[str, RowTrace], page: Page,
+                      params: FusionParams | None = None) -> bool:
+    """True for a page with almost no stray ink on coloured paper or grid (where the classical path is best)."""
+    p = params or FusionParams()
+    if rect_bgr.ndim != 3:
+        return False
+    sat = float(np.percentile(cv2.cvtColor(rect_bgr, cv2.COLOR_BGR2HSV)[..., 1], 90))
+    return sat > p.coloured_saturation and stray_ink(prob, classical, page) < p.clean_stray_ink
+
+
+def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: np.ndarray, page: Page,
+              params: FusionParams | None = None) -> FusedRows:
+    """One path per row, each lead window taken from the reader :class:`FusionParams` prefers.
+
+    ``prob``: the page's trace-ink map at ``page``'s resolution (both paths are in its px);
+    the ink under each path is measured on it the same way, so the two are comparable.
+    """
+    p = params or FusionParams()
+    radius = max(1.0, 2.0 * page.px_per_mm / CANONICAL.px_per_mm)  # as the quality flags measure it
+    rows: dict[str, RowTrace] = {}
+    choice: dict[str, list[str]] = {}
+    for r in range(N_ROWS):
+        key = ROW_KEYS[r]
+        if key not in model or key not in classical:
+            rows[key] = model.get(key) or classical[key]
+            choice[key] = [MODEL if key in model else CLASSICAL] * N_COLUMNS
+            continue
+        m, c = model[key], classical[key]
+        ink_m = ink_near_path(prob, m.x, m.y, radius)
+        ink_c = ink_near_path(prob, c.x, c.y, radius)
+        parts, picks = [], []
+        for col in range(N_COLUMNS):
+            wc, wm = _window(c, page, col), _window(m, page, col)
+            if not wc.any() or not wm.any():
+                pick = MODEL if wm.any() else CLASSICAL
+            else:
+                pick = CLASSICAL if float(ink_c[wc].mean()) > float(ink_m[wm].mean()) + p.ink_margin else MODEL
+            picks.append(pick)
+            tr, w = (c, wc) if pick == CLASSICAL else (m, wm)
+            parts.append((tr.x[w].astype(np.float64), tr.y[w], tr.ink[w], tr.clipped[w]))
+        xs, ys, inks, clips = (np.concatenate(a) for a in zip(*parts))
+        rows[key] = RowTrace(key=key, row=r, x=xs, y=ys, ink=inks, clipped=clips)
+        choice[key] = picks
+    return FusedRows(rows=rows, choice=choice)

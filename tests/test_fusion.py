@@ -1,0 +1,63 @@
+"""Fusion of the learned and the classical reader's paths (ecgtrace.stages.trace.fusion)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecgtrace.paper import N_COLUMNS, N_ROWS, ROW_KEYS, Page
+from ecgtrace.stages.trace.fusion import CLASSICAL, MODEL, fuse_rows, is_clean_coloured, stray_ink
+from ecgtrace.stages.trace.path import RowTrace
+
+PAGE = Page(dpi=50)
+
+
+def _rows(dy_by_col: dict[int, float]) -> dict[str, RowTrace]:
+    """A path on every row's baseline, moved by dy px in the given lead windows."""
+    h, w = PAGE.size
+    x0, x1 = PAGE.signal_columns(w)
+    xs = np.arange(x0, x1 + 1)
+    out = {}
+    for r in range(N_ROWS):
+        y = np.full(xs.size, PAGE.baseline_y(r))
+        for col, dy in dy_by_col.items():
+            y[(xs >= PAGE.column_x(col)) & (xs < PAGE.column_x(col + 1))] += dy
+        out[ROW_KEYS[r]] = RowTrace(key=ROW_KEYS[r], row=r, x=xs.astype(np.float64), y=y,
+                                    ink=np.ones(xs.size), clipped=np.zeros(xs.size, bool))
+    return out
+
+
+def _ink(rows: dict[str, RowTrace]) -> np.ndarray:
+    prob = np.zeros(PAGE.size, np.float32)
+    for tr in rows.values():
+        prob[np.round(tr.y).astype(int), tr.x.astype(int)] = 1.0
+    return prob
+
+
+def test_each_lead_window_takes_the_path_on_the_ink():
+    truth = _rows({})
+    prob = _ink(truth)
+    model = _rows({1: 8.0})  # the network strays off the ink in window 1 ...
+    classical = _rows({3: -8.0})  # ... the classical reader in window 3
+    fused = fuse_rows(model, classical, prob, PAGE)
+    for key in ROW_KEYS:
+        picks = fused.choice[key]
+        assert len(picks) == N_COLUMNS
+        assert picks[1] == CLASSICAL and picks[3] == MODEL, picks
+        # the fused path lies on the ink everywhere
+        np.testing.assert_allclose(fused.rows[key].y, truth[key].y)
+        np.testing.assert_allclose(fused.rows[key].x, truth[key].x)
+
+
+def test_a_clean_page_on_coloured_grid_is_the_classical_readers():
+    rows = _rows({})
+    prob = _ink(rows)
+    assert stray_ink(prob, rows, PAGE) == 0.0
+    pink = np.full((*PAGE.size, 3), (200, 200, 255), np.uint8)  # BGR: pink paper
+    grey = np.full((*PAGE.size, 3), 230, np.uint8)
+    assert is_clean_coloured(pink, prob, rows, PAGE)
+    assert not is_clean_coloured(grey, prob, rows, PAGE)  # a grey grid: the classical ink map is unsure
+    noisy = prob.copy()
+    rng = np.random.default_rng(0)
+    noisy[rng.random(noisy.shape) < 0.01] = 1.0  # speckle noise: stray ink everywhere
+    assert stray_ink(noisy, rows, PAGE) > 0.005
+    assert not is_clean_coloured(pink, noisy, rows, PAGE)
