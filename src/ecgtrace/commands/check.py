@@ -125,9 +125,24 @@ class CheckReport:
     lines: list[str] = field(default_factory=list)
 
 
+
+def _weights_problem(model, sd: dict, lines: list[str], nan_fix: str) -> "CheckReport | None":
+    """The failed report when ``sd`` does not fit ``model`` exactly or holds NaN/inf; None when it is sound."""
+    import torch
+
+    from ecgtrace.models import checkpoint as mck
+
+    rep = mck.compare_state_dict(model, sd)
+    if not rep.ok:
+        return CheckReport(False, f"architecture mismatch: {rep.summary()}; the weights do not belong to the "
+                                  "recorded architecture (file edited or mixed up?)", lines)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        return CheckReport(False, f"{len(bad)} weight tensors hold NaN/inf (e.g. {bad[0]}); {nan_fix}", lines)
+    return None
+
 def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     """Load ``path``, check its keys, rebuild the recorded architecture, load the weights and run a forward pass."""
-    import torch
 
     from ecgtrace.models import checkpoint as mck
     from ecgtrace.train import checkpoint as ck
@@ -164,14 +179,9 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     except EcgTraceError as e:
         return CheckReport(False, f"cannot rebuild the model of {p}: {e}", lines)
     sd = mck.strip_module_prefix(state["model_state_dict"])
-    rep = mck.compare_state_dict(model, sd)
-    if not rep.ok:
-        return CheckReport(False, f"architecture mismatch: {rep.summary()}; the weights do not belong to the "
-                                  "recorded architecture (file edited or mixed up?)", lines)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        return CheckReport(False, f"{len(bad)} weight tensors hold NaN/inf (e.g. {bad[0]}); the run diverged "
-                                  "before this save: use an earlier epoch's checkpoint", lines)
+    problem = _weights_problem(model, sd, lines, "the run diverged before this save: use an earlier epoch's checkpoint")
+    if problem:
+        return problem
     model.load_state_dict(sd, strict=True)
     n_params = sum(v.numel() for v in model.parameters())
     lines.append(f"Weights: {len(sd)} tensors, {n_params:,} parameters, all match")
@@ -212,7 +222,6 @@ def _forward_check(model: Any, input_size: tuple[int, int], device: str, lines: 
 
 def _test_inference_file(p: Path, device: str, lines: list[str]) -> CheckReport:
     """``--test`` of an exported / shipped ``.safetensors``: metadata, sha256, architecture, forward pass."""
-    import torch
 
     from ecgtrace.models import checkpoint as mck
     from ecgtrace.models import shipped
@@ -239,13 +248,9 @@ def _test_inference_file(p: Path, device: str, lines: list[str]) -> CheckReport:
     except (EcgTraceError, TypeError, ValueError, RuntimeError) as e:
         return CheckReport(False, f"cannot rebuild the model of {p}: {e}", lines)
     sd = state["model_state_dict"]
-    rep = mck.compare_state_dict(model, sd)
-    if not rep.ok:
-        return CheckReport(False, f"architecture mismatch: {rep.summary()}; the weights do not belong to the "
-                                  "recorded architecture (file edited or mixed up?)", lines)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        return CheckReport(False, f"{len(bad)} weight tensors hold NaN/inf (e.g. {bad[0]}); export again", lines)
+    problem = _weights_problem(model, sd, lines, "export again")
+    if problem:
+        return problem
     model.load_state_dict(sd, strict=True)
     n_params = sum(v.numel() for v in model.parameters())
     lines.append(f"Weights: {len(sd)} tensors, {n_params:,} parameters, all match")
