@@ -194,7 +194,7 @@ def test_report_and_overlay_title_name_the_weights(ckpts, wdir, tmp_path):
     res = Pipeline()(img, fs=fs)
     w = res.report["weights"]
     assert w["stage2"] == {"kind": "shipped", "name": "tiny-s2", "sha256": entry.sha256[:8],
-                           "path": str(entry.path)}
+                           "path": str(entry.path), "backend": "torch"}
     assert w["stage0"]["kind"] == "classical" and res.report["method"]["stage2"] == "model+classical"
     json.dumps(res.report)
     title = weights_title(w)

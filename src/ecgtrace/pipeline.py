@@ -168,21 +168,23 @@ def weights_title(weights: dict[str, dict[str, Any]] | None) -> str | None:
 # --------------------------------------------------------------------------- pipeline
 class Pipeline:
     """Stage 0 -> 1 -> 2; per stage a checkpoint from ``checkpoints_dir``, else the shipped weights, else the
-    classical path. ``classical=True`` runs every stage's classical path.
+    classical path. ``classical=True`` runs every stage's classical path. ``backend="onnx"`` runs the
+    networks with onnxruntime (:mod:`ecgtrace.models.onnx_backend`), ``"torch"`` with torch.
 
     ``weights`` maps ``"stage0"``.. to the :class:`~ecgtrace.models.shipped.WeightsSource` each stage uses.
     """
 
     def __init__(self, checkpoints_dir: str | Path | None = None, device: str = "cpu", einthoven: bool = False,
-                 classical: bool = False) -> None:
+                 classical: bool = False, backend: str = "torch") -> None:
         if checkpoints_dir is not None and not Path(checkpoints_dir).exists():
             raise EcgTraceError(f"checkpoint folder {checkpoints_dir} not found; train with `ecgtrace train` "
                                 "or leave --checkpoints out to use the shipped weights")
         self.device = device
         src = [resolve_weights(k, checkpoints_dir, classical=classical) for k in range(3)]
-        self.stage0 = Stage0(checkpoint=src[0], device=device)
-        self.stage1 = Stage1(checkpoint=src[1], device=device)
-        self.stage2 = Stage2(checkpoint=src[2], device=device, einthoven=einthoven)
+        self.backend = backend
+        self.stage0 = Stage0(checkpoint=src[0], device=device, backend=backend)
+        self.stage1 = Stage1(checkpoint=src[1], device=device, backend=backend)
+        self.stage2 = Stage2(checkpoint=src[2], device=device, einthoven=einthoven, backend=backend)
 
     @property
     def weights(self) -> dict[str, WeightsSource]:
@@ -265,14 +267,14 @@ _DEFAULT: dict[tuple, Pipeline] = {}
 
 
 def digitize(image: str | Path | np.ndarray, fs: float = 500.0, checkpoints: str | Path | None = None,
-             device: str = "cpu", classical: bool = False) -> Result:
+             device: str = "cpu", classical: bool = False, backend: str = "torch") -> Result:
     """Digitize one ECG picture: ``ecgtrace.digitize("photo.jpg").signals`` is a DataFrame of the 12 leads.
 
     ``checkpoints``: a folder with ``stage{0,1,2}_*.pth`` that overrides the shipped weights per stage;
-    ``classical=True`` runs the classical paths only. The pipeline is built once per
-    (checkpoints, device, classical) and reused.
+    ``classical=True`` runs the classical paths only; ``backend="onnx"`` runs the networks with onnxruntime.
+    The pipeline is built once per (checkpoints, device, classical, backend) and reused.
     """
-    key = (str(checkpoints) if checkpoints else None, device, bool(classical))
+    key = (str(checkpoints) if checkpoints else None, device, bool(classical), backend)
     if key not in _DEFAULT:
-        _DEFAULT[key] = Pipeline(checkpoints, device=device, classical=classical)
+        _DEFAULT[key] = Pipeline(checkpoints, device=device, classical=classical, backend=backend)
     return _DEFAULT[key](image, fs=fs)

@@ -154,6 +154,8 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     lines.append(f"File: {p} ({p.stat().st_size / 1e6:.1f} MB, {_date(p.stat().st_mtime)})")
     if mck.is_inference_file(p):
         return _test_inference_file(p, device, lines)
+    if p.suffix.lower() == mck.ONNX_SUFFIX:
+        return _test_onnx_file(p, device, lines)
     try:
         state = mck.load_checkpoint(p)
     except EcgTraceError as e:
@@ -218,6 +220,28 @@ def _forward_check(model: Any, input_size: tuple[int, int], device: str, lines: 
     if not all(bool(np.isfinite(v.float().cpu().numpy()).all()) for v in outs.values()):
         return "forward pass gives NaN/inf; the weights are unusable"
     return None
+
+
+def _test_onnx_file(p: Path, device: str, lines: list[str]) -> CheckReport:
+    """``--test`` of an ``.onnx`` network (``ecgtrace export --onnx``): metadata and an onnxruntime forward pass."""
+    import torch
+
+    from ecgtrace.models import onnx_backend
+
+    try:
+        net = onnx_backend.load_onnx_file(p, device)
+    except EcgTraceError as e:
+        return CheckReport(False, str(e), lines)
+    cfg, shape = net.cfg, net.model.shape
+    lines.append(f"ONNX network: stage {_stage_text(cfg.stage)}, epoch {net.epoch}, input (N, "
+                 f"{', '.join(map(str, shape[1:]))}), outputs {', '.join(net.model.output_names)}")
+    lines.append(f"Architecture it was exported from: {cfg.architecture or '?'} {cfg.arch_kwargs}")
+    out = net.model(torch.zeros(shape))
+    bad = [k for k, v in out.items() if not torch.isfinite(v).all()]
+    if bad:
+        return CheckReport(False, f"{p}: onnxruntime gives NaN/inf for head {bad[0]}; export it again", lines)
+    lines.append("Forward pass (onnxruntime): " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items()))
+    return CheckReport(True, f"{p.name} is a valid stage {_stage_text(cfg.stage)} ONNX network", lines)
 
 
 def _test_inference_file(p: Path, device: str, lines: list[str]) -> CheckReport:

@@ -366,10 +366,11 @@ def summarize_rows(rows: list[dict]) -> dict[str, Any]:
 
 def evaluate_data(folder: str | Path, checkpoints: str | Path | None = None, device: str = "cpu",
                   fs_from_record: bool = False, variants: list[str] | None = None, limit: int = 0,
-                  progress: bool = True, pages=None, classical: bool = False) -> dict[str, Any]:
+                  progress: bool = True, pages=None, classical: bool = False, backend: str = "torch") -> dict[str, Any]:
     """Digitize and score every page of ``folder`` (ECG-Image-Kit layout, or a competition data set).
 
-    Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical.
+    Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical;
+    ``backend`` runs the networks with torch or onnxruntime.
 
     ``variants`` keeps only those sub-folders; ``limit`` keeps the first N pages of each. ``pages``
     (from :func:`ecgtrace.data.eik.find_pages`) skips reading the folder again. Returns the report:
@@ -399,7 +400,7 @@ def evaluate_data(folder: str | Path, checkpoints: str | Path | None = None, dev
             if count[p.subset] <= limit:
                 kept.append(p)
         pages = kept
-    pipe = Pipeline(checkpoints, device=device, classical=classical)
+    pipe = Pipeline(checkpoints, device=device, classical=classical, backend=backend)
     t0 = time.perf_counter()
     rows = []
     bar = tqdm(pages, desc=f"evaluate {folder.name}", unit="page", disable=not progress)
@@ -464,7 +465,7 @@ def run_data(args: argparse.Namespace) -> int:
     data = Path(args.data)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     rep = evaluate_data(data, checkpoints=args.checkpoints, device=args.device, fs_from_record=args.fs_from_record,
-                        variants=variants, limit=args.limit, classical=args.classical)
+                        variants=variants, limit=args.limit, classical=args.classical, backend=args.backend)
     print(format_data_report(rep))
     name = data.resolve().name or "data"
     path = Path(args.out) / f"evaluate_{name}.json"

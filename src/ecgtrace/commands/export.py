@@ -1,4 +1,5 @@
-"""``ecgtrace export``: a training checkpoint -> an inference-only fp16 ``.safetensors`` file (or the shipped one)."""
+"""``ecgtrace export``: a training checkpoint -> an inference-only fp16 ``.safetensors`` file (or the shipped one),
+or with ``--onnx`` an ``.onnx`` network for onnxruntime."""
 
 from __future__ import annotations
 
@@ -20,13 +21,17 @@ def register(subparsers) -> None:
                     "weights, no optimizer state, the weights description (architecture, input size, "
                     "normalisation, heads) in its metadata. Any command that takes --checkpoint(s) reads it. "
                     "--ship writes it as the package's stage{K}.safetensors instead and updates the manifest "
-                    "(ecgtrace/weights/manifest.json, or $ECGTRACE_WEIGHTS_DIR).",
+                    "(ecgtrace/weights/manifest.json, or $ECGTRACE_WEIGHTS_DIR). --onnx writes the network as an "
+                    "ONNX file for onnxruntime (`--backend onnx`, extra ecgtrace[onnx]), checked against torch.",
     )
     p.add_argument("checkpoint", metavar="CKPT", help="training checkpoint (.pth) or an exported .safetensors")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--out", default=None, metavar="FILE", help="output file (.safetensors)")
     g.add_argument("--ship", action="store_true",
                    help="write the shipped stage{K}.safetensors and its manifest entry (replaces the old one)")
+    p.add_argument("--onnx", action="store_true",
+                   help="with --out FILE.onnx: export the network for onnxruntime (its logits are checked against "
+                        "torch's on a seeded input)")
     p.add_argument("--name", default=None, help="name of the weights (default: stage, encoder, input size, epoch)")
     p.add_argument("--recipe", default=None, metavar="TEXT",
                    help="with --ship: the data recipe it was trained on (default: from the checkpoint's config)")
@@ -103,6 +108,17 @@ def run(args: argparse.Namespace) -> int:
                             "with --ship")
     if not Path(args.checkpoint).is_file():
         raise EcgTraceError(f"checkpoint {args.checkpoint} not found; list checkpoints with `ecgtrace check --list`")
+    if args.onnx:
+        if args.ship:
+            raise EcgTraceError("the shipped weights are .safetensors; --onnx writes a file: use --onnx --out FILE.onnx "
+                                "(or --backend onnx, which exports the shipped weights once by itself)")
+        from ecgtrace.models.onnx_backend import export_onnx
+
+        onx = export_onnx(args.checkpoint, args.out, name=args.name)
+        print(f"wrote {onx.path}: stage {onx.stage if onx.stage is not None else '?'}, {onx.name}, "
+              f"{onx.size_bytes / 1e6:.1f} MB, input (N, {', '.join(map(str, onx.shape[1:]))})")
+        print(f"  onnxruntime vs torch on a seeded input: max logit difference {onx.max_logit_diff:.2e}")
+        return 0
     if args.ship:
         figures = _read_figures(args.figures)
         command, recipe = _recorded(args.checkpoint)

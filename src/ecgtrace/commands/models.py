@@ -7,11 +7,17 @@ import json
 from typing import Any
 
 
-def add_weights_options(p: argparse.ArgumentParser | Any, single_stage: int | None = None) -> None:
-    """``--checkpoints DIR`` (``--checkpoint FILE`` for a one-stage command) and ``--classical``, exclusive.
+def add_weights_options(p: argparse.ArgumentParser | Any, single_stage: int | None = None,
+                        backend: bool = True) -> None:
+    """``--checkpoints DIR`` (``--checkpoint FILE`` for a one-stage command) and ``--classical``, exclusive;
+    with ``backend``, ``--backend torch|onnx`` (what runs the networks).
 
     ``p`` is a parser or an argument group.
     """
+    if backend:
+        p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                       help="what runs the networks: torch (default) or onnx (onnxruntime, extra ecgtrace[onnx]; "
+                            "torch weights are exported to ONNX once, into ~/.cache/ecgtrace/onnx)")
     g = p.add_mutually_exclusive_group()
     if single_stage is None:
         g.add_argument("--checkpoints", default=None, metavar="DIR",
@@ -36,7 +42,7 @@ def register(subparsers) -> None:
                     "weights come from: a checkpoint in --checkpoints, else the shipped file, else the classical "
                     "path.",
     )
-    add_weights_options(p)
+    add_weights_options(p, backend=False)
     p.add_argument("--json", action="store_true", help="print the manifest and the resolution as JSON")
     p.set_defaults(func=run)
 

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ecgtrace.stages.stage0 import ECGModelLoader
 
     source = resolve_weights(0, args.checkpoint, classical=args.classical)
-    loader = ECGModelLoader(source, args.device, flip_tta=args.flip_tta)
+    loader = ECGModelLoader(source, args.device, flip_tta=args.flip_tta, backend=args.backend)
     res = loader.inference(args.image, output_dir=args.output)
     print(f"Orientation: class {res['orientation_class']} ({res['orientation_name']}), "
           f"confidence {res['orientation_confidence']:.3f} [{res['method']}; weights {res['weights']}]")

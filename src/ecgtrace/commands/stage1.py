@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ecgtrace.models.shipped import resolve_weights
 
     source = resolve_weights(1, args.checkpoint, classical=args.classical)
-    stage = Stage1(checkpoint=source, device=args.device, refine=not args.no_refine)
+    stage = Stage1(checkpoint=source, device=args.device, refine=not args.no_refine, backend=args.backend)
     rect = stage(img)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ecgtrace.models.shipped import resolve_weights
 
     source = resolve_weights(2, args.checkpoint, classical=args.classical)
-    stage = Stage2(checkpoint=source, device=args.device, einthoven=args.einthoven)
+    stage = Stage2(checkpoint=source, device=args.device, einthoven=args.einthoven, backend=args.backend)
     leads = stage(img, args.fs)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB
 PRETRAINED_CFG_KEY = "pretrained_cfg"
 #: Suffix of inference-only weights files (safetensors: plain tensors + string metadata, no pickle).
 INFERENCE_SUFFIX = ".safetensors"
+#: Suffix of networks exported for onnxruntime (``ecgtrace export --onnx``).
+ONNX_SUFFIX = ".onnx"
 #: Version of the metadata layout of the inference files this code writes.
 INFERENCE_FORMAT = 1
 #: ``MODEL.INPUT_SIZE`` of a config that does not say (the config default, for very old files).
@@ -205,7 +207,7 @@ def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
 
 
 def find_checkpoint(checkpoints: str | Path | None, stage: int) -> Path | None:
-    """The ``stage{stage}_*.pth`` (or exported ``stage{stage}*.safetensors``) to use from a folder
+    """The ``stage{stage}_*.pth`` (or exported ``stage{stage}*.safetensors`` / ``.onnx``) to use from a folder
     (``*best*`` first, else the newest), or the file itself.
 
     None when ``checkpoints`` is None or the folder holds none for this stage.
@@ -219,7 +221,8 @@ def find_checkpoint(checkpoints: str | Path | None, stage: int) -> Path | None:
         raise EcgTraceError(f"checkpoint folder {p} not found; pass --checkpoints DIR holding stage{stage}_*.pth, "
                             "or leave it out")
     cands = sorted(p.glob(f"stage{stage}_*.pth")) + sorted(p.glob(f"stage{stage}_checkpoints/*.pth"))
-    cands += sorted(p.glob(f"stage{stage}{INFERENCE_SUFFIX}")) + sorted(p.glob(f"stage{stage}_*{INFERENCE_SUFFIX}"))
+    for suffix in (INFERENCE_SUFFIX, ONNX_SUFFIX):
+        cands += sorted(p.glob(f"stage{stage}{suffix}")) + sorted(p.glob(f"stage{stage}_*{suffix}"))
     if not cands:
         return None
     best = [c for c in cands if "best" in c.name]
@@ -298,22 +301,33 @@ class LoadedModel:
     epoch: int = 0
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", stage: int | None = None,
-               heads: tuple[str, ...] = ()) -> LoadedModel:
-    """Rebuild the network a checkpoint (``.pth``) or an exported ``.safetensors`` file describes,
-    load its weights (strict), eval mode.
-
-    ``stage`` / ``heads``: what the caller needs; a checkpoint of another stage, or one
-    whose network lacks a head, is a one-line error that says which file to give.
-    """
-    ckpt = load_weights_file(path, map_location="cpu")
-    cfg = pretrained_cfg_of(ckpt)
+def check_fits(path: str | Path, cfg: PretrainedCfg, stage: int | None, heads: tuple[str, ...]) -> None:
+    """A one-line error when the weights ``cfg`` describes are of another stage than ``stage``, or lack a head."""
     if stage is not None and cfg.stage is not None and cfg.stage != stage:
         raise EcgTraceError(f"{path} is a stage {cfg.stage} checkpoint; give a stage {stage} checkpoint "
                             f"(outputs/stage{stage}_checkpoints/stage{stage}_best.pth)")
     if any(h not in cfg.heads for h in heads):
         raise EcgTraceError(f"{path} is not a stage-{stage} checkpoint (heads: {', '.join(cfg.heads) or 'none'}; "
                             f"needs {', '.join(heads)}); give a stage{stage}_*.pth from `ecgtrace train --stage {stage}`")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", stage: int | None = None,
+               heads: tuple[str, ...] = (), backend: str = "torch") -> LoadedModel:
+    """Rebuild the network a checkpoint (``.pth``) or an exported ``.safetensors`` file describes,
+    load its weights (strict), eval mode.
+
+    ``stage`` / ``heads``: what the caller needs; a checkpoint of another stage, or one
+    whose network lacks a head, is a one-line error that says which file to give.
+    ``backend="onnx"`` (or an ``.onnx`` file) runs the network with onnxruntime
+    (:mod:`ecgtrace.models.onnx_backend`).
+    """
+    if backend == "onnx" or Path(path).suffix.lower() == ONNX_SUFFIX:
+        from ecgtrace.models.onnx_backend import load_onnx_model
+
+        return load_onnx_model(path, str(device), stage, heads)
+    ckpt = load_weights_file(path, map_location="cpu")
+    cfg = pretrained_cfg_of(ckpt)
+    check_fits(path, cfg, stage, heads)
     model = build_model(cfg)
     load_weights(model, ckpt, f"{path}: architecture mismatch",
                  "the file does not belong to the architecture recorded with it")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -36,6 +36,7 @@ from ecgtrace.io import atomic_write
 from ecgtrace.models.checkpoint import (
     INFERENCE_FORMAT,
     INFERENCE_SUFFIX,
+    ONNX_SUFFIX,
     PRETRAINED_CFG_KEY,
     PretrainedCfg,
     build_model,
@@ -221,6 +222,7 @@ class WeightsSource:
         path: the file (None on the classical path).
         stage: the stage these weights are for.
         note: why the classical path runs when weights were expected (a damaged shipped file ...).
+        backend: what runs the network: ``"torch"`` or ``"onnx"`` (onnxruntime; an ``.onnx`` file always).
     """
 
     kind: str = "classical"
@@ -229,6 +231,7 @@ class WeightsSource:
     path: Path | None = None
     stage: int | None = None
     note: str = ""
+    backend: str = "torch"
 
     @property
     def sha256_prefix(self) -> str:
@@ -242,7 +245,7 @@ class WeightsSource:
         """Short text for reports and overlay titles: ``shipped NAME (ab12cd34)``, ``classical``."""
         if self.kind == "classical":
             return "classical"
-        return f"{self.kind} {self.name} ({self.sha256_prefix})"
+        return f"{self.kind} {self.name} ({self.sha256_prefix})" + (" [onnx]" if self.backend == "onnx" else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the report (sha256 as its prefix)."""
@@ -250,26 +253,41 @@ class WeightsSource:
                              "path": str(self.path) if self.path else None}
         if self.note:
             d["note"] = self.note
+        if self.uses_network:
+            d["backend"] = self.backend
         return d
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, stage: int | None = None) -> WeightsSource:
         """A file the user gave (its sha256 only when it exists: a missing one is the loader's error)."""
         p = Path(path)
-        return cls(kind="checkpoint", name=p.name, sha256=file_sha256(p) if p.is_file() else "", path=p, stage=stage)
+        return cls(kind="checkpoint", name=p.name, sha256=file_sha256(p) if p.is_file() else "", path=p, stage=stage,
+                   backend="onnx" if p.suffix.lower() == ONNX_SUFFIX else "torch")
 
     @classmethod
     def from_entry(cls, entry: ShippedEntry) -> WeightsSource:
         return cls(kind="shipped", name=entry.name, sha256=entry.sha256, path=entry.path, stage=entry.stage)
 
 
-def as_source(checkpoint: str | Path | WeightsSource | None, stage: int | None = None) -> WeightsSource:
-    """What a stage constructor was given, as a :class:`WeightsSource` (None = classical, a path = a checkpoint)."""
+def as_source(checkpoint: str | Path | WeightsSource | None, stage: int | None = None,
+              backend: str = "torch") -> WeightsSource:
+    """What a stage constructor was given, as a :class:`WeightsSource` (None = classical, a path = a checkpoint).
+
+    ``backend="onnx"``: its network runs with onnxruntime (checked here, so a missing onnxruntime is
+    one line before anything loads, not a silent fall back to the classical path).
+    """
     if isinstance(checkpoint, WeightsSource):
-        return checkpoint
-    if checkpoint is None or str(checkpoint) == "":
-        return WeightsSource(stage=stage)
-    return WeightsSource.from_checkpoint(checkpoint, stage)
+        src = checkpoint
+    elif checkpoint is None or str(checkpoint) == "":
+        src = WeightsSource(stage=stage)
+    else:
+        src = WeightsSource.from_checkpoint(checkpoint, stage)
+    if str(backend).lower() != "torch" or src.backend == "onnx":
+        from ecgtrace.models.onnx_backend import check_backend
+
+        if check_backend(backend) == "onnx" and src.uses_network:
+            src = replace(src, backend="onnx")
+    return src
 
 
 def _fallback(stage: int, what: str) -> WeightsSource:

@@ -81,7 +81,7 @@ class GridNet(UNet):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().forward(x)
-        h, w = out[HLINES_HEAD].shape[-2:]
+        h, w = (int(v) for v in out[HLINES_HEAD].shape[-2:])  # plain ints also while torch.onnx traces
         hp, vp = self._prior(h, w, out[HLINES_HEAD])
         out[HLINES_HEAD] = out[HLINES_HEAD] + hp
         out[VLINES_HEAD] = out[VLINES_HEAD] + vp
@@ -112,9 +112,9 @@ def build_stage1(cfg: Any) -> GridNet:
     return stage1_unet(encoder_name=bb.NAME, decoder_channels=dec, pretrained=bool(bb.PRETRAINED), weights=bb.WEIGHTS)
 
 
-def load_stage1(path: str | Path, device: str = "cpu") -> LoadedModel:
+def load_stage1(path: str | Path, device: str = "cpu", backend: str = "torch") -> LoadedModel:
     """A trained stage-1 network and the description of its weights (input size, normalisation)."""
-    return load_model(path, device, stage=1, heads=(POINTS_HEAD, HLINES_HEAD, VLINES_HEAD))
+    return load_model(path, device, stage=1, heads=(POINTS_HEAD, HLINES_HEAD, VLINES_HEAD), backend=backend)
 
 
 def decode_points(points_logit: np.ndarray, hlines_logit: np.ndarray, vlines_logit: np.ndarray,

@@ -146,7 +146,7 @@ class Stage2Model:
         return RowLogits(logits=out, tops=tops, page=page, scale=(w0 / pw, h0 / ph))
 
 
-def load_stage2(path: str | Path, device: str = "cpu") -> Stage2Model:
+def load_stage2(path: str | Path, device: str = "cpu", backend: str = "torch") -> Stage2Model:
     """Load a ``stage2_*.pth`` checkpoint for inference."""
-    net = load_model(path, device, stage=2, heads=(TRACE_HEAD,))
+    net = load_model(path, device, stage=2, heads=(TRACE_HEAD,), backend=backend)
     return Stage2Model(net.model, net.cfg.input_size, device=device, cfg=net.cfg)

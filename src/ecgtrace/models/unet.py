@@ -51,6 +51,16 @@ def coord_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([xs, ys], dim=1)
 
 
+def adaptive_avg_pool(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, n)`` as slices and means (the same bins, floor(i h / n) to ceil((i + 1) h / n)):
+    torch's ONNX export refuses the adaptive pool when ``n`` does not divide the feature size."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    ys = [((i * h) // n, -(-(i + 1) * h // n)) for i in range(n)]
+    xs = [((j * w) // n, -(-(j + 1) * w // n)) for j in range(n)]
+    return torch.stack([torch.stack([x[..., y0:y1, x0:x1].mean(dim=(-2, -1)) for x0, x1 in xs], -1)
+                        for y0, y1 in ys], -2)
+
+
 class UNet(nn.Module):
     """timm encoder + U-Net decoder + named heads.
 
@@ -165,7 +175,7 @@ class UNet(nn.Module):
             if self.cls_pool == 1:
                 pooled = deepest.mean(dim=(2, 3))
             else:
-                pooled = F.adaptive_avg_pool2d(deepest, self.cls_pool).flatten(1)
+                pooled = adaptive_avg_pool(deepest, self.cls_pool).flatten(1)
             for name, head in self.cls_heads.items():
                 out[name] = head(pooled)
         return out

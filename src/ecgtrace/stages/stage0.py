@@ -198,18 +198,20 @@ class Stage0:
             a :class:`~ecgtrace.models.shipped.WeightsSource` (the shipped weights), or None = classical path.
         device: torch device for the network.
         flip_tta: also run the mirrored image and average (slower, a little more robust).
+        backend: ``"torch"`` or ``"onnx"`` (onnxruntime; an ``.onnx`` checkpoint always).
 
     ``weights`` says where the weights came from (``kind`` "classical" when no network runs).
     """
 
     def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
-                 flip_tta: bool = False) -> None:
+                 flip_tta: bool = False, backend: str = "torch") -> None:
         self.device = str(resolve_device(device, "stage 0"))
         self.flip_tta = bool(flip_tta)
         self.net: LoadedModel | None
+        source = as_source(checkpoint, 0, backend)
         self.net, self.weights = open_weights(
-            as_source(checkpoint, 0),
-            lambda p: load_model(p, self.device, stage=0, heads=(MARKER_HEAD, ORIENT_HEAD)))
+            source, lambda p: load_model(p, self.device, stage=0, heads=(MARKER_HEAD, ORIENT_HEAD),
+                                         backend=source.backend))
         self.checkpoint = str(self.weights.path) if self.net is not None else None
 
     @property
@@ -434,8 +436,8 @@ class ECGModelLoader:
     """
 
     def __init__(self, checkpoint_path: str | Path | WeightsSource | None, device: str = "cpu",
-                 flip_tta: bool = False) -> None:
-        self.source = as_source(checkpoint_path, 0)
+                 flip_tta: bool = False, backend: str = "torch") -> None:
+        self.source = as_source(checkpoint_path, 0, backend)
         self.checkpoint_path = str(self.source.path) if self.source.path else None
         self.device = str(resolve_device(device, "stage 0"))
         self.flip_tta = flip_tta
@@ -446,9 +448,10 @@ class ECGModelLoader:
         """Build the network and load the weights; returns (model in eval mode, training config dict)."""
         if self._stage is None:
             self._stage = Stage0(self.source, device=self.device, flip_tta=self.flip_tta)
-            if self._stage.net is not None and not is_inference_file(self._stage.checkpoint):
+            if self._stage.net is not None and not (is_inference_file(self._stage.checkpoint)
+                                                    or self._stage.weights.backend == "onnx"):
                 self.config = dict(load_checkpoint(self._stage.checkpoint).get("config") or {})
-            elif self._stage.net is not None:  # an inference file keeps no training config, only its description
+            elif self._stage.net is not None:  # an inference or ONNX file keeps no training config, only its description
                 self.config = {"pretrained_cfg": self._stage.net.cfg.to_dict()}
         return self._stage.model, self.config
 

@@ -67,18 +67,20 @@ class Stage1:
         method: ``"auto"`` (network if a checkpoint is given, else classical), ``"model"`` or ``"classical"``.
         refine: with the network, re-measure every node on the full-resolution image around the
             network's lattice (classical sub-pixel measurement, network's indices).
+        backend: ``"torch"`` or ``"onnx"`` (onnxruntime; an ``.onnx`` checkpoint always).
     """
 
     def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
-                 page: Page = CANONICAL, method: str = "auto", refine: bool = True) -> None:
+                 page: Page = CANONICAL, method: str = "auto", refine: bool = True, backend: str = "torch") -> None:
         if method not in ("auto", "model", "classical"):
             raise EcgTraceError(f"unknown stage-1 method {method!r}; use auto, model or classical")
         self.page = page
         self.device = str(resolve_device(device, "stage 1"))
         self.refine = refine
         self.net: LoadedModel | None = None
-        self.weights = as_source(None if method == "classical" else checkpoint, 1)
-        self.net, self.weights = open_weights(self.weights, lambda p: load_stage1(p, self.device))
+        self.weights = as_source(None if method == "classical" else checkpoint, 1, backend)
+        self.net, self.weights = open_weights(self.weights,
+                                              lambda p: load_stage1(p, self.device, self.weights.backend))
         if self.net is None and method == "model":
             raise EcgTraceError("stage 1 method 'model' needs a checkpoint; pass --checkpoint stage1_best.pth")
         self.method = "model" if self.net is not None else "classical"

@@ -63,22 +63,23 @@ class Stage2:
     (see :func:`einthoven_correct`). With a model, ``fuse`` (default) has the classical reader read
     the page too and takes each lead window from the path the page's ink favours
     (:mod:`ecgtrace.stages.trace.fusion`); ``fuse=False`` keeps the network's paths alone.
+    ``backend="onnx"`` runs the network with onnxruntime (an ``.onnx`` checkpoint always does).
     """
 
     def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
                  einthoven: bool = False, params: trace.ClassicalParams | None = None, fuse: bool = True,
-                 fusion_params: fusion.FusionParams | None = None) -> None:
+                 fusion_params: fusion.FusionParams | None = None, backend: str = "torch") -> None:
         self.fuse = fuse
         self.fusion_params = fusion_params or fusion.FusionParams()
         self.device = str(resolve_device(device, "stage 2"))
         self.einthoven = einthoven
         self.params = params or trace.ClassicalParams()
-        source = as_source(checkpoint, 2)
+        source = as_source(checkpoint, 2, backend)
         if source.kind == "checkpoint" and not source.path.is_file():
             raise EcgTraceError(f"stage-2 checkpoint {source.path} not found; train one with "
                                 "`ecgtrace train --stage 2` or leave --checkpoints out")
         self.model: Stage2Model | None
-        self.model, self.weights = open_weights(source, lambda p: load_stage2(p, device=self.device))
+        self.model, self.weights = open_weights(source, lambda p: load_stage2(p, self.device, source.backend))
         self.checkpoint = self.weights.path if self.model is not None else None
 
     @property
