@@ -126,6 +126,25 @@ def test_ink_map_is_reused_only_for_the_same_pixels():
     assert not np.array_equal(ink.ink_map(other)[0], prob)
 
 
+def test_ink_map_keeps_the_last_two_pages(monkeypatch):
+    """Stage 2 with a model reads the network's small page between stage 1's and its own full-size read."""
+    pages = [_page_like(425, 550), _page_like(212, 275)]
+    pages.append(pages[0].copy())
+    pages[2][100:110, 50:150] = 0
+    monkeypatch.setattr(ink, "_LAST", ink._LastInkMap())  # an empty cache: earlier tests read these pages too
+    made = []
+    real = ink._ink_map
+    monkeypatch.setattr(ink, "_ink_map", lambda img: made.append(img.shape) or real(img))
+    first = ink.ink_map(pages[0])[0]
+    ink.ink_map(pages[1])
+    assert np.array_equal(ink.ink_map(pages[0])[0], first) and len(made) == 2  # still kept after another page
+    ink.ink_map(pages[2])  # a third page evicts the least recently read (pages[1])
+    ink.ink_map(pages[0])
+    assert len(made) == 3
+    ink.ink_map(pages[1])
+    assert len(made) == 4
+
+
 def test_steps_nest_and_cost_nothing_unrecorded():
     with steps.step("outside"):  # no recording open: nothing kept anywhere
         pass

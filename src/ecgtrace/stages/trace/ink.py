@@ -122,26 +122,29 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
 
 
 class _LastInkMap:
-    """The last page's ink map, kept with a copy of that page: stage 1 reads the ink of its rectified page
-    (to register it by the calibration pulses) and stage 2 then reads the same page again; the copy makes
-    the reuse depend on the pixels alone (any other or changed picture is a miss)."""
+    """The last pages' ink maps, kept with a copy of each page: stage 1 reads the ink of its rectified page
+    (to register it by the calibration pulses) and stage 2 then reads the same page again (with a model,
+    after the ink of the network's smaller page: so two are kept); the copy makes the reuse depend on
+    the pixels alone (any other or changed picture is a miss)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 2) -> None:
         self._lock = threading.Lock()
-        self._page: np.ndarray | None = None
-        self._result: tuple[np.ndarray, np.ndarray] | None = None
+        self._size = size
+        self._items: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []  # newest last
 
     def get(self, page: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         with self._lock:
-            if (self._page is None or self._page.shape != page.shape or self._page.dtype != page.dtype
-                    or not np.array_equal(self._page, page)):
-                return None
-            prob, blind = self._result
-        return prob.copy(), blind.copy()  # callers may write into theirs
+            for i, (kept, result) in enumerate(self._items):
+                if kept.shape == page.shape and kept.dtype == page.dtype and np.array_equal(kept, page):
+                    self._items.append(self._items.pop(i))
+                    prob, blind = result
+                    return prob.copy(), blind.copy()  # callers may write into theirs
+        return None
 
     def put(self, page: np.ndarray, result: tuple[np.ndarray, np.ndarray]) -> None:
         with self._lock:
-            self._page, self._result = page.copy(), (result[0].copy(), result[1].copy())
+            self._items.append((page.copy(), (result[0].copy(), result[1].copy())))
+            del self._items[:-self._size]
 
 
 _LAST = _LastInkMap()
