@@ -3,7 +3,7 @@
 Usage:
     PYTHONPATH=src python bench/bench_e2e.py [--n 6] [--variants 0001,0003,0005] [--checkpoints DIR]
         [--device cpu] [--name bench_e2e] [--profile] [--baseline REV]
-    PYTHONPATH=src python bench/bench_e2e.py --throughput 20 --workers 1,2 [--name NAME]
+    PYTHONPATH=src python bench/bench_e2e.py --throughput 20 --workers 1,2 [--engines local,ray] [--name NAME]
 
 Renders ``n`` held-out pages (cycling the variants), digitizes each through
 ``ecgtrace.pipeline.Pipeline`` (the first image is a warm-up and is not counted),
@@ -20,6 +20,9 @@ tree, and prints both side by side: before and after in one run.
 
 ``--throughput N`` instead renders N pages into a folder and digitizes it with
 ``ecgtrace digitize --workers K`` for each K of ``--workers``: pictures per minute.
+``--engines local,ray`` adds ``ecgtrace digitize --engine ray`` on a Ray instance the command
+starts on this machine (one Ray worker per core, loopback only; its start counted in the time,
+as the local runs count theirs). Every run's outputs are compared with the first's.
 """
 
 from __future__ import annotations
@@ -168,29 +171,39 @@ def throughput(args: argparse.Namespace) -> dict:
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     pages = SyntheticPages(args.throughput, variants=variants, seed=args.seed)
-    out: dict = {"n_pages": args.throughput, "variants": list(variants), "cpu_count": os.cpu_count(), "runs": {}}
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not set(engines) <= {"local", "ray"}:
+        raise SystemExit(f"--engines: local and/or ray, got {args.engines}")
+    out: dict = {"n_pages": args.throughput, "variants": list(variants), "cpu_count": os.cpu_count(),
+                 "load_avg_1m_before": os.getloadavg()[0], "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pages"
         folder.mkdir()
         for i in range(args.throughput):
             cv2.imwrite(str(folder / f"page{i:03d}.png"), pages[i].image)
-        for k in (int(w) for w in args.workers.split(",")):
-            res_dir = Path(tmp) / f"out_w{k}"
-            cmd = [sys.executable, "-m", "ecgtrace", "digitize", str(folder), "-o", str(res_dir), "--workers", str(k)]
+        runs = [(str(k), ["--workers", str(k)]) for k in (int(w) for w in args.workers.split(","))
+                if "local" in engines]
+        if "ray" in engines:  # a Ray instance of the command's own, one worker per core
+            runs.append(("ray", ["--engine", "ray", "--workers", str(os.cpu_count() or 1)]))
+        for key, opts in runs:
+            res_dir = Path(tmp) / f"out_w{key}"
+            cmd = [sys.executable, "-m", "ecgtrace", "digitize", str(folder), "-o", str(res_dir), *opts]
             if args.checkpoints:
                 cmd += ["--checkpoints", args.checkpoints]
             t = time.perf_counter()
             run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True,
                                  text=True)
             if run.returncode != 0:
-                raise SystemExit(f"digitize --workers {k} failed:\n{run.stdout}\n{run.stderr}")
+                raise SystemExit(f"digitize {' '.join(opts)} failed:\n{run.stdout}\n{run.stderr}")
             dt = time.perf_counter() - t
             ppm = 60.0 * args.throughput / dt
-            out["runs"][str(k)] = {"seconds": dt, "pictures_per_minute": ppm}
-            print(f"  workers {k}: {args.throughput} pictures in {dt:.1f} s = {ppm:.1f} pictures/min", flush=True)
+            out["runs"][key] = {"seconds": dt, "pictures_per_minute": ppm, "options": " ".join(opts)}
+            print(f"  {' '.join(opts)}: {args.throughput} pictures in {dt:.1f} s = {ppm:.1f} pictures/min", flush=True)
         first = Path(tmp) / f"out_w{next(iter(out['runs']))}"
         names = sorted(p.name for p in first.iterdir())
-        same = all(_output(first / n) == _output(Path(tmp) / f"out_w{k}" / n) for k in out["runs"] for n in names)
+        same = all(sorted(p.name for p in (Path(tmp) / f"out_w{k}").iterdir()) == names
+                   and all(_output(first / n) == _output(Path(tmp) / f"out_w{k}" / n) for n in names)
+                   for k in out["runs"])
         out["outputs_identical"] = bool(names) and same  # the JSON reports compared without their timings
     return out
 
@@ -208,6 +221,8 @@ def main() -> int:
     ap.add_argument("--throughput", type=int, default=0, metavar="N",
                     help="pictures/min of `digitize --workers K` on a folder of N pages")
     ap.add_argument("--workers", default="1,2", help="worker counts for --throughput (default 1,2)")
+    ap.add_argument("--engines", default="local", help="--throughput engines: local (the --workers counts) "
+                                                      "and/or ray (a local Ray instance, one worker per core)")
     ap.add_argument("--src", default=None, help=argparse.SUPPRESS)  # the package source (baseline runs)
     ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -218,7 +233,7 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     if args.throughput:
         out = throughput(args)
-        print(f"outputs identical across worker counts: {out['outputs_identical']}")
+        print(f"outputs identical across runs: {out['outputs_identical']}")
         path.write_text(json.dumps(out, indent=2))
         print(f"wrote {path}")
         return 0

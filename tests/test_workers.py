@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -21,14 +22,18 @@ CLASSICAL = {"classical": True}  # the classical path, whatever weights ship
 OUTPUTS = (".csv", ".hea", ".dat", "_overlay.png")
 
 
-@pytest.fixture(scope="module")
-def pages(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pages")
-    for k in range(3):
+def write_tiny_pages(folder: Path, n: int = 3) -> Path:
+    """``page0.png`` ... : n tiny rendered pages (tests/test_ray_engine.py uses the same)."""
+    for k in range(n):
         sig = synthesize_ecg(np.random.default_rng(10 + k), fs=250.0)
         img, _ = render_page(sig, 250.0, page=TINY, style=RenderStyle(), rng=np.random.default_rng(k))
         cv2.imwrite(str(folder / f"page{k}.png"), img)
     return folder
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> Path:
+    return write_tiny_pages(tmp_path_factory.mktemp("pages"))
 
 
 def digitize(inputs: list[Path], out: Path, workers: int) -> int:
@@ -93,3 +98,11 @@ def test_one_worker_runs_in_process_in_order():
     assert [(i, o.value) for i, o in got] == [(0, 30), (1, 10), (2, 20)]
     bad = list(run_pool([1, 0], lambda s, t: s // t, lambda: 1, workers=1))
     assert bad[0][1].ok and not bad[1][1].ok and "ZeroDivisionError" in bad[1][1].error
+
+
+def test_engine_ray_without_ray_is_one_line(pages, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    out = tmp_path / "o"
+    assert main(["digitize", str(pages), "-o", str(out), "--classical", "--engine", "ray"]) == 2
+    assert capsys.readouterr().err.strip() == "ecgtrace: error: --engine ray needs Ray: pip install 'ecgtrace[ray]'"
+    assert not out.exists()  # said before any work

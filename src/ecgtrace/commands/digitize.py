@@ -24,6 +24,9 @@ A picture that cannot be read (empty, unreadable, too small or too large, not an
 reported in one line and skipped; the rest of the batch is done.
 With --workers N, N pictures are digitized at a time (one process each, the models loaded
 once per process); the outputs are the same files as with one.
+With --engine ray the pictures go to the workers of a Ray cluster (--ray-address, else
+RAY_ADDRESS, else a Ray instance on this machine): their bytes travel with the tasks and
+every output is written here, the same files as on one machine (pip install 'ecgtrace[ray]').
 Exit status: 0 if at least one picture was digitized, 1 if all failed, 2 on bad arguments.
 """
 
@@ -45,12 +48,40 @@ def register(subparsers) -> None:
     p.add_argument("--fs", type=float, default=500.0, help="sampling rate of the output signals in Hz (default 500)")
     add_weights_options(p)
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="digitize N pictures at a time in N processes (default 1; each gets cores / N threads)")
+    add_engine_options(p)
     p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
     p.add_argument("--no-overlay", action="store_true", dest="no_overlay", help="skip the overlay pictures")
     p.add_argument("--plot", action="store_true", help="also write NAME_plot.png (the 12 leads)")
     p.set_defaults(func=run)
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--engine``, ``--ray-address``, ``--batch-size``: how many pictures at a time, and where."""
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="digitize N pictures at a time: N processes here (default 1; each gets cores / N threads), "
+                        "or N Ray workers with --engine ray (default one per CPU of the cluster)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine (default); ray: the workers of a Ray cluster "
+                        "(needs pip install 'ecgtrace[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: the cluster (HOST:PORT, ray://HEAD:10001, auto = the one `ray start` "
+                        "made here); default RAY_ADDRESS, else a Ray instance on this machine for the run")
+    p.add_argument("--batch-size", type=int, default=None, metavar="K",
+                   help="with --engine ray: pictures per Ray task (default: up to 8, at least 4 tasks per worker)")
+
+
+def check_engine_options(args: argparse.Namespace) -> None:
+    """One line for engine options that do not fit together."""
+    if args.workers is not None and args.workers < 1:
+        raise EcgTraceError(f"--workers must be at least 1, got {args.workers}")
+    if args.engine != "ray" and (args.ray_address or args.batch_size is not None):
+        raise EcgTraceError("--ray-address and --batch-size go with --engine ray")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise EcgTraceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.engine == "ray":
+        from ecgtrace.batch_ray import import_ray
+
+        import_ray(args.ray_address)  # or one line saying how to install it, before any work
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
@@ -74,6 +105,7 @@ class Picture:
     fs: float
     overlay: bool = True
     plot: bool = False
+    source: str = ""  # the picture as the report names it (default: path)
 
 
 def digitize_picture(pipe, job: Picture) -> dict:
@@ -85,9 +117,43 @@ def digitize_picture(pipe, job: Picture) -> dict:
         res.overlay(job.out / f"{job.name}_overlay.png")
     if job.plot:
         res.plot(job.out / f"{job.name}_plot.png")
-    res.report["source"] = str(job.path)
+    res.report["source"] = job.source or str(job.path)
     res.to_json(job.out / f"{job.name}.json")
     return res.report
+
+
+def ship_picture(job: Picture):
+    """On the driver (``--engine ray``): the job with its picture's bytes (:func:`ecgtrace.batch_ray.ship_picture`)."""
+    from ecgtrace.batch_ray import ship_picture as ship
+
+    return ship(job, job.path)
+
+
+def digitize_shipped(pipe, shipped) -> tuple[dict, dict[str, bytes]]:
+    """On a Ray worker: digitize a shipped picture into a scratch folder; its report and its output files' bytes,
+    which the driver writes (:func:`write_landed`)."""
+    import tempfile
+    from dataclasses import replace
+
+    from ecgtrace.batch_ray import unpacked
+
+    job: Picture = shipped.task
+    with unpacked(shipped) as local, tempfile.TemporaryDirectory(prefix="ecgtrace-out-") as scratch:
+        report = digitize_picture(pipe, replace(job, path=local, out=Path(scratch), source=shipped.source))
+        files = {f.name: f.read_bytes() for f in sorted(Path(scratch).iterdir())
+                 if f.is_file() and not f.name.startswith(".")}
+    return report, files
+
+
+def write_landed(job: Picture, value: tuple[dict, dict[str, bytes]]) -> dict:
+    """On the driver: write the output files a Ray worker sent back for ``job`` (each atomically); its report."""
+    from ecgtrace import io
+
+    report, files = value
+    for name, data in files.items():
+        with io.atomic_write(job.out / name) as tmp:
+            tmp.write_bytes(data)
+    return report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,17 +161,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ecgtrace import io
-    from ecgtrace.batch import build_pipeline, run_pool
+    from ecgtrace.batch import Outcome, build_pipeline, error_text, run_pool
 
     if not (args.fs > 0):
         raise EcgTraceError(f"--fs must be a positive number of Hz, got {args.fs}")
+    check_engine_options(args)
     paths = io.list_images(args.images)
     if not paths:
         raise EcgTraceError(f"no pictures found in {' '.join(args.images)} (looked for {', '.join(io.IMAGE_SUFFIXES)})")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    if args.workers < 1:
-        raise EcgTraceError(f"--workers must be at least 1, got {args.workers}")
     debug = getattr(args, "debug", False) or bool(os.environ.get("ECGTRACE_DEBUG"))
     used: set[str] = set()
     jobs = [Picture(path, _unique_name(path.stem, used), out, args.fs, not args.no_overlay, args.plot) for path in paths]
@@ -113,9 +178,22 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     bar = tqdm(total=len(jobs), desc="digitizing", unit="img", disable=len(jobs) < 2)
     pipe_kwargs = {"device": args.device, "einthoven": args.einthoven, "classical": args.classical}
-    for i, outcome in run_pool(jobs, digitize_picture, build_pipeline, (args.checkpoints, pipe_kwargs),
-                               workers=args.workers, raise_errors=debug):
+    init_args = (args.checkpoints, pipe_kwargs)
+    if args.engine == "ray":
+        from ecgtrace.batch_ray import run_ray
+
+        outcomes = run_ray(jobs, digitize_shipped, build_pipeline, init_args, workers=args.workers,
+                           batch_size=args.batch_size, address=args.ray_address, pack=ship_picture)
+    else:
+        outcomes = run_pool(jobs, digitize_picture, build_pipeline, init_args, workers=args.workers or 1,
+                            raise_errors=debug)
+    for i, outcome in outcomes:
         bar.update()
+        if outcome.ok and args.engine == "ray":  # the worker sent the files back: written here
+            try:
+                outcome = Outcome(True, write_landed(jobs[i], outcome.value))
+            except OSError as e:
+                outcome = Outcome(False, error=error_text(e))
         if outcome.ok:
             done[i] = outcome.value
         else:  # one bad picture never stops the batch

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgtrace.commands.digitize import add_engine_options, check_engine_options
 from ecgtrace.commands.models import add_weights_options
 from ecgtrace.errors import EcgTraceError
 
@@ -31,8 +32,7 @@ def register(subparsers) -> None:
                                                                     "(default submission.csv)")
     add_weights_options(p)
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="digitize N pictures at a time in N processes (default 1; each gets cores / N threads)")
+    add_engine_options(p)
     p.add_argument("--einthoven", action="store_true", help="apply a soft Einthoven correction to the limb leads")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.set_defaults(func=run)
@@ -62,14 +62,33 @@ def predict_image(pipe, job: tuple[str, Path, float, dict[str, int]]) -> tuple[d
     return res.leads.signals, res.report
 
 
+def ship_image(job: tuple[str, Path, float, dict[str, int]]):
+    """On the driver (``--engine ray``): the job with its picture's bytes."""
+    from ecgtrace.batch_ray import ship_picture
+
+    return ship_picture(job, job[1])
+
+
+def predict_shipped(pipe, shipped) -> tuple[dict[str, np.ndarray], dict]:
+    """On a Ray worker: :func:`predict_image` on a shipped picture."""
+    from ecgtrace.batch_ray import unpacked
+
+    image_id, _path, fs, n_samples = shipped.task
+    with unpacked(shipped) as local:
+        return predict_image(pipe, (image_id, local, fs, n_samples))
+
+
 def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path | None = None,
                   device: str = "cpu", einthoven: bool = False, limit: int = 0, progress: bool = True,
                   classical: bool = False,
-                  workers: int = 1) -> PredictOutcome:
+                  workers: int | None = None, engine: str = "local", ray_address: str | None = None,
+                  batch_size: int | None = None) -> PredictOutcome:
     """Digitize every image listed in ``DATA/{split}.csv``; returns the submission table and per-image reports.
 
     ``workers`` > 1 digitizes that many images at a time in worker processes (:func:`ecgtrace.batch.run_pool`);
-    the submission is the same.
+    ``engine="ray"`` on the workers of a Ray cluster (:func:`ecgtrace.batch_ray.run_ray`: ``workers`` Ray
+    workers, default one per CPU, ``batch_size`` pictures per Ray task, ``ray_address``). The submission is
+    the same.
 
     Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical.
     """
@@ -103,7 +122,16 @@ def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path
         jobs.append((image_id, path, float(rows["fs"].iloc[0]), n_samples))
     bar = tqdm(total=len(jobs), desc="predicting", unit="img", disable=not progress)
     pipe_kwargs = {"device": device, "einthoven": einthoven, "classical": classical}
-    for i, outcome in run_pool(jobs, predict_image, build_pipeline, (checkpoints, pipe_kwargs), workers=workers):
+    if engine == "ray":
+        from ecgtrace.batch_ray import run_ray
+
+        outcomes = run_ray(jobs, predict_shipped, build_pipeline, (checkpoints, pipe_kwargs), workers=workers,
+                           batch_size=batch_size, address=ray_address, pack=ship_image)
+    elif engine == "local":
+        outcomes = run_pool(jobs, predict_image, build_pipeline, (checkpoints, pipe_kwargs), workers=workers or 1)
+    else:
+        raise EcgTraceError(f"engine must be local or ray, got {engine!r}")
+    for i, outcome in outcomes:
         bar.update()
         image_id = jobs[i][0]
         if outcome.ok:
@@ -123,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
     """Predict, validate and write the submission."""
     from ecgtrace.submission import read_test_csv, validate_submission, write_submission
 
+    check_engine_options(args)
     outcome = predict_split(args.data, args.split, args.checkpoints, args.device, args.einthoven, args.limit,
-                            classical=args.classical, workers=args.workers)
+                            classical=args.classical, workers=args.workers, engine=args.engine,
+                            ray_address=args.ray_address, batch_size=args.batch_size)
     test_df = read_test_csv(Path(args.data) / f"{args.split}.csv")
     if args.limit > 0:
         keep = list(dict.fromkeys(test_df["id"].astype(str)))[: args.limit]
