@@ -4,6 +4,7 @@ input, onnxruntime missing). Tiny seeded models; the cache lives in the test's t
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -111,6 +112,20 @@ def test_export_and_check_commands(ckpts, tmp_path, capsys):
     assert src.path == out and src.backend == "onnx"
     assert main(["export", str(ckpts[2]), "--onnx", "--out", str(tmp_path / "x.pth")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
+    # digitize reads a picture with it, and its report says onnxruntime ran stage 2
+    import cv2
+
+    from ecgtrace.data.render import RenderStyle, render_page
+    from ecgtrace.data.signals import synthesize_ecg
+    from ecgtrace.paper import CANONICAL
+
+    img, _ = render_page(synthesize_ecg(np.random.default_rng(3), fs=250.0), 250.0, page=CANONICAL.scaled_to(1100),
+                         style=RenderStyle(), rng=np.random.default_rng(1))
+    cv2.imwrite(str(tmp_path / "page.png"), img)
+    assert main(["digitize", str(tmp_path / "page.png"), "--output", str(tmp_path / "out"), "--checkpoints",
+                 str(tmp_path), "--no-overlay"]) == 0
+    report = json.loads((tmp_path / "out" / "page.json").read_text())
+    assert report["weights"]["stage2"]["backend"] == "onnx" and report["weights"]["stage2"]["name"] == out.name
 
 
 def test_damaged_or_foreign_onnx_files_are_one_line(ckpts, tmp_path, capsys):

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     variants = check_variants(args.variants)
     data = out / "data"
-    pipe = Pipeline(args.checkpoints, classical=args.classical)
+    pipe = Pipeline(args.checkpoints, classical=args.classical, backend=args.backend)
     print("weights: " + "; ".join(f"stage {k[-1]} {w.label()}" for k, w in pipe.weights.items())
           + ("" if any(w.uses_network for w in pipe.weights.values()) else
              " (no weights ship with this install: `ecgtrace models`)" if not args.classical else ""))
@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
                   progress=False)
 
     print("[2/4] predicting the test split (stage 0 -> 1 -> 2)")
-    outcome = predict_split(data, "test", checkpoints=args.checkpoints, progress=True, classical=args.classical)
+    outcome = predict_split(data, "test", checkpoints=args.checkpoints, progress=True, classical=args.classical,
+                            backend=args.backend)
     sub_path = write_submission(outcome.submission, out / "submission.csv")
     for image_id, msg in outcome.failed.items():
         print(f"  FAILED {image_id} (scored as zeros): {msg.splitlines()[0]}")

@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     done, failed = {}, {}
     t0 = time.time()
     bar = tqdm(total=len(jobs), desc="digitizing", unit="img", disable=len(jobs) < 2)
-    pipe_kwargs = {"device": args.device, "einthoven": args.einthoven, "classical": args.classical}
+    pipe_kwargs = {"device": args.device, "einthoven": args.einthoven, "classical": args.classical,
+                   "backend": args.backend}
     init_args = (args.checkpoints, pipe_kwargs)
     if args.engine == "ray":
         from ecgtrace.batch_ray import run_ray

@@ -80,7 +80,7 @@ def predict_shipped(pipe, shipped) -> tuple[dict[str, np.ndarray], dict]:
 
 def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path | None = None,
                   device: str = "cpu", einthoven: bool = False, limit: int = 0, progress: bool = True,
-                  classical: bool = False,
+                  classical: bool = False, backend: str = "torch",
                   workers: int | None = None, engine: str = "local", ray_address: str | None = None,
                   batch_size: int | None = None) -> PredictOutcome:
     """Digitize every image listed in ``DATA/{split}.csv``; returns the submission table and per-image reports.
@@ -90,7 +90,8 @@ def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path
     workers, default one per CPU, ``batch_size`` pictures per Ray task, ``ray_address``). The submission is
     the same.
 
-    Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical.
+    Weights per stage: ``checkpoints``, else the shipped ones, else classical; ``classical=True`` forces classical;
+    ``backend`` runs the networks with torch or onnxruntime.
     """
     from tqdm import tqdm
 
@@ -121,7 +122,7 @@ def predict_split(data: str | Path, split: str = "test", checkpoints: str | Path
         n_samples = {str(lead): int(n) for lead, n in zip(rows["lead"], rows["number_of_rows"])}
         jobs.append((image_id, path, float(rows["fs"].iloc[0]), n_samples))
     bar = tqdm(total=len(jobs), desc="predicting", unit="img", disable=not progress)
-    pipe_kwargs = {"device": device, "einthoven": einthoven, "classical": classical}
+    pipe_kwargs = {"device": device, "einthoven": einthoven, "classical": classical, "backend": backend}
     if engine == "ray":
         from ecgtrace.batch_ray import run_ray
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_engine_options(args)
     outcome = predict_split(args.data, args.split, args.checkpoints, args.device, args.einthoven, args.limit,
-                            classical=args.classical, workers=args.workers, engine=args.engine,
+                            classical=args.classical, backend=args.backend, workers=args.workers, engine=args.engine,
                             ray_address=args.ray_address, batch_size=args.batch_size)
     test_df = read_test_csv(Path(args.data) / f"{args.split}.csv")
     if args.limit > 0:
