@@ -105,6 +105,16 @@ def test_rendered_clean_page_is_identity() -> None:
     assert np.median(np.abs(rect.map_xy - geometry.identity_map(*page.size))) < 0.1
 
 
+def test_an_unsure_lattice_is_not_used() -> None:
+    """Below ``min_confidence`` the fitted lattice is not trusted: the page passes through as stage 0 left it."""
+    img, _ = warp_page(draw_page(SMALL, (0, 0, 255), (219, 223, 254)), SMALL, seed=3)
+    sure = Stage1(page=SMALL)(img)
+    assert sure.ok and sure.confidence >= Stage1(page=SMALL).min_confidence
+    unsure = Stage1(page=SMALL, min_confidence=sure.confidence + 0.01)(img)
+    assert not unsure.ok and unsure.method == "identity" and "lattice unsure" in unsure.message
+    assert np.array_equal(unsure.image, img) and unsure.detection is not None  # the lattice overlay still shows it
+
+
 @pytest.mark.parametrize("colours", [((0, 0, 255), (219, 223, 254)), ((110, 110, 110), (215, 215, 215))],
                          ids=["red", "grey"])
 def test_warped_page_is_rectified(colours) -> None:

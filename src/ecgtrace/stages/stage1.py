@@ -38,6 +38,9 @@ from ecgtrace.stages.steps import step
 #: A fitted lattice may move nodes at most this many 5 mm boxes from their canonical place
 #: (stage 0 already normalized the page; more means the fit latched onto something else).
 MAX_SHIFT_BOXES = 3.0
+#: Below this confidence of its fit (observed share x grid error) a lattice is not used: the page passes
+#: through unrectified. The value is the one the stage already called "low confidence".
+MIN_CONFIDENCE = 0.3
 
 
 def lattice_is_plausible(nodes: np.ndarray, page: Page) -> tuple[bool, str]:
@@ -68,10 +71,14 @@ class Stage1:
         refine: with the network, re-measure every node on the full-resolution image around the
             network's lattice (classical sub-pixel measurement, network's indices).
         backend: ``"torch"`` or ``"onnx"`` (onnxruntime; an ``.onnx`` checkpoint always).
+        min_confidence: a fitted lattice less sure than this (share of the lattice observed x grid error,
+            as in :attr:`RectifiedPage.confidence`) is not used: the page passes through as stage 0 left it.
     """
 
     def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
-                 page: Page = CANONICAL, method: str = "auto", refine: bool = True, backend: str = "torch") -> None:
+                 page: Page = CANONICAL, method: str = "auto", refine: bool = True, backend: str = "torch",
+                 min_confidence: float = MIN_CONFIDENCE) -> None:
+        self.min_confidence = float(min_confidence)
         if method not in ("auto", "model", "classical"):
             raise EcgTraceError(f"unknown stage-1 method {method!r}; use auto, model or classical")
         self.page = page
@@ -138,7 +145,8 @@ class Stage1:
             map_xy, rect = self._rectify(img, work, nodes)
         pitch = L.pitch_px(self.page)
         err = fit.heldout_px if np.isfinite(fit.heldout_px) else fit.residual_px
-        conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
+        fit_conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
+        conf = fit_conf
         msg = (f"{self.method}: {fit.n_inliers}/{fit.n_points} nodes kept, {100 * fit.coverage:.0f} % of the "
                f"lattice observed, grid error {err:.2f} px")
         if reg.shift != (0, 0):
@@ -151,6 +159,12 @@ class Stage1:
             conf = min(conf, 0.25)
             msg += (f"; the page sits {drift / pitch:.1f} boxes from the canonical geometry, so the 5 mm "
                     "boxes may be numbered off by one or more (was stage 0 able to normalize it?)")
+        if fit_conf < self.min_confidence:
+            # measured on ECG-Image-Kit's pages: a lattice fitted to a few % of the grid, or with errors of a
+            # quarter box, warps the page worse than leaving it as stage 0 left it. (Numbering alone in doubt
+            # is not such a case: on our photos that lattice is still better than none.)
+            return self._passthrough(img, f"{msg}; lattice unsure ({fit_conf:.2f} < {self.min_confidence}), page "
+                                          "passed through unrectified (check lattice_overlay.png)", det)
         if conf < 0.3:
             msg += "; low confidence, check lattice_overlay.png"
         logger.debug(msg)
