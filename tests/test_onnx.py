@@ -15,11 +15,8 @@ from ecgtrace.cli import main
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models import shipped
 from ecgtrace.models.checkpoint import load_model
-from ecgtrace.models.stage0 import stage0_unet
-from ecgtrace.models.stage1 import stage1_unet
-from ecgtrace.models.stage2 import stage2_unet
 from ecgtrace.stages.stage2 import Stage2
-from test_shipped import PAGE_HW, _randomize_bn, _save
+from test_shipped import PAGE_HW, tiny_checkpoints
 
 ort = pytest.importorskip("onnxruntime")
 from ecgtrace.models import onnx_backend  # noqa: E402  (needs onnxruntime only to run, not to import)
@@ -30,14 +27,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[int, object]:
     """Tiny seeded checkpoints of the three stages."""
-    d = tmp_path_factory.mktemp("ckpts")
-    torch.manual_seed(0)
-    m2 = stage2_unet(encoder_name="test_efficientnet", decoder_channels=[16, 8, 8, 8, 8])
-    _randomize_bn(m2, 1)
-    m1 = stage1_unet(encoder_name="test_efficientnet", decoder_channels=[8, 8, 8, 8, 8])
-    m0 = stage0_unet(encoder_name="test_efficientnet", decoder_channels=[8, 8])
-    return {2: _save(m2, 2, d / "stage2_best.pth"), 1: _save(m1, 1, d / "stage1_best.pth", (256, 320)),
-            0: _save(m0, 0, d / "stage0_best.pth", (340, 440))}
+    return tiny_checkpoints(tmp_path_factory.mktemp("ckpts"), stages=(0, 1, 2))
 
 
 @pytest.fixture(autouse=True)

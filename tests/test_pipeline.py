@@ -114,3 +114,33 @@ def test_predict_writes_a_valid_submission(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(sub_path), "--truth", str(data), "--no-plot"]) in (0, None)
     ev = json.loads((tmp_path / "sub.eval.json").read_text())
     assert ev["score_db"] > 5.0  # a clean page, classical path
+
+
+def test_a_page_with_an_unsure_lattice_is_read_on_it_when_nothing_else_reads(page_png, monkeypatch):
+    """Stage 1 passes a page through when its lattice is unsure; if the page as it is gives (almost) no
+    trace, stage 2 reads it on that lattice, and such a page (a grid was found) is never refused."""
+    from ecgtrace.pipeline import Pipeline
+    from ecgtrace.stages.base import LeadSignals
+    from ecgtrace.stages.stage2 import Stage2
+
+    pipe = Pipeline(classical=True)
+    pipe.stage1.min_confidence = 1.01  # every lattice is unsure
+    real, seen, blind = Stage2.__call__, [], {"calls": 1}
+
+    def reader(self, image, fs, **kw):  # the first `blind["calls"]` reads of a picture see a blank page
+        seen.append(image)
+        out = real(self, image, fs, **kw)
+        if len(seen) > blind["calls"]:
+            return out
+        return LeadSignals(signals=out.signals, fs=out.fs, traces_px={}, method=out.method,
+                           quality={k: "no trace found" for k in out.quality})
+
+    monkeypatch.setattr(Stage2, "__call__", reader)
+    res = pipe(page_png, fs=500.0)
+    assert len(seen) == 2 and res.rectified.ok and res.rectified.method == "classical"
+    assert any("read on the unsure lattice" in w for w in res.report["warnings"])
+    seen.clear()
+    blind["calls"] = 2  # nothing anywhere: still not refused, a best estimate
+    res = pipe(page_png, fs=500.0)
+    assert len(seen) == 2 and not res.rectified.ok
+    assert any("best estimate" in w for w in res.report["warnings"])

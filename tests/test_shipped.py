@@ -50,15 +50,26 @@ def _randomize_bn(model: torch.nn.Module, seed: int) -> None:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    """Tiny seeded stage-2 and stage-0 checkpoints (~0.1 M parameters each)."""
-    d = tmp_path_factory.mktemp("ckpts")
+def tiny_checkpoints(d: Path, stages: tuple[int, ...] = (0, 2)) -> dict[int, Path]:
+    """Tiny seeded checkpoints (~0.1 M parameters each) of ``stages``, written into ``d``."""
+    from ecgtrace.models.stage1 import stage1_unet
+
     torch.manual_seed(0)
     m2 = stage2_unet(encoder_name="test_efficientnet", decoder_channels=[16, 8, 8, 8, 8])
     _randomize_bn(m2, 1)
     m0 = stage0_unet(encoder_name="test_efficientnet", decoder_channels=[8, 8])
-    return {"stage2": _save(m2, 2, d / "stage2_best.pth"), "stage0": _save(m0, 0, d / "stage0_best.pth", (340, 440))}
+    out = {2: _save(m2, 2, d / "stage2_best.pth"), 0: _save(m0, 0, d / "stage0_best.pth", (340, 440))}
+    if 1 in stages:
+        m1 = stage1_unet(encoder_name="test_efficientnet", decoder_channels=[8, 8, 8, 8, 8])
+        out[1] = _save(m1, 1, d / "stage1_best.pth", (256, 320))
+    return {k: v for k, v in out.items() if k in stages}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Tiny seeded stage-2 and stage-0 checkpoints."""
+    made = tiny_checkpoints(tmp_path_factory.mktemp("ckpts"))
+    return {"stage2": made[2], "stage0": made[0]}
 
 
 @pytest.fixture

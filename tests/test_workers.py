@@ -22,6 +22,16 @@ CLASSICAL = {"classical": True}  # the classical path, whatever weights ship
 OUTPUTS = (".csv", ".hea", ".dat", "_overlay.png")
 
 
+def assert_same_pages(text: str, single: Path, out: Path, n: int = 3) -> None:
+    """The per-picture lines of ``text`` name page0.. in order, and ``out`` holds ``single``'s files, byte for byte."""
+    assert [line.split(":")[0].strip() for line in text.splitlines() if line.startswith("  page")] == \
+        [f"page{k}.png" for k in range(n)]
+    for k in range(n):
+        for suffix in OUTPUTS:
+            a, b = single / f"page{k}{suffix}", out / f"page{k}{suffix}"
+            assert a.read_bytes() == b.read_bytes(), b.name
+
+
 def write_tiny_pages(folder: Path, n: int = 3) -> Path:
     """``page0.png`` ... : n tiny rendered pages (tests/test_ray_engine.py uses the same)."""
     for k in range(n):
@@ -64,12 +74,7 @@ def test_two_workers_write_the_same_files_and_skip_a_corrupt_picture(pages, sing
     assert rc == 0, text
     assert "digitized 3 of 4" in text and f"FAILED {broken}" in text
     # the per-picture lines come in the order given, whichever worker finished first
-    assert [line.split(":")[0].strip() for line in text.splitlines() if line.startswith("  page")] == \
-        ["page0.png", "page1.png", "page2.png"]
-    for k in range(3):
-        for suffix in OUTPUTS:
-            a, b = single / f"page{k}{suffix}", out / f"page{k}{suffix}"
-            assert a.read_bytes() == b.read_bytes(), b.name
+    assert_same_pages(text, single, out)
     assert not list(out.glob("broken*"))
 
 

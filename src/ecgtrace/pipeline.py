@@ -186,6 +186,14 @@ class Pipeline:
         self.stage1 = Stage1(checkpoint=src[1], device=device, backend=backend)
         self.stage2 = Stage2(checkpoint=src[2], device=device, einthoven=einthoven, backend=backend)
 
+    def _read(self, rect: RectifiedPage, homography: np.ndarray, work_scale: float, fs: float,
+              n_samples: dict[str, int] | None) -> LeadSignals:
+        """Stage 2 on ``rect``, the pen offset (half a pixel of the picture as drawn) in its rectified px."""
+        rh, rw = rect.image.shape[:2]
+        src_px = rectified_px_size(rect.map_xy, homography, (rw / 2, rh / 2)) / work_scale
+        pen = paper.PEN_OFFSET_PX / src_px if np.isfinite(src_px) and src_px > 1e-3 else paper.PEN_OFFSET_PX
+        return self.stage2(rect.image, fs, n_samples=n_samples, pen_offset_px=pen)
+
     @property
     def weights(self) -> dict[str, WeightsSource]:
         """Where each stage's weights came from (after any fallback to the classical path)."""
@@ -218,14 +226,16 @@ class Pipeline:
         if not rect.ok:
             warnings.append(f"stage 1 unsure: {rect.message or 'no grid found'}")
         with timer("stage2"):
-            # the pen offset is half a pixel of the picture as drawn, in rectified px here
-            rh, rw = rect.image.shape[:2]
-            src_px = rectified_px_size(rect.map_xy, norm.homography, (rw / 2, rh / 2)) / work_scale
-            pen = paper.PEN_OFFSET_PX / src_px if np.isfinite(src_px) and src_px > 1e-3 else paper.PEN_OFFSET_PX
-            leads = self.stage2(rect.image, fs, n_samples=n_samples, pen_offset_px=pen)
-        found = sum(1 for q in leads.quality.values() if not q.startswith("no trace"))
+            leads = self._read(rect, norm.homography, work_scale, fs, n_samples)
+            found = _found(leads)
+            if found < MIN_LEADS_FOUND and rect.unsure_lattice is not None:
+                # (almost) nothing on the page as stage 0 left it: read it on the lattice stage 1 doubted
+                again = self._read(rect.unsure_lattice, norm.homography, work_scale, fs, n_samples)
+                if _found(again) > found:
+                    rect, leads, found = rect.unsure_lattice, again, _found(again)
+                    warnings.append("read on the unsure lattice: the page as it was gave too few traces")
         if found < MIN_LEADS_FOUND:
-            if not rect.ok:
+            if not rect.ok and rect.unsure_lattice is None:
                 # no grid and (almost) no trace: nothing here says ECG page; refuse with the reasons
                 raise StageError(f"found a trace for only {found} of 12 leads and no ECG grid; this does not "
                                  "look like a readable 12-lead ECG page" + (f" ({'; '.join(warnings)})" if warnings else ""))
@@ -253,6 +263,11 @@ class Pipeline:
         }
         return Result(signals=df, fs=float(fs), report=report, leads=leads, image=original, normalized=norm,
                       rectified=rect, name=name, work_scale=work_scale)
+
+
+def _found(leads: LeadSignals) -> int:
+    """How many leads have a trace at all."""
+    return sum(1 for q in leads.quality.values() if not q.startswith("no trace"))
 
 
 def _finite(v: Any) -> float | None:

@@ -56,6 +56,9 @@ class RectifiedPage:
     ok: bool = True
     message: str = ""
     detection: GridDetection | None = field(default=None, repr=False)  # the grid nodes found (overlays, benches)
+    #: a page passed through because its lattice was unsure: the rectification by that lattice, for a
+    #: reader that finds (almost) nothing on the page as it is (:class:`ecgtrace.pipeline.Pipeline`)
+    unsure_lattice: RectifiedPage | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -159,17 +159,20 @@ class Stage1:
             conf = min(conf, 0.25)
             msg += (f"; the page sits {drift / pitch:.1f} boxes from the canonical geometry, so the 5 mm "
                     "boxes may be numbered off by one or more (was stage 0 able to normalize it?)")
+        if conf < 0.3:
+            msg += "; low confidence, check lattice_overlay.png"
+        out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
+                            method=self.method, ok=True, message=msg, detection=det)
         if fit_conf < self.min_confidence:
             # measured on ECG-Image-Kit's pages: a lattice fitted to a few % of the grid, or with errors of a
             # quarter box, warps the page worse than leaving it as stage 0 left it. (Numbering alone in doubt
             # is not such a case: on our photos that lattice is still better than none.)
-            return self._passthrough(img, f"{msg}; lattice unsure ({fit_conf:.2f} < {self.min_confidence}), page "
-                                          "passed through unrectified (check lattice_overlay.png)", det)
-        if conf < 0.3:
-            msg += "; low confidence, check lattice_overlay.png"
+            passed = self._passthrough(img, f"{msg}; lattice unsure ({fit_conf:.2f} < {self.min_confidence}), page "
+                                            "passed through unrectified (check lattice_overlay.png)", det)
+            passed.unsure_lattice = out
+            return passed
         logger.debug(msg)
-        return RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
-                             method=self.method, ok=True, message=msg, detection=det)
+        return out
 
     def _perspective_pass(self, work: np.ndarray, det: G.GridDetection
                           ) -> tuple[G.GridDetection, np.ndarray] | None:
