@@ -154,7 +154,7 @@ def test_checkpoint(path: str | Path, device: str = "cpu") -> CheckReport:
     lines.append(f"File: {p} ({p.stat().st_size / 1e6:.1f} MB, {_date(p.stat().st_mtime)})")
     if mck.is_inference_file(p):
         return _test_inference_file(p, device, lines)
-    if p.suffix.lower() == mck.ONNX_SUFFIX:
+    if mck.is_onnx_file(p):
         return _test_onnx_file(p, device, lines)
     try:
         state = mck.load_checkpoint(p)

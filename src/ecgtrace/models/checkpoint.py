@@ -168,6 +168,11 @@ def is_inference_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() == INFERENCE_SUFFIX
 
 
+def is_onnx_file(path: str | Path) -> bool:
+    """True for a network exported for onnxruntime (``.onnx``)."""
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
 def read_inference_file(path: str | Path) -> dict[str, Any]:
     """Read a ``.safetensors`` weights file as a checkpoint-like dict; failures are one-line errors.
 
@@ -321,7 +326,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", stage: int 
     ``backend="onnx"`` (or an ``.onnx`` file) runs the network with onnxruntime
     (:mod:`ecgtrace.models.onnx_backend`).
     """
-    if backend == "onnx" or Path(path).suffix.lower() == ONNX_SUFFIX:
+    if backend == "onnx" or is_onnx_file(path):
         from ecgtrace.models.onnx_backend import load_onnx_model
 
         return load_onnx_model(path, str(device), stage, heads)

@@ -38,6 +38,7 @@ from ecgtrace.models.checkpoint import (
     LoadedModel,
     PretrainedCfg,
     check_fits,
+    is_onnx_file,
     load_model,
     read_inference_file,
 )
@@ -64,11 +65,6 @@ def check_backend(backend: str) -> str:
     if name == "onnx":
         _ort()
     return name
-
-
-def is_onnx_file(path: str | Path) -> bool:
-    """True for an ``.onnx`` file."""
-    return Path(path).suffix.lower() == ONNX_SUFFIX
 
 
 def _ort() -> Any:

@@ -36,11 +36,11 @@ from ecgtrace.io import atomic_write
 from ecgtrace.models.checkpoint import (
     INFERENCE_FORMAT,
     INFERENCE_SUFFIX,
-    ONNX_SUFFIX,
     PRETRAINED_CFG_KEY,
     PretrainedCfg,
     build_model,
     find_checkpoint,
+    is_onnx_file,
     load_weights,
     load_weights_file,
     pretrained_cfg_of,
@@ -262,7 +262,7 @@ class WeightsSource:
         """A file the user gave (its sha256 only when it exists: a missing one is the loader's error)."""
         p = Path(path)
         return cls(kind="checkpoint", name=p.name, sha256=file_sha256(p) if p.is_file() else "", path=p, stage=stage,
-                   backend="onnx" if p.suffix.lower() == ONNX_SUFFIX else "torch")
+                   backend="onnx" if is_onnx_file(p) else "torch")
 
     @classmethod
     def from_entry(cls, entry: ShippedEntry) -> WeightsSource:
@@ -282,7 +282,7 @@ def as_source(checkpoint: str | Path | WeightsSource | None, stage: int | None =
         src = WeightsSource(stage=stage)
     else:
         src = WeightsSource.from_checkpoint(checkpoint, stage)
-    if str(backend).lower() != "torch" or src.backend == "onnx":
+    if str(backend).lower() != "torch":
         from ecgtrace.models.onnx_backend import check_backend
 
         if check_backend(backend) == "onnx" and src.uses_network:

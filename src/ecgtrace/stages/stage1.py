@@ -159,7 +159,7 @@ class Stage1:
             conf = min(conf, 0.25)
             msg += (f"; the page sits {drift / pitch:.1f} boxes from the canonical geometry, so the 5 mm "
                     "boxes may be numbered off by one or more (was stage 0 able to normalize it?)")
-        if conf < 0.3:
+        if conf < MIN_CONFIDENCE:
             msg += "; low confidence, check lattice_overlay.png"
         out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
                             method=self.method, ok=True, message=msg, detection=det)

@@ -156,7 +156,8 @@ def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     (Rows in-painted under dark horizontal lines are not treated alike: crediting them as
     unknown ink lets the path run along a line past a hard QRS; measured worse on black grids.)
-    The same page twice in a row (stage 1's registration, then stage 2) is computed once.
+    A page read again soon after (stage 1's registration, then stage 2) is computed once
+    (:class:`_LastInkMap` keeps the last two).
     """
     hit = _LAST.get(image_bgr)
     if hit is not None:
