@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -324,3 +326,46 @@ def test_two_rows_on_one_trace_flag_the_row_it_does_not_belong_to(clean_page):
         assert flags[lead].startswith("no trace found"), (lead, flags[lead])
     for lead in ("III", "aVF", "V3", "V6"):
         assert flags[lead] == "ok", (lead, flags[lead])
+
+
+def test_blind_columns_bridge_only_ink_a_stroke_could_join():
+    """A move through an in-painted grid-line column is cheap only between ink either side (a stroke), not
+    from a trace down to text below it (what let the path drop onto ECG-Image-Kit's '10mm/mV' footer)."""
+    from ecgtrace.stages.trace.params import ClassicalParams
+    from ecgtrace.stages.trace_classical import _blind_step_cost
+
+    blind = np.array([False, False, True, False, False])
+    p = ClassicalParams()
+    text = np.zeros((120, 5), np.float32)
+    text[10, [0, 1, 3, 4]] = 1.0  # a flat trace at y 10 either side of blind column 2 ...
+    text[100, :] = 1.0  # ... and text 90 px below it
+    cost = _blind_step_cost(text, blind, p)[:, 0]
+    assert cost.shape == (120,)
+    assert cost[8:13].max() == pytest.approx(p.blind_step_cost)  # along the trace: bridged
+    assert cost[31:80].min() > 0.5 * p.step_ink_cost  # between trace and text: as dear as paper
+    stroke = np.zeros((120, 5), np.float32)
+    stroke[30:61, 1] = 1.0  # a steep stroke: y 30-60 left of the blind column, 61-90 right of it
+    stroke[61:91, 3] = 1.0
+    assert _blind_step_cost(stroke, blind, p)[45:75, 0].max() == pytest.approx(p.blind_step_cost)
+    # with an unbounded reach all between inked rows would be bridged (the old behaviour)
+    loose = _blind_step_cost(text, blind, ClassicalParams(blind_bridge_slope=1e4))[:, 0]
+    assert loose.max() == pytest.approx(p.blind_step_cost)
+
+
+EIK_BW = Path(__file__).resolve().parents[1].parent / "shared" / "eik-dev" / "bw"
+
+
+@pytest.mark.skipif(not (EIK_BW / "dev01-0.png").is_file(), reason="../shared/eik-dev not found")
+def test_rhythm_strip_is_not_read_into_the_footer_text_of_a_grey_grid_page():
+    """ECG-Image-Kit's black-and-white page dev01: the classical rhythm strip once dropped onto '10mm/mV' (1 dB)."""
+    from ecgtrace.commands.evaluate import pred_on_truth
+    from ecgtrace.data.eik import find_pages
+    from ecgtrace.metric import snr_for_image
+    from ecgtrace.pipeline import Pipeline
+
+    page = next(p for p in find_pages(EIK_BW) if p.image_id == "dev01-0")
+    res = Pipeline(classical=True)(page.image, fs=page.page_fs)
+    pred = {lead: res.signals[lead].to_numpy() for lead in res.signals.columns}
+    aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
+    lead_db = snr_for_image(page.truth, aligned, page.fs).lead_db
+    assert lead_db["II"] > 20.0, lead_db

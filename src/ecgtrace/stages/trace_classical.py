@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from ecgtrace import paper
@@ -62,6 +63,36 @@ class ClassicalResult:
 def _row_band(page: Page, row: int, params: ClassicalParams, h: int) -> tuple[int, int]:
     top, bot = page.row_band(row, above_mv=params.band_above_mv, below_mv=params.band_below_mv)
     return int(max(0, np.floor(top))), int(min(h - 1, np.ceil(bot)))
+
+
+def _blind_step_cost(band: np.ndarray, blind: np.ndarray, p: ClassicalParams) -> np.ndarray:
+    """Vertical move cost in the blind columns of ``band`` (one column per True of ``blind``).
+
+    A steep stroke that crossed a blind column left its ink in the clean columns either side, its
+    two ends at most ``blind_bridge_slope`` px per column of the blind run apart. A pixel of the
+    run is bridged when ink lies within half that reach of it in both clean neighbours: moving there
+    costs ``blind_step_cost``; elsewhere it costs as paper does. Without this a grey grid, whose
+    every minor line is blind, lets the path drop through a line onto text below the trace
+    ("10mm/mV" under the rhythm strip of ECG-Image-Kit's black-and-white pages) and back.
+    """
+    n = band.shape[1]
+    idx = np.arange(n)
+    left = np.maximum.accumulate(np.where(~blind, idx, -1))
+    right = np.minimum.accumulate(np.where(~blind, idx, n)[::-1])[::-1]
+    cols = np.flatnonzero(blind)
+    lc, rc = left[cols], right[cols]
+    lc = np.where(lc < 0, rc, lc)
+    rc = np.where(rc >= n, lc, rc)
+    inked = np.clip(band / 0.4, 0.0, 1.0)
+    bridge = np.zeros((band.shape[0], len(cols)), np.float32)
+    for width in np.unique(rc - lc):
+        sel = (rc - lc) == width
+        k = 2 * int(np.ceil(p.blind_bridge_slope * max(int(width), 1) / 2)) + 1
+        kernel = np.ones((k, 1), np.uint8)
+        near_l = cv2.dilate(np.ascontiguousarray(inked[:, lc[sel]], np.float32), kernel)
+        near_r = cv2.dilate(np.ascontiguousarray(inked[:, rc[sel]], np.float32), kernel)
+        bridge[:, sel] = np.minimum(near_l, near_r)
+    return p.blind_step_cost + p.step_ink_cost * (1.0 - bridge)
 
 
 def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
@@ -97,8 +128,11 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
         # its ink in each, so the move is as cheap as the inkier of the two columns.
         reach = np.maximum(band, np.concatenate([band[:, :1], band[:, :-1]], axis=1))
         step_cost = p.step_ink_cost * (1.0 - np.clip(reach / 0.4, 0.0, 1.0)) + p.step_base_cost
-        # a stroke crossing an in-painted grid-line column left no ink there: moving is cheap, but not free
-        step_cost[:, blind[x0:x1 + 1]] = np.minimum(step_cost[:, blind[x0:x1 + 1]], p.blind_step_cost)
+        # a stroke crossing an in-painted grid-line column left no ink there: moving is cheap, but not free,
+        # and only between ink that a stroke could join (see _blind_step_cost)
+        bl = blind[x0:x1 + 1]
+        if bl.any():
+            step_cost[:, bl] = np.minimum(step_cost[:, bl], _blind_step_cost(band, bl, p))
         if row < N_ROWS - 1:
             # the row switches lead at each column start: the trace may jump there for free
             for c in range(1, paper.N_COLUMNS):

@@ -16,6 +16,7 @@ class ClassicalParams:
     step_ink_cost: float = 1.0  # vertical move cost per px of paper (no ink)
     step_base_cost: float = 0.002  # vertical move cost per px on ink
     blind_step_cost: float = 0.02  # vertical move cost per px in a column hidden by a dark grid line
+    blind_bridge_slope: float = 20.0  # steepest stroke (px per px; 20 mm per mm) bridged across a blind column
     baseline_pull: float = 0.02  # per column, per mV^2 of distance from the row's baseline
     baseline_pull_cap_mv: float = 4.0
     claimed_penalty: float = 0.5  # cost added on pixels the row above already follows
