@@ -369,3 +369,29 @@ def test_rhythm_strip_is_not_read_into_the_footer_text_of_a_grey_grid_page():
     aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
     lead_db = snr_for_image(page.truth, aligned, page.fs).lead_db
     assert lead_db["II"] > 20.0, lead_db
+
+
+def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_pulse():
+    """The trace leaves the pulse's falling edge from 1.5 mV: the first column's long run is read at its top."""
+    from ecgtrace.stages.trace.path import RowTrace
+    from ecgtrace.stages.trace.row_start import read_past_pulse_edge
+
+    page = paper.Page(dpi=100)
+    prob = np.zeros(page.size, np.float32)
+    x0 = int(round(page.time_to_x(0.0)))
+    base, mv = page.baseline_y(0), page.px_per_mv
+    edge = slice(int(round(base - 1.0 * mv)), int(round(base)) + 1)  # the pulse edge: 1 mV down to the baseline
+    prob[edge, x0] = 1.0
+    start = int(round(base - 1.5 * mv))
+    prob[start:edge.start, x0] = 1.0  # the trace's first stroke, above the pulse, in the same column
+    xs = np.arange(x0, x0 + 20)
+    y = np.full(xs.size, base)
+    y[0] = base - 0.7 * mv  # the reading in the middle of the merged run
+    rows = {"row0": RowTrace(key="row0", row=0, x=xs, y=y.copy(), ink=np.ones(xs.size), clipped=np.zeros(xs.size, bool))}
+    out = read_past_pulse_edge(rows, prob, page)["row0"]
+    assert abs(out.y[0] - start) <= 1.5, (out.y[0], start)
+    np.testing.assert_array_equal(out.y[1:], y[1:])  # only the columns at the edge move
+    np.testing.assert_array_equal(rows["row0"].y, y)  # the input is not changed
+    # a trace that starts inside the pulse's span is hidden by it: the reading stays
+    prob[start:edge.start, x0] = 0.0
+    assert read_past_pulse_edge(rows, prob, page)["row0"].y[0] == y[0]

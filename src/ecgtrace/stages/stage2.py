@@ -22,7 +22,7 @@ from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.steps import step
 from ecgtrace.stages import trace
-from ecgtrace.stages.trace import fusion, network
+from ecgtrace.stages.trace import fusion, network, row_start
 
 #: Einthoven/Goldberger relations (exact for ideal recordings): II = I + III, aVR + aVL + aVF = 0.
 EINTHOVEN_ALPHA = 0.33
@@ -88,12 +88,6 @@ class Stage2:
             return "classical"
         return "model+classical" if self.fuse else "model"
 
-    def rows(self, rect_bgr: np.ndarray) -> dict[str, trace.RowTrace]:
-        """Per-row traces (rectified px) of a page, by the model or the classical reader."""
-        if self.model is not None:
-            return network.read_rows(self.model, rect_bgr)
-        return tc.trace_rows(rect_bgr, self.params).rows
-
     def __call__(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None = None,
                  pen_offset_px: float | None = None) -> LeadSignals:
         """Read the 12 leads of a rectified page at ``fs`` Hz.
@@ -119,7 +113,12 @@ class Stage2:
             page = paper.page_for(rect_bgr)
         except ValueError as e:
             raise StageError(f"{e}; run stage 1 to rectify the page first") from e
-        rows = self.rows(rect_bgr)
+        full_prob = None  # the page's own ink map at its resolution, where a reader made it
+        if self.model is None:
+            read = tc.trace_rows(rect_bgr, self.params)
+            rows, full_prob = read.rows, read.prob
+        else:
+            rows = network.read_rows(self.model, rect_bgr)
         if self.model is not None:
             # judge the model's path by the page's own ink near it, as the classical path is judged;
             # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
@@ -133,10 +132,13 @@ class Stage2:
             if self.fuse:  # the classical reader reads the page too; per lead window the page's ink decides
                 with step("fusion"):
                     classical = tc.trace_rows(rect_bgr, self.params)
+                    full_prob = classical.prob
                     if fusion.is_clean_coloured(rect_bgr, classical.prob, classical.rows, page, self.fusion_params):
                         rows = classical.rows
                     else:
                         rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params).rows
+        if full_prob is not None:
+            rows = row_start.read_past_pulse_edge(rows, full_prob, page)
         with step("leads"):
             values = {k: trace.row_values(tr, page, pen_offset_px) for k, tr in rows.items()}
             signals = trace.cut_leads(values, fs, n_samples)

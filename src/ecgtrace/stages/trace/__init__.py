@@ -6,6 +6,7 @@
 - :mod:`~ecgtrace.stages.trace.path`: :class:`RowTrace`, the Viterbi path search through a row's
   cost band, and the sub-pixel centre line along it.
 - :mod:`~ecgtrace.stages.trace.leads`: row paths to (time, mV), cut into the 12 leads at ``fs``.
+- :mod:`~ecgtrace.stages.trace.row_start`: a row's first columns read past the calibration pulse's edge.
 - :mod:`~ecgtrace.stages.trace.quality`: per-lead quality flags of a set of row paths.
 
 The classical reader that strings them together is :mod:`ecgtrace.stages.trace_classical`.
