@@ -140,7 +140,12 @@ def test_a_page_with_an_unsure_lattice_is_read_on_it_when_nothing_else_reads(pag
     assert len(seen) == 2 and res.rectified.ok and res.rectified.method == "classical"
     assert any("read on the unsure lattice" in w for w in res.report["warnings"])
     seen.clear()
-    blind["calls"] = 2  # nothing anywhere: still not refused, a best estimate
+    blind["calls"] = 2  # nothing on the lattice either: the rows' calibration pulses register the page
     res = pipe(page_png, fs=500.0)
-    assert len(seen) == 2 and not res.rectified.ok
+    assert len(seen) == 3 and res.rectified.method == "pulses" and not res.rectified.ok
+    assert any("calibration pulses" in w for w in res.report["warnings"])
+    seen.clear()
+    blind["calls"] = 3  # nothing anywhere: still not refused (a grid was found), a best estimate
+    res = pipe(page_png, fs=500.0)
+    assert len(seen) == 3 and not res.rectified.ok and res.rectified.method != "pulses"
     assert any("best estimate" in w for w in res.report["warnings"])

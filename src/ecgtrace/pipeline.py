@@ -33,6 +33,7 @@ from ecgtrace.models.shipped import WeightsSource, resolve_weights
 from ecgtrace.paper import CANONICAL, ROW_KEYS
 from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
 from ecgtrace.stages.stage0 import Stage0
+from ecgtrace.stages.pulses import register_by_pulses
 from ecgtrace.stages.stage1 import Stage1
 from ecgtrace.stages.stage2 import Stage2
 from ecgtrace.stages.trace.leads import lead_indices
@@ -234,6 +235,14 @@ class Pipeline:
                 if _found(again) > found:
                     rect, leads, found = rect.unsure_lattice, again, _found(again)
                     warnings.append("read on the unsure lattice: the page as it was gave too few traces")
+            if found < MIN_LEADS_FOUND and not rect.ok:
+                # no lattice to go by: the rows' calibration pulses may still fix the page (a tight crop)
+                by_pulses, _ = register_by_pulses(work, self.stage1.page, to_input=norm.homography)
+                if by_pulses is not None:
+                    again = self._read(by_pulses, norm.homography, work_scale, fs, n_samples)
+                    if _found(again) >= MIN_LEADS_FOUND:  # pulses and traces: an ECG page after all
+                        rect, leads, found = by_pulses, again, _found(again)
+                        warnings.append(by_pulses.message)
         if found < MIN_LEADS_FOUND:
             if not rect.ok and rect.unsure_lattice is None:
                 # no grid and (almost) no trace: nothing here says ECG page; refuse with the reasons

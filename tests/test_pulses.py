@@ -1,0 +1,58 @@
+"""Registering a page by its calibration pulses (stages/pulses.py), the fallback for a tight crop."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ecgtrace.data.render import RenderStyle, render_page
+from ecgtrace.data.signals import synthesize_ecg
+from ecgtrace.paper import N_ROWS, Page
+from ecgtrace.stages.pulses import find_pulses, register_by_pulses
+
+PAGE = Page(dpi=100)
+
+
+def _cropped_photo(scale: float = 0.7):
+    """A rendered page cut tight around its four rows and scaled: no page edge, little grid around."""
+    fs = 250
+    img, _ = render_page(synthesize_ecg(rng=3, fs=fs), fs, PAGE, RenderStyle(grid="red", labels=True), rng=3)
+    x0, x1 = int(PAGE.time_to_x(-0.3)), int(PAGE.time_to_x(10.2))
+    y0 = int(PAGE.baseline_y(0) - 2.5 * PAGE.px_per_mv)
+    y1 = int(PAGE.baseline_y(N_ROWS - 1) + 1.5 * PAGE.px_per_mv)
+    crop = img[y0:y1, x0:x1]
+    small = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    # picture px -> page px, the truth the registration must find
+    truth = np.array([[1 / scale, 0.0, x0], [0.0, 1 / scale, y0]])
+    return small, truth
+
+
+def test_four_pulses_are_found_and_fix_the_page():
+    small, truth = _cropped_photo()
+    pulses = find_pulses(small)
+    assert len(pulses) == N_ROWS, pulses
+    assert np.all(np.diff(pulses[:, 2]) > 0)  # top to bottom
+    rect, fit = register_by_pulses(small, PAGE)
+    assert rect is not None and fit.ok, fit.message
+    assert rect.method == "pulses" and not rect.ok and "calibration pulses" in rect.message
+    assert rect.image.shape[:2] == PAGE.size
+    # every picture point lands where the true crop-and-scale puts it, to within 2 mm
+    # (the renderer's pulse ends 0.05 s before signal time 0, where the fit puts the falling edge)
+    pts = np.array([[30.0, 20.0], [small.shape[1] - 30.0, 20.0], [small.shape[1] / 2, small.shape[0] - 20.0]])
+    got = pts @ fit.matrix[:, :2].T + fit.matrix[:, 2]
+    want = pts @ truth[:, :2].T + truth[:, 2]
+    assert np.abs(got - want).max() < 2.0 * PAGE.px_per_mm, (got, want)
+    # map_xy points back into the picture: the warped page sampled there is the picture itself
+    yy, xx = (np.array(rect.image.shape[:2]) * 0.5).astype(int)
+    sx, sy = rect.map_xy[yy, xx]
+    assert 0 <= sx < small.shape[1] and 0 <= sy < small.shape[0]
+    np.testing.assert_allclose(fit.matrix[:, :2] @ [sx, sy] + fit.matrix[:, 2], [xx, yy], atol=0.5)
+
+
+def test_a_picture_without_pulses_is_not_registered():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (300, 600, 3), dtype=np.uint8)
+    blank = np.full((300, 600, 3), 255, np.uint8)
+    for img in (noise, blank):
+        rect, fit = register_by_pulses(img, PAGE)
+        assert rect is None and not fit.ok and "pulse" in fit.message
