@@ -61,3 +61,16 @@ def test_a_clean_page_on_coloured_grid_is_the_classical_readers():
     noisy[rng.random(noisy.shape) < 0.01] = 1.0  # speckle noise: stray ink everywhere
     assert stray_ink(noisy, rows, PAGE) > 0.005
     assert not is_clean_coloured(pink, noisy, rows, PAGE)
+
+
+def test_a_thin_pale_grid_on_white_paper_counts_as_coloured():
+    """A few per cent of the pixels carry the grid's colour: the page is still a coloured-grid page."""
+    rows = _rows({})
+    prob = _ink(rows)
+    page = np.full((*PAGE.size, 3), 255, np.uint8)
+    page[:, ::40] = (200, 230, 200)  # BGR: a pale green line every 40 px each way (5 % of the pixels)
+    page[::40, :] = (200, 230, 200)
+    assert is_clean_coloured(page, prob, rows, PAGE)
+    grey = page.copy()
+    grey[:, ::40] = grey[::40, :] = 215  # the same grid in grey
+    assert not is_clean_coloured(grey, prob, rows, PAGE)

@@ -33,7 +33,9 @@ class FusionParams:
     #: path, below this) on tinted paper or grid is read by the classical path alone: there the ink
     #: map separates trace from grid by colour and follows it to the pixel.
     clean_stray_ink: float = 0.001
-    #: 90th percentile of the page's saturation (0-255) above which its grid counts as coloured.
+    #: The page's grid counts as coloured when this percentile of its saturation (0-255) ...
+    coloured_percentile: float = 97.0
+    #: ... is above this: a thin pale grid on white paper covers a few per cent of the pixels.
     coloured_saturation: float = 20.0
 
 
@@ -68,7 +70,7 @@ def is_clean_coloured(rect_bgr: np.ndarray, prob: np.ndarray, classical: dict[st
     p = params or FusionParams()
     if rect_bgr.ndim != 3:
         return False
-    sat = float(np.percentile(cv2.cvtColor(rect_bgr, cv2.COLOR_BGR2HSV)[..., 1], 90))
+    sat = float(np.percentile(cv2.cvtColor(rect_bgr, cv2.COLOR_BGR2HSV)[..., 1], p.coloured_percentile))
     return sat > p.coloured_saturation and stray_ink(prob, classical, page) < p.clean_stray_ink
 
 
