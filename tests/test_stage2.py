@@ -350,6 +350,10 @@ def test_blind_columns_bridge_only_ink_a_stroke_could_join():
     # with an unbounded reach all between inked rows would be bridged (the old behaviour)
     loose = _blind_step_cost(text, blind, ClassicalParams(blind_bridge_slope=1e4))[:, 0]
     assert loose.max() == pytest.approx(p.blind_step_cost)
+    # a band that is blind everywhere has no clean column to bridge from: every move costs as on paper
+    everywhere = _blind_step_cost(text, np.ones(5, bool), p)
+    assert everywhere.shape == (120, 5)
+    np.testing.assert_allclose(everywhere, p.blind_step_cost + p.step_ink_cost)
 
 
 EIK_BW = Path(__file__).resolve().parents[1].parent / "shared" / "eik-dev" / "bw"

@@ -41,6 +41,7 @@ class PulseParams:
     stroke_ink: float = 0.15  # ink level (of the picture's strongest) that counts
     edge_ink: float = 0.3  # ... along an edge, followed down to the foot
     min_width_ratio: float = 0.15  # a measured pulse at least this wide for its height
+    max_height_ratio: float = 1.3  # one cart's pulses: the tallest at most this many times the shortest
     max_fit_error_mm: float = 2.5  # mean distance of the pulse corners from their canonical places
     end_tolerance: float = 0.08  # the rhythm strip's end sets the time scale when this close to 10 s
 
@@ -84,15 +85,16 @@ def _refine(prob: np.ndarray, xr: float, xf: float, yt: float, yf: float, p: Pul
     dx, dy = max(2, int(round(0.25 * wid))), max(2, int(round(0.15 * hgt)))  # a template size off by a step
     rows = slice(int(yt + 0.2 * hgt), int(yf - 0.2 * hgt) + 1)
     cols = slice(int(xr + 0.2 * wid), int(xf - 0.2 * wid) + 1)
-    xr = _peak(prob[rows].sum(axis=0), int(xr) - dx, int(xr) + dx + 1)
-    xf = _peak(prob[rows].sum(axis=0), int(xf) - dx, int(xf) + dx + 1)
+    across = prob[rows].sum(axis=0)
+    xr = _peak(across, int(xr) - dx, int(xr) + dx + 1)
+    xf = _peak(across, int(xf) - dx, int(xf) + dx + 1)
     yt = _peak(prob[:, cols].sum(axis=1), int(yt) - dy, int(yt) + dy + 1)
+    # each edge's ink down the picture (a photo's stroke is not quite vertical: 2 px either side)
+    edges = [prob[:, max(0, c - 2):min(w, c + 3)].max(axis=1) for c in (int(round(xr)), int(round(xf)))]
     # the foot: where the edges' ink ends below the top (the shorter of the two: the falling edge may run on
     # into the trace); small gaps, as a photo's thin stroke has, are crossed
     ends = []
-    for x in (xr, xf):
-        c = int(round(x))
-        edge = prob[:, max(0, c - 2):min(w, c + 3)].max(axis=1)
+    for edge in edges:
         ys = int(round(yt)) + np.flatnonzero(edge[int(round(yt)):min(h, int(yt + 1.5 * hgt))] >= p.edge_ink)
         if not ys.size:
             return None
@@ -106,9 +108,8 @@ def _refine(prob: np.ndarray, xr: float, xf: float, yt: float, yf: float, p: Pul
     # each edge and the top hold ink along most of their length
     span = (yf - yt) if np.isfinite(yf) else hgt
     mid = slice(int(yt + 0.15 * span), int(yt + 0.85 * span) + 1)
-    for x in (xr, xf):
-        c = int(round(x))
-        if (prob[mid, max(0, c - 2):c + 3].max(axis=1) >= p.stroke_ink).mean() < p.min_stroke:
+    for edge in edges:
+        if (edge[mid] >= p.stroke_ink).mean() < p.min_stroke:
             return None
     r = int(round(yt))
     top = prob[max(0, r - 2):r + 3, int(round(xr)):int(round(xf)) + 1].max(axis=0)
@@ -164,7 +165,7 @@ def find_pulses(image_bgr: np.ndarray, params: PulseParams | None = None) -> np.
         arr[:, 3] = np.where(np.isfinite(heights), arr[:, 3], arr[:, 2] + np.nanmedian(heights))
         heights = arr[:, 3] - arr[:, 2]
         # pulses are stacked (their falling edges line up, a picture's tilt moves them a little) and alike
-        alike = float(np.ptp(arr[:, 1])) <= 0.04 * w and heights.max() <= 1.3 * heights.min()
+        alike = float(np.ptp(arr[:, 1])) <= 0.04 * w and heights.max() <= p.max_height_ratio * heights.min()
         key = (alike, min(len(arr), N_ROWS), quality)
         if best_key is None or key > best_key:
             best, best_key = arr, key
@@ -195,7 +196,7 @@ def fit_pulses(pulses: np.ndarray, page: Page, params: PulseParams | None = None
     for start, rows in candidates:  # consecutive pulses of one height
         q = pulses[start:start + k]
         hq = heights[start:start + k]
-        if hq.max() > 1.3 * hq.min():
+        if hq.max() > p.max_height_ratio * hq.min():
             continue
         src, dst = [], []
         for r, (_, xf, yt, yf) in zip(rows, q):

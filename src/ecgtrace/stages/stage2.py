@@ -119,7 +119,6 @@ class Stage2:
             rows, full_prob = read.rows, read.prob
         else:
             rows = network.read_rows(self.model, rect_bgr)
-        if self.model is not None:
             # judge the model's path by the page's own ink near it, as the classical path is judged;
             # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
             small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)

@@ -40,7 +40,7 @@ from ecgtrace.paper import CANONICAL, N_ROWS, Page
 from ecgtrace.paper import ROW_KEYS as ROW_KEYS  # re-exported: the names that lived here keep working
 from ecgtrace.paper import page_for as page_for
 from ecgtrace.stages.steps import step
-from ecgtrace.stages.trace.ink import ink_map, mask_furniture
+from ecgtrace.stages.trace.ink import clean_neighbours, ink_map, mask_furniture
 from ecgtrace.stages.trace.ink import ink_near_path as ink_near_path
 from ecgtrace.stages.trace.ink import trace_probability as trace_probability
 from ecgtrace.stages.trace.leads import cut_leads as cut_leads
@@ -75,14 +75,9 @@ def _blind_step_cost(band: np.ndarray, blind: np.ndarray, p: ClassicalParams) ->
     every minor line is blind, lets the path drop through a line onto text below the trace
     ("10mm/mV" under the rhythm strip of ECG-Image-Kit's black-and-white pages) and back.
     """
-    n = band.shape[1]
-    idx = np.arange(n)
-    left = np.maximum.accumulate(np.where(~blind, idx, -1))
-    right = np.minimum.accumulate(np.where(~blind, idx, n)[::-1])[::-1]
-    cols = np.flatnonzero(blind)
-    lc, rc = left[cols], right[cols]
-    lc = np.where(lc < 0, rc, lc)
-    rc = np.where(rc >= n, lc, rc)
+    if blind.all():  # no clean column to bridge from: moving costs as on paper
+        return np.full((band.shape[0], band.shape[1]), p.blind_step_cost + p.step_ink_cost)
+    cols, lc, rc = clean_neighbours(blind)
     inked = np.clip(band / 0.4, 0.0, 1.0)
     bridge = np.zeros((band.shape[0], len(cols)), np.float32)
     for width in np.unique(rc - lc):

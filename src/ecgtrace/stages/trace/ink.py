@@ -229,24 +229,29 @@ def _erase_solid_areas(score: np.ndarray, page: Page) -> np.ndarray:
     return np.where(solid > 0, 0.0, score).astype(score.dtype)
 
 
+def clean_neighbours(bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The True positions of ``bad`` (columns holding a line) and, for each, the nearest False one left
+    and right of it (the other side's where one side has none). ``bad`` must hold a False."""
+    n = bad.size
+    idx = np.arange(n)
+    left = np.maximum.accumulate(np.where(~bad, idx, -1))
+    right = np.minimum.accumulate(np.where(~bad, idx, n)[::-1])[::-1]
+    cols = np.flatnonzero(bad)
+    lc, rc = left[cols], right[cols]
+    return cols, np.where(lc < 0, rc, lc), np.where(rc >= n, lc, rc)
+
+
 def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = LINE_VISIBLE) -> np.ndarray:
     """Remove axis-aligned grid lines of known per-column ink ``level`` from ``score`` (H, W).
 
     Faint levels are subtracted; columns holding a visible line are in-painted from the
     nearest clean columns either side, so a trace crossing the line keeps its ink.
     """
-    w = score.shape[1]
     bad = level >= visible
     out = score - np.where(bad, 0.0, level)[None, :]
     if not bad.any() or bad.all():
         return out
-    idx = np.arange(w)
-    left = np.maximum.accumulate(np.where(~bad, idx, -1))
-    right = np.minimum.accumulate(np.where(~bad, idx, w)[::-1])[::-1]
-    cols = np.where(bad)[0]
-    lc, rc = left[cols], right[cols]
-    lc = np.where(lc < 0, rc, lc)
-    rc = np.where(rc >= w, lc, rc)
+    cols, lc, rc = clean_neighbours(bad)
     f = np.where(rc > lc, (cols - lc) / np.maximum(rc - lc, 1), 0.5)[None, :]
     out[:, cols] = (1 - f) * out[:, lc] + f * out[:, rc]
     return out
