@@ -356,6 +356,25 @@ def test_blind_columns_bridge_only_ink_a_stroke_could_join():
     np.testing.assert_allclose(everywhere, p.blind_step_cost + p.step_ink_cost)
 
 
+def test_a_black_stroke_down_a_grey_grid_line_keeps_its_ink():
+    """An in-painted grey line column keeps ink clearly darker than the line; a black line hides it."""
+    from ecgtrace.stages.trace.ink import _remove_lines
+
+    score = np.zeros((60, 7), np.float32)
+    score[:, 3] = 0.5  # a grey vertical grid line ...
+    score[10:40, 3] = 1.0  # ... with a steep black stroke running down it (not in columns 2 or 4)
+    score[25, :] = 1.0  # a flat trace crossing everything
+    level = np.median(score, axis=0)
+    out = _remove_lines(score, level)
+    assert out[10:40, 3].min() == pytest.approx(1.0)  # the stroke is kept
+    assert out[45:, 3].max() == pytest.approx(0.0)  # the line itself is gone
+    assert out[25, 3] == pytest.approx(1.0)  # the crossing trace is in-painted as before
+    black = score.copy()
+    black[:, 3] = 1.0  # a line as dark as the trace: nothing to tell apart, only the in-painting is left
+    out = _remove_lines(black, np.median(black, axis=0))
+    assert out[10:20, 3].max() == pytest.approx(0.0) and out[25, 3] == pytest.approx(1.0)
+
+
 EIK_BW = Path(__file__).resolve().parents[1].parent / "shared" / "eik-dev" / "bw"
 
 
@@ -373,6 +392,22 @@ def test_rhythm_strip_is_not_read_into_the_footer_text_of_a_grey_grid_page():
     aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
     lead_db = snr_for_image(page.truth, aligned, page.fs).lead_db
     assert lead_db["II"] > 20.0, lead_db
+
+
+@pytest.mark.skipif(not (EIK_BW / "dev00-0.png").is_file(), reason="../shared/eik-dev not found")
+def test_r_waves_whose_down_stroke_falls_on_a_grey_major_line_are_read():
+    """ECG-Image-Kit's black-and-white page dev00, classical: 21.7 dB while grey line columns were in-painted
+    whole (lead I lost the R wave before its lead switch), 24.9 dB with the stroke's ink kept."""
+    from ecgtrace.commands.evaluate import pred_on_truth
+    from ecgtrace.data.eik import find_pages
+    from ecgtrace.metric import snr_for_image
+    from ecgtrace.pipeline import Pipeline
+
+    page = next(p for p in find_pages(EIK_BW) if p.image_id == "dev00-0")
+    res = Pipeline(classical=True)(page.image, fs=page.page_fs)
+    pred = {lead: res.signals[lead].to_numpy() for lead in res.signals.columns}
+    aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
+    assert 10 * np.log10(snr_for_image(page.truth, aligned, page.fs).snr) > 24.0
 
 
 def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_pulse():

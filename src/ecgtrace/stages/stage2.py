@@ -132,7 +132,7 @@ class Stage2:
                 with step("fusion"):
                     classical = tc.trace_rows(rect_bgr, self.params)
                     full_prob = classical.prob
-                    if fusion.is_clean_coloured(rect_bgr, classical.prob, classical.rows, page, self.fusion_params):
+                    if fusion.is_clean(classical.prob, classical.rows, page, self.fusion_params):
                         rows = classical.rows
                     else:
                         rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params).rows

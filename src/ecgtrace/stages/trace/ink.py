@@ -22,6 +22,9 @@ from ecgtrace.stages.trace.params import ClassicalParams
 
 #: Median ink of a pixel column (row) above which it holds a grid line too dark to subtract.
 LINE_VISIBLE = 0.2
+#: Ink this much darker than such a line is kept in its column (a black trace on a grey line); a line
+#: darker than 1 - this margin hides the trace entirely. Transfer bench, classical: bw 20.8 -> 22.5.
+LINE_RESIDUAL_MARGIN = 0.2
 
 
 #: Kernels at least this many taps long are applied by FFT in :func:`blur_wide` (shorter: direct is faster).
@@ -245,7 +248,10 @@ def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = LINE_VI
     """Remove axis-aligned grid lines of known per-column ink ``level`` from ``score`` (H, W).
 
     Faint levels are subtracted; columns holding a visible line are in-painted from the
-    nearest clean columns either side, so a trace crossing the line keeps its ink.
+    nearest clean columns either side, so a trace crossing the line keeps its ink. Where the
+    line is grey rather than black, ink clearly darker than the line itself is kept as well
+    (:data:`LINE_RESIDUAL_MARGIN`): a steep stroke that runs down a grey line is then still there
+    (ECG-Image-Kit's black-and-white pages: R waves whose down stroke fell on a major line were cut).
     """
     bad = level >= visible
     out = score - np.where(bad, 0.0, level)[None, :]
@@ -253,7 +259,9 @@ def _remove_lines(score: np.ndarray, level: np.ndarray, visible: float = LINE_VI
         return out
     cols, lc, rc = clean_neighbours(bad)
     f = np.where(rc > lc, (cols - lc) / np.maximum(rc - lc, 1), 0.5)[None, :]
-    out[:, cols] = (1 - f) * out[:, lc] + f * out[:, rc]
+    lv = level[cols][None, :]
+    above = (score[:, cols] - lv - LINE_RESIDUAL_MARGIN) / np.maximum(1.0 - lv - LINE_RESIDUAL_MARGIN, 0.05)
+    out[:, cols] = np.maximum((1 - f) * out[:, lc] + f * out[:, rc], np.clip(above, 0.0, 1.0))
     return out
 
 
