@@ -278,6 +278,7 @@ EIK_AUGS = [
     distort.EikAugment(rotate_deg=-4.0, crop=0.01, pad=0.06),
     distort.EikAugment(rotate_deg=3.0, pad=0.05, corner_fill=(255, 255, 255)),
     distort.EikAugment(noise_sigma=50.0, temperature_k=3000.0, rotate_deg=-5.0, crop=0.02),
+    distort.EikAugment(noise_sigma=20.0, rotate_deg=2.0, crop=0.01, wrinkles=0.6),
 ]
 
 
@@ -323,6 +324,21 @@ def test_eik_augment_corners_noise_and_temperature():
     assert np.corrcoef(d[..., 0].ravel(), d[..., 2].ravel())[0, 1] > 0.95  # grey noise, as measured on its pages
     out, _ = distort.eik_augment(white, None, distort.EikAugment(temperature_k=3746.0), np.random.default_rng(0))
     assert np.abs(out[200, 200].astype(int) - (153, 201, 255)).max() <= 4  # measured on ECG-Image-Kit's page
+
+
+def test_eik_wrinkles_shade_the_page_and_leave_its_pixels_in_place():
+    """ECG-Image-Kit's --wrinkles as a crumpled-paper texture: dark folds with sharp edges, nothing moved."""
+    tex = distort.crumple_texture((425, 550), np.random.default_rng(1), 0.6)
+    assert tex.shape == (425, 550) and tex.dtype == np.float32
+    assert tex.min() >= 0.4 - 1e-6 and tex.max() <= 1.0
+    assert tex.max() - tex.min() > 0.3  # real folds, not a uniform dimming
+    assert np.abs(np.diff(tex, axis=1)).max() > 0.02  # sharp steps along the fold lines
+    white = np.full((425, 550, 3), 255, np.uint8)
+    out, _ = distort.eik_augment(white, None, distort.EikAugment(wrinkles=0.6), np.random.default_rng(0))
+    assert out.min() < 200 and (out[..., 0] == out[..., 2]).all()  # grey shading
+    # a page saved before wrinkles existed (8 numbers) reads as unwrinkled
+    old = distort.EikAugment(rotate_deg=3.0).to_array()[:8]
+    assert distort.EikAugment.from_array(old) == distort.EikAugment(rotate_deg=3.0)
 
 
 @pytest.mark.parametrize("variant", distort.VARIANTS)

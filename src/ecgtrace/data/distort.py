@@ -898,6 +898,46 @@ def paste_holes(img: np.ndarray, bg: np.ndarray, polys: list[np.ndarray]) -> Non
         roi[:] = (roi * (1 - a) + bg[y0:y1, x0:x1] * a + 0.5).astype(np.uint8)
 
 
+def crumple_texture(size: tuple[int, int], rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A grey multiplier (float32, (h, w), 1 = unchanged) that shades a flat page like crumpled, re-flattened paper.
+
+    What ECG-Image-Kit's ``--wrinkles`` lays over a page, drawn procedurally: facets of a random Voronoi
+    tiling (stretched one way, as paper crumples), each lit by its own tilt (sharp steps in shade along
+    the fold lines between them, smooth inside), soft mottling, and a few long straight creases (a dark
+    groove beside a lit edge). Purely photometric: the drawn trace does not move, so the ground truth is
+    untouched. ``strength`` is the darkest shading (0.6 = a fold's shadow keeps 40 % of the light).
+    """
+    h, w = size
+    sh, sw = max(8, h // 4), max(8, w // 4)  # the facets are drawn at a quarter of the resolution
+    stretch = float(rng.uniform(1.0, 2.5))
+    along_x = bool(rng.random() < 0.5)
+    ch, cw = (sh, int(sw * stretch)) if along_x else (int(sh * stretch), sw)  # canvas squeezed back to (sh, sw)
+    n = int(rng.integers(20, 90))
+    marks = np.full((ch, cw), 255, np.uint8)
+    marks[rng.integers(0, ch, n), rng.integers(0, cw, n)] = 0
+    _, labels = cv2.distanceTransformWithLabels(marks, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    m = int(labels.max()) + 1
+    level = rng.uniform(-1.0, 1.0, m).astype(F32)
+    tilt = rng.normal(0.0, 1.0, (m, 2)).astype(F32)
+    yy, xx = np.mgrid[0:ch, 0:cw].astype(F32) / F32(np.sqrt(ch * cw / n))  # in cell sizes
+    count = np.maximum(np.bincount(labels.ravel(), minlength=m), 1)
+    cx = (np.bincount(labels.ravel(), xx.ravel(), m) / count).astype(F32)  # each facet's centre
+    cy = (np.bincount(labels.ravel(), yy.ravel(), m) / count).astype(F32)
+    shade = level[labels] + tilt[labels, 0] * (xx - cx[labels]) + tilt[labels, 1] * (yy - cy[labels])
+    shade = cv2.resize(shade, (sw, sh), interpolation=cv2.INTER_AREA)
+    shade = cv2.GaussianBlur(shade, (0, 0), rng.uniform(0.5, 1.5))
+    shade += F32(0.2) * _smooth_noise((sh, sw), rng.uniform(15, 50), rng)
+    shade = cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR)
+    xs, ys = np.arange(w, dtype=F32)[None, :], np.arange(h, dtype=F32)[:, None]
+    for _ in range(int(rng.integers(0, 5))):  # creases: straight across the page
+        ang = rng.uniform(0, np.pi)
+        d = (xs - F32(rng.uniform(0, w))) * F32(np.sin(ang)) - (ys - F32(rng.uniform(0, h))) * F32(np.cos(ang))
+        s = F32(rng.uniform(1.5, 5.0) * w / 2200.0)
+        shade += F32(rng.uniform(1.0, 2.5)) * (np.exp(-((d + s) / s) ** 2) - F32(0.6) * np.exp(-((d - s) / s) ** 2))
+    dark = np.clip(0.35 + 0.35 * shade, 0.0, 1.0)
+    return (1.0 - F32(strength) * dark).astype(F32)
+
+
 # =============================================================================
 # ECG-Image-Kit's own augmentation (its ``--augment`` / padding step), per page
 # =============================================================================
@@ -926,6 +966,7 @@ class EikAugment:
         pad: white border per side as a fraction of each dimension; the page shrinks to make room
             (ECG-Image-Kit's ``pad_inches``, with the image size kept).
         corner_fill: BGR colour of the corners a rotation uncovers (ECG-Image-Kit leaves them black).
+        wrinkles: darkest shading of its ``--wrinkles`` texture (:func:`crumple_texture`), 0 = none.
     """
 
     noise_sigma: float = 0.0
@@ -934,17 +975,18 @@ class EikAugment:
     crop: float = 0.0
     pad: float = 0.0
     corner_fill: tuple[int, int, int] = (0, 0, 0)
+    wrinkles: float = 0.0
 
     def to_array(self) -> np.ndarray:
         """Flat float64 form, for ``GroundTruth.extra`` (which is saved as plain arrays)."""
         return np.array([self.noise_sigma, self.temperature_k or 0.0, self.rotate_deg, self.crop, self.pad,
-                         *self.corner_fill], dtype=np.float64)
+                         *self.corner_fill, self.wrinkles], dtype=np.float64)
 
     @classmethod
     def from_array(cls, a: np.ndarray) -> "EikAugment":
         a = np.asarray(a, dtype=np.float64).ravel()
         return cls(float(a[0]), float(a[1]) or None, float(a[2]), float(a[3]), float(a[4]),
-                   tuple(int(v) for v in a[5:8]))
+                   tuple(int(v) for v in a[5:8]), float(a[8]) if a.size > 8 else 0.0)  # 8 long: saved before wrinkles
 
     @classmethod
     def from_gt(cls, gt: GroundTruth | None) -> "EikAugment | None":
@@ -988,9 +1030,9 @@ def eik_affine(size: tuple[int, int], aug: EikAugment, rng: np.random.Generator)
 
 def eik_augment(image: np.ndarray, gt: GroundTruth | None, aug: EikAugment, rng: np.random.Generator,
                 photometric: bool = True) -> tuple[np.ndarray, GroundTruth | None]:
-    """Apply ``aug`` (geometry: one affine resampling; then grey noise, then colour temperature).
+    """Apply ``aug`` (geometry: one affine resampling; then the wrinkle texture, grey noise, colour temperature).
 
-    ``photometric`` False keeps the geometry and skips noise and temperature (the random draws of
+    ``photometric`` False keeps the geometry and skips wrinkles, noise and temperature (the random draws of
     the geometry are the same either way).
 
     The order follows the measured pages: the noise is sharp (added after the rotation), and the
@@ -1012,6 +1054,10 @@ def eik_augment(image: np.ndarray, gt: GroundTruth | None, aug: EikAugment, rng:
             img = (img * a + np.asarray(corner, F32) * (1 - a) + 0.5).astype(np.uint8)
     else:
         img = warp.apply(image, fill=corner)
+    if photometric and aug.wrinkles > 0:
+        # drawn only for a wrinkled page: any other page gets the same noise as before wrinkles existed
+        tex = crumple_texture(size, np.random.default_rng([int(rng.integers(0, 2 ** 31)), 9]), aug.wrinkles)
+        img = np.clip(img.astype(F32) * tex[..., None] + 0.5, 0, 255).astype(np.uint8)
     if photometric and aug.noise_sigma > 0:
         img = add_noise(img, sensor_noise(size, rng, aug.noise_sigma, colour=False))
     if photometric and aug.temperature_k:

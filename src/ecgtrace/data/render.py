@@ -209,7 +209,7 @@ def _pick(rng: np.random.Generator, values, p=None):
 
 
 def random_eik_augment(rng: np.random.Generator) -> EikAugment:
-    """ECG-Image-Kit's ``--augment -rot 5 -noise 50 -c 0.02`` and ``--random_padding``, as it draws them."""
+    """ECG-Image-Kit's ``--augment -rot 5 -noise 50 -c 0.02``, ``--random_padding`` and ``--wrinkles``, as it draws them."""
     temp = None
     if rng.random() < 0.8:  # its two bands: warm (orange paper) or cold (bluish)
         temp = float(rng.uniform(2000, 4000) if rng.random() < 0.5 else rng.uniform(10000, 20000))
@@ -220,6 +220,7 @@ def random_eik_augment(rng: np.random.Generator) -> EikAugment:
         crop=float(rng.uniform(0, 0.02)) if rng.random() < 0.6 else 0.0,
         pad=float(rng.uniform(0.02, 0.1)) if rng.random() < 0.25 else 0.0,
         corner_fill=(0, 0, 0) if rng.random() < 0.7 else (255, 255, 255),
+        wrinkles=float(rng.uniform(0.25, 0.7)) if rng.random() < 0.35 else 0.0,  # its --wrinkles
     )
 
 
