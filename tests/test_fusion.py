@@ -48,6 +48,26 @@ def test_each_lead_window_takes_the_path_on_the_ink():
         np.testing.assert_allclose(fused.rows[key].x, truth[key].x)
 
 
+def test_the_classical_path_wins_only_where_the_network_believes_it():
+    """A classical path on more ink (a shadow's edge) but off what the network reads keeps the network's path."""
+    truth = _rows({})
+    model = _rows({2: 6.0})  # the network's path is 6 px off the ink in window 2 ...
+    classical = _rows({})
+    prob = _ink(truth)
+
+    def belief(row, tr):  # ... and the network believes its own path only, everywhere
+        return (np.abs(tr.y - model[ROW_KEYS[row]].y) < 1).astype(float)
+
+    assert fuse_rows(model, classical, prob, PAGE).choice[ROW_KEYS[0]][2] == CLASSICAL  # ink alone
+    fused = fuse_rows(model, classical, prob, PAGE, belief=belief)
+    assert all(fused.choice[key][2] == MODEL for key in ROW_KEYS)
+
+    def half(row, tr):  # the network spreads its belief over both paths: the ink decides again
+        return np.full(tr.x.size, 0.5 if np.abs(tr.y - model[ROW_KEYS[row]].y).max() > 1 else 1.0)
+
+    assert fuse_rows(model, classical, prob, PAGE, belief=half).choice[ROW_KEYS[0]][2] == CLASSICAL
+
+
 def test_a_clean_page_is_the_classical_readers_and_a_noisy_one_is_not():
     rows = _rows({})
     prob = _ink(rows)

@@ -118,7 +118,8 @@ class Stage2:
             read = tc.trace_rows(rect_bgr, self.params)
             rows, full_prob = read.rows, read.prob
         else:
-            rows = network.read_rows(self.model, rect_bgr)
+            out = self.model.row_logits(rect_bgr)
+            rows = network.read_rows(self.model, rect_bgr, out)
             # judge the model's path by the page's own ink near it, as the classical path is judged;
             # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
             small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)
@@ -135,7 +136,8 @@ class Stage2:
                     if fusion.is_clean(classical.prob, classical.rows, page, self.fusion_params):
                         rows = classical.rows
                     else:
-                        rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params).rows
+                        rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params,
+                                                belief=lambda r, tr: network.path_belief(out, r, tr)).rows
         if full_prob is not None:
             rows = row_start.read_past_pulse_edge(rows, full_prob, page)
         with step("leads"):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ecgtrace import paper
-from ecgtrace.models.stage2 import DECODE_RADIUS, Stage2Model
+from ecgtrace.models.stage2 import DECODE_RADIUS, RowLogits, Stage2Model
 from ecgtrace.paper import N_ROWS, ROW_KEYS
 from ecgtrace.stages.trace.path import RowTrace, viterbi
 
@@ -58,9 +58,12 @@ def decode_path(logits: torch.Tensor | np.ndarray, step_nats: float = PATH_STEP_
     return y.numpy().astype(np.float64), w.sum(0).numpy().astype(np.float64)
 
 
-def read_rows(model: Stage2Model, rect_bgr: np.ndarray) -> dict[str, RowTrace]:
-    """Per-row traces of a rectified page read by the network, in ``rect_bgr`` px (``ink`` = network confidence)."""
-    out = model.row_logits(rect_bgr)
+def read_rows(model: Stage2Model, rect_bgr: np.ndarray, out: RowLogits | None = None) -> dict[str, RowTrace]:
+    """Per-row traces of a rectified page read by the network, in ``rect_bgr`` px (``ink`` = network confidence).
+
+    ``out``: the network's :meth:`~Stage2Model.row_logits` of this page, where the caller has them already.
+    """
+    out = out if out is not None else model.row_logits(rect_bgr)
     page = out.page
     x0, x1 = page.signal_columns(page.width_px)
     xs = np.arange(x0, x1 + 1)
@@ -76,3 +79,18 @@ def read_rows(model: Stage2Model, rect_bgr: np.ndarray) -> dict[str, RowTrace]:
         rows[ROW_KEYS[r]] = RowTrace(key=ROW_KEYS[r], row=r, x=(xs + 0.5) * sx - 0.5,
                                      y=(y + out.tops[r] + 0.5) * sy - 0.5, ink=conf, clipped=clipped)
     return rows
+
+
+def path_belief(out: RowLogits, row: int, tr: RowTrace, radius: int = 2) -> np.ndarray:
+    """Per column of ``tr`` (a path of row ``row`` in rectified-page px), how much of the network's column
+    distribution lies within ``radius`` px (network px) of it: near 1 on what it reads as the trace,
+    near 0 on what it does not (a shadow's edge the classical reader followed)."""
+    sx, sy = out.scale
+    p = torch.softmax(torch.as_tensor(out.logits[row]).float(), dim=0).cpu().numpy()
+    h, w = p.shape
+    cum = np.vstack([np.zeros((1, w)), np.cumsum(p, axis=0)])
+    cx = np.clip(np.round((tr.x + 0.5) / sx - 0.5).astype(int), 0, w - 1)
+    cy = (tr.y + 0.5) / sy - 0.5 - out.tops[row]
+    lo = np.clip(np.round(cy - radius).astype(int), 0, h)
+    hi = np.clip(np.round(cy + radius).astype(int) + 1, 0, h)
+    return cum[hi, cx] - cum[lo, cx]
