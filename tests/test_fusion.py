@@ -49,11 +49,11 @@ def test_each_lead_window_takes_the_path_on_the_ink():
 
 
 def test_the_classical_path_wins_only_where_the_network_believes_it():
-    """A classical path on more ink (a shadow's edge) but off what the network reads keeps the network's path."""
-    truth = _rows({})
-    model = _rows({2: 6.0})  # the network's path is 6 px off the ink in window 2 ...
-    classical = _rows({})
-    prob = _ink(truth)
+    """A classical path on more ink (a shadow's edge) but off what the network reads keeps the network's path,
+    unless the network's own path is on no ink."""
+    classical = _rows({})  # the classical path on the darker ink (a shadow's edge, say) ...
+    model = _rows({2: 6.0})  # ... the network's on fainter ink 6 px away in window 2
+    prob = np.maximum(_ink(classical), 0.8 * _ink(model))
 
     def belief(row, tr):  # ... and the network believes its own path only, everywhere
         return (np.abs(tr.y - model[ROW_KEYS[row]].y) < 1).astype(float)
@@ -66,6 +66,14 @@ def test_the_classical_path_wins_only_where_the_network_believes_it():
         return np.full(tr.x.size, 0.5 if np.abs(tr.y - model[ROW_KEYS[row]].y).max() > 1 else 1.0)
 
     assert fuse_rows(model, classical, prob, PAGE, belief=half).choice[ROW_KEYS[0]][2] == CLASSICAL
+    # a network path off all ink (a picture it cannot read) has no say: the classical path's ink wins
+    lost = _rows({c: -6.0 for c in range(N_COLUMNS)})
+
+    def own(row, tr):
+        return np.full(tr.x.size, float(tr is lost[ROW_KEYS[row]]))
+
+    fused = fuse_rows(lost, classical, prob, PAGE, belief=own)
+    assert all(pick == CLASSICAL for key in ROW_KEYS for pick in fused.choice[key])
 
 
 def test_a_clean_page_is_the_classical_readers_and_a_noisy_one_is_not():

@@ -40,6 +40,9 @@ class FusionParams:
     #: classical one (:func:`ecgtrace.stages.trace.network.path_belief`): ECG-Image-Kit's wrinkled pages
     #: dev00 and dev05 went from 0.4 and -8.4 dB (classical paths along shadow edges) to 8.1 and 8.3.
     belief_ratio: float = 0.5
+    #: That veto needs the network's own path on ink, at least this share of the classical path's: where
+    #: it reads paper (a page it cannot read: passed through unrectified, say), its belief says nothing.
+    belief_min_ink_share: float = 0.5
 
 
 @dataclass
@@ -103,8 +106,10 @@ def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: 
             if not wc.any() or not wm.any():
                 pick = MODEL if wm.any() else CLASSICAL
             else:
-                inkier = float(ink_c[wc].mean()) > float(ink_m[wm].mean()) + p.ink_margin
-                believed = bel_c is None or float(bel_c[wc].mean()) >= p.belief_ratio * float(bel_m[wm].mean())
+                im, ic = float(ink_m[wm].mean()), float(ink_c[wc].mean())
+                inkier = ic > im + p.ink_margin
+                believed = (bel_c is None or im < p.belief_min_ink_share * ic
+                            or float(bel_c[wc].mean()) >= p.belief_ratio * float(bel_m[wm].mean()))
                 pick = CLASSICAL if inkier and believed else MODEL
             picks.append(pick)
             tr, w = (c, wc) if pick == CLASSICAL else (m, wm)
