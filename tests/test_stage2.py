@@ -378,19 +378,24 @@ def test_a_black_stroke_down_a_grey_grid_line_keeps_its_ink():
 EIK_BW = Path(__file__).resolve().parents[1].parent / "shared" / "eik-dev" / "bw"
 
 
-@pytest.mark.skipif(not (EIK_BW / "dev01-0.png").is_file(), reason="../shared/eik-dev not found")
-def test_rhythm_strip_is_not_read_into_the_footer_text_of_a_grey_grid_page():
-    """ECG-Image-Kit's black-and-white page dev01: the classical rhythm strip once dropped onto '10mm/mV' (1 dB)."""
+def _eik_bw_classical(image_id: str):
+    """The classical path's competition score of one black-and-white eik-dev page: (SnrResult, page)."""
     from ecgtrace.commands.evaluate import pred_on_truth
     from ecgtrace.data.eik import find_pages
     from ecgtrace.metric import snr_for_image
     from ecgtrace.pipeline import Pipeline
 
-    page = next(p for p in find_pages(EIK_BW) if p.image_id == "dev01-0")
+    page = next(p for p in find_pages(EIK_BW) if p.image_id == image_id)
     res = Pipeline(classical=True)(page.image, fs=page.page_fs)
     pred = {lead: res.signals[lead].to_numpy() for lead in res.signals.columns}
     aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
-    lead_db = snr_for_image(page.truth, aligned, page.fs).lead_db
+    return snr_for_image(page.truth, aligned, page.fs)
+
+
+@pytest.mark.skipif(not (EIK_BW / "dev01-0.png").is_file(), reason="../shared/eik-dev not found")
+def test_rhythm_strip_is_not_read_into_the_footer_text_of_a_grey_grid_page():
+    """ECG-Image-Kit's black-and-white page dev01: the classical rhythm strip once dropped onto '10mm/mV' (1 dB)."""
+    lead_db = _eik_bw_classical("dev01-0").lead_db
     assert lead_db["II"] > 20.0, lead_db
 
 
@@ -398,16 +403,7 @@ def test_rhythm_strip_is_not_read_into_the_footer_text_of_a_grey_grid_page():
 def test_r_waves_whose_down_stroke_falls_on_a_grey_major_line_are_read():
     """ECG-Image-Kit's black-and-white page dev00, classical: 21.7 dB while grey line columns were in-painted
     whole (lead I lost the R wave before its lead switch), 24.9 dB with the stroke's ink kept."""
-    from ecgtrace.commands.evaluate import pred_on_truth
-    from ecgtrace.data.eik import find_pages
-    from ecgtrace.metric import snr_for_image
-    from ecgtrace.pipeline import Pipeline
-
-    page = next(p for p in find_pages(EIK_BW) if p.image_id == "dev00-0")
-    res = Pipeline(classical=True)(page.image, fs=page.page_fs)
-    pred = {lead: res.signals[lead].to_numpy() for lead in res.signals.columns}
-    aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
-    assert 10 * np.log10(snr_for_image(page.truth, aligned, page.fs).snr) > 24.0
+    assert 10 * np.log10(_eik_bw_classical("dev00-0").snr) > 24.0
 
 
 def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_pulse():
