@@ -17,12 +17,13 @@ from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.device import resolve_device
 from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
-from ecgtrace.models.stage2 import Stage2Model, load_stage2
+from ecgtrace.models.stage2 import RowLogits, Stage2Model, load_stage2
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.steps import step
 from ecgtrace.stages import trace
 from ecgtrace.stages.trace import fusion, network, row_start
+from ecgtrace.stages.trace.path import RowTrace
 
 #: Einthoven/Goldberger relations (exact for ideal recordings): II = I + III, aVR + aVL + aVF = 0.
 EINTHOVEN_ALPHA = 0.33
@@ -103,6 +104,20 @@ class Stage2:
         with step("stage2"):
             return self._run(rect_bgr, fs, n_samples, offset)
 
+    def _network_rows(self, rect_bgr: np.ndarray) -> tuple[dict[str, RowTrace], RowLogits]:
+        """The network's row paths (``ink`` = the page's ink near each, as the classical path is judged) and logits."""
+        out = self.model.row_logits(rect_bgr)
+        rows = network.read_rows(self.model, rect_bgr, out)
+        # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
+        small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)
+        sp = paper.page_for(small)
+        prob = trace.mask_furniture(trace.trace_probability(small), sp, self.params)
+        s = small.shape[1] / rect_bgr.shape[1]
+        radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
+        for tr in rows.values():
+            tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
+        return rows, out
+
     def _run(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None,
              pen_offset_px: float) -> LeadSignals:
         if rect_bgr is None or rect_bgr.ndim not in (2, 3) or min(rect_bgr.shape[:2]) < 64:
@@ -117,27 +132,20 @@ class Stage2:
         if self.model is None:
             read = tc.trace_rows(rect_bgr, self.params)
             rows, full_prob = read.rows, read.prob
-        else:
-            out = self.model.row_logits(rect_bgr)
-            rows = network.read_rows(self.model, rect_bgr, out)
-            # judge the model's path by the page's own ink near it, as the classical path is judged;
-            # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
-            small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)
-            sp = paper.page_for(small)
-            prob = trace.mask_furniture(trace.trace_probability(small), sp, self.params)
-            s = small.shape[1] / rect_bgr.shape[1]
-            radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
-            for tr in rows.values():
-                tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
-            if self.fuse:  # the classical reader reads the page too; per lead window the page's ink decides
+        elif not self.fuse:
+            rows, _ = self._network_rows(rect_bgr)
+        else:  # the classical reader reads the page too; per lead window the page's ink decides
+            with step("fusion"):
+                classical = tc.trace_rows(rect_bgr, self.params)
+                full_prob = classical.prob
+                clean = fusion.is_clean(classical.prob, classical.rows, page, self.fusion_params)
+            if clean:  # the classical reader's alone: the network's reading would go unused, so it is not made
+                rows = classical.rows
+            else:
+                rows, out = self._network_rows(rect_bgr)
                 with step("fusion"):
-                    classical = tc.trace_rows(rect_bgr, self.params)
-                    full_prob = classical.prob
-                    if fusion.is_clean(classical.prob, classical.rows, page, self.fusion_params):
-                        rows = classical.rows
-                    else:
-                        rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params,
-                                                belief=lambda r, tr: network.path_belief(out, r, tr)).rows
+                    rows = fusion.fuse_rows(rows, classical.rows, classical.prob, page, self.fusion_params,
+                                            belief=lambda r, tr: network.path_belief(out, r, tr)).rows
         if full_prob is not None:
             rows = row_start.read_past_pulse_edge(rows, full_prob, page)
         with step("leads"):
