@@ -36,9 +36,10 @@ class FusionParams:
     #: on a grey grid line, only coloured grids qualified; ECG-Image-Kit's black-and-white pages now
     #: read 22.5 dB classical-only against 21.0 fused.)
     clean_stray_ink: float = 0.001
-    #: ... and only where the network puts at least this share of the belief it gives its own path on the
-    #: classical one (:func:`ecgtrace.stages.trace.network.path_belief`): ECG-Image-Kit's wrinkled pages
-    #: dev00 and dev05 went from 0.4 and -8.4 dB (classical paths along shadow edges) to 8.1 and 8.3.
+    #: On a page that is not clean, the classical path wins a window (by :attr:`ink_margin`) only where the
+    #: network puts at least this share of the belief it gives its own path on the classical one
+    #: (:func:`ecgtrace.stages.trace.network.path_belief`): ECG-Image-Kit's wrinkled pages dev00 and dev05
+    #: went from 0.4 and -8.4 dB (classical paths along shadow edges) to 8.1 and 8.3 (weights of 72d5405).
     belief_ratio: float = 0.5
     #: That veto needs the network's own path on ink, at least this share of the classical path's: where
     #: it reads paper (a page it cannot read: passed through unrectified, say), its belief says nothing.
