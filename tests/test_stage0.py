@@ -114,6 +114,28 @@ def test_classical_rotation_and_homography():
         assert err.max() < 3.0, err  # clean pages: undoing the rotation + resizing is exact
 
 
+def test_long_vertical_folds_do_not_turn_a_landscape_picture():
+    """A faint page with long straight folds (own bench 0010) has columns a little peakier than its trace rows:
+    a landscape picture stays upright then."""
+    img, _ = _page(1, "0001", 0)
+    img = img.copy()
+    h, w = img.shape[:2]
+    for x in range(20, w, 37):  # grey fold lines, as long as the picture
+        img[:, x:x + 2] = 90
+    _, _, cues = classical_orientation(img)
+    assert cues["row_peakiness"] < cues["col_peakiness"] < 1.5 * cues["row_peakiness"], cues  # the case at hand
+    c, conf, _ = classical_orientation(img)
+    assert c == 0 and conf == 0.0  # upright, and said to be a guess
+    # a sheet turned by 90 degrees inside a landscape picture is still turned back: its columns are clearly banded
+    clean, _ = _page(1, "0001", 0)
+    turned = np.ascontiguousarray(np.rot90(clean))
+    th, tw = turned.shape[:2]
+    pad = (int(1.3 * th) - tw) // 2
+    wide = cv2.copyMakeBorder(turned, 0, 0, pad, pad, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    assert wide.shape[1] >= 1.15 * wide.shape[0]
+    assert classical_orientation(wide)[0] in (1, 3)
+
+
 def test_bad_input_raises_one_line_stage_error():
     st = Stage0()
     for bad, why in [(np.full((400, 600, 3), 255, np.uint8), "blank"), (np.zeros((20, 30, 3), np.uint8), "too small"),

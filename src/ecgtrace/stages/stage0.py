@@ -96,6 +96,12 @@ def _ink_mask(image_bgr: np.ndarray, max_side: int = 900) -> np.ndarray:
 
 #: Ink centre (fraction of the page height from the top) below which a landscape page is upside down.
 UPSIDE_DOWN_CENTRE = 0.41
+#: A picture at least this much wider than tall shows a landscape sheet the right way round or upside down,
+#: unless its column profile is clearly the banded one (by :data:`TURNED_RATIO`): a sheet turned by 90
+#: degrees makes a portrait picture. On a faint, folded photo (own bench 0010) long straight folds made the
+#: columns a little peakier than the trace rows (1.9 vs 1.7), and the page was read across its traces.
+LANDSCAPE_ASPECT = 1.15
+TURNED_RATIO = 1.5
 
 
 def _peakiness(profile: np.ndarray, window: int) -> float:
@@ -120,7 +126,7 @@ def classical_orientation(image_bgr: np.ndarray) -> tuple[int, float, dict[str, 
     frac = float(ink.mean())
     pr = _peakiness(rows, h // 60)
     pc = _peakiness(cols, w // 60)
-    horizontal = pr >= pc
+    horizontal = pr >= pc or (w >= LANDSCAPE_ASPECT * h and pc < TURNED_RATIO * pr)
     prof = rows if horizontal else cols
     n = len(prof)
     pos = (np.arange(n) + 0.5) / n
@@ -133,7 +139,7 @@ def classical_orientation(image_bgr: np.ndarray) -> tuple[int, float, dict[str, 
         c = 2 if centre < UPSIDE_DOWN_CENTRE else 0
     else:  # rows run vertically; the bottom of the page is on the left for rot90cw
         c = 1 if centre < 0.5 else 3
-    ratio = max(pr, pc) / (min(pr, pc) + 1e-9)
+    ratio = (pr if horizontal else pc) / ((pc if horizontal else pr) + 1e-9)  # < 1: chosen by the shape alone
     margin = abs(centre - (UPSIDE_DOWN_CENTRE if horizontal else 0.5))
     conf = float(np.clip((ratio - 1.0), 0.0, 1.0) * np.clip(margin / 0.1, 0.0, 1.0))
     return c, conf, {"row_peakiness": pr, "col_peakiness": pc, "ink_centre": centre, "ink_fraction": frac}
