@@ -378,17 +378,23 @@ def test_a_black_stroke_down_a_grey_grid_line_keeps_its_ink():
 EIK_BW = Path(__file__).resolve().parents[1].parent / "shared" / "eik-dev" / "bw"
 
 
-def _eik_bw_classical(image_id: str):
-    """The classical path's competition score of one black-and-white eik-dev page: (SnrResult, page)."""
+def _eik_classical(folder: Path, image_id: str):
+    """One eik-dev page read by the classical path: (the page, the prediction on its truth's samples)."""
     from ecgtrace.commands.evaluate import pred_on_truth
     from ecgtrace.data.eik import find_pages
-    from ecgtrace.metric import snr_for_image
     from ecgtrace.pipeline import Pipeline
 
-    page = next(p for p in find_pages(EIK_BW) if p.image_id == image_id)
+    page = next(p for p in find_pages(folder) if p.image_id == image_id)
     res = Pipeline(classical=True)(page.image, fs=page.page_fs)
     pred = {lead: res.signals[lead].to_numpy() for lead in res.signals.columns}
-    aligned, _ = pred_on_truth(pred, page.page_fs, page.truth, page.fs)
+    return page, pred_on_truth(pred, page.page_fs, page.truth, page.fs)[0]
+
+
+def _eik_bw_classical(image_id: str):
+    """The classical path's competition score of one black-and-white eik-dev page (SnrResult)."""
+    from ecgtrace.metric import snr_for_image
+
+    page, aligned = _eik_classical(EIK_BW, image_id)
     return snr_for_image(page.truth, aligned, page.fs)
 
 
@@ -404,6 +410,22 @@ def test_r_waves_whose_down_stroke_falls_on_a_grey_major_line_are_read():
     """ECG-Image-Kit's black-and-white page dev00, classical: 21.7 dB while grey line columns were in-painted
     whole (lead I lost the R wave before its lead switch), 24.9 dB with the stroke's ink kept."""
     assert 10 * np.log10(_eik_bw_classical("dev00-0").snr) > 24.0
+
+
+@pytest.mark.skipif(not (EIK_BW.parent / "clean" / "dev00-0.png").is_file(), reason="../shared/eik-dev not found")
+def test_the_classical_reader_keeps_time_on_a_clean_ecg_image_kit_page():
+    """Per lead, the fractional time shift that best fits the truth: +1.25 ms (median of 12 leads) on clean/dev00
+    before the reader's column lag was taken out, about 1 ms on every clean page; now within half a millisecond."""
+    page, aligned = _eik_classical(EIK_BW.parent / "clean", "dev00-0")
+    best = []
+    for lead, pred in aligned.items():
+        truth = np.asarray(page.truth[lead], dtype=np.float64)
+        truth = truth[np.isfinite(truth)]
+        n = np.arange(len(truth), dtype=np.float64)
+        shifts = np.arange(-4.0, 4.01, 0.25)  # ms; shifted[n] = pred[n - s fs]
+        err = [np.var(np.interp(n - s * page.fs / 1000.0, n, pred) - truth) for s in shifts]
+        best.append(shifts[int(np.argmin(err))])
+    assert abs(float(np.median(best))) <= 0.5, best
 
 
 def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_pulse():

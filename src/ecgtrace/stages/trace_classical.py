@@ -140,7 +140,8 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
         ink = raw[path, np.arange(len(path))]  # quality is judged on the page's own ink scale
         clipped = (path <= 1) | (path >= band.shape[0] - 2)
         key = ROW_KEYS[row]
-        out.rows[key] = RowTrace(key=key, row=row, x=xs.copy(), y=ysub + top, ink=ink, clipped=clipped)
+        out.rows[key] = RowTrace(key=key, row=row, x=xs + p.column_lag_mm * page.px_per_mm, y=ysub + top, ink=ink,
+                                 clipped=clipped)
         # claim this row's pixels so the next row does not follow them where rows overlap
         # (the pixels within hw of the path's integer rows: offsets |k| <= hw, set column by column)
         hw = p.claimed_halfwidth_px * scale

@@ -24,3 +24,10 @@ class ClassicalParams:
     label_weight: float = 0.35  # ink inside lead-label boxes counts this much
     weak_ink: float = 0.35  # a path column on less ink than this is "off trace"
     max_wander_mv: float = 0.5  # median |mV - median| above this is not an ECG trace
+    #: The reader's columns land this much early (mm of paper; 0.025 mm = 1 ms at 25 mm/s) on drawn pages,
+    #: after the pen offset: the best fractional time shift per lead was +1.0 ms (median) on ECG-Image-Kit's
+    #: clean pages and +1.25 ms on its black-and-white ones, and the same on ecgtrace's own renders, where
+    #: shifting the columns by it raised the GT-rectified clean variant 17.2 -> 18.1 dB. On a steep QRS
+    #: stroke (~75 mV/s) 1 ms is 0.075 mV, so the whole page loses 1-2 dB to it. (The network learned
+    #: its own timing from the renders and reads without such a shift: median 0.0 ms on the noisy pages.)
+    column_lag_mm: float = 0.025

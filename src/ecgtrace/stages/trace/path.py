@@ -25,7 +25,7 @@ class RowTrace:
 
     key: str
     row: int
-    x: np.ndarray  # (n,) pixel columns (int for the classical reader; float for a model read at another scale)
+    x: np.ndarray  # (n,) float page x of each reading (pixel column + the classical reader's lag; a model: its scale)
     y: np.ndarray  # (n,) float sub-pixel y
     ink: np.ndarray  # (n,) trace probability under the path
     clipped: np.ndarray  # (n,) bool: the path touches the band edge (a peak left the band)
