@@ -44,8 +44,8 @@ class LatticeFit:
         inliers: (N,) bool over the input points.
         homography: 3x3 canonical px -> input px (the rigid part of the fit).
         residual_px: RMS distance of the inlier detections from the fitted lattice (input px).
-        heldout_px: RMS error predicting held-out inlier detections (cross-validation, clipped at 3 px):
-            the honest "grid error" of the fit.
+        heldout_px: RMS error predicting held-out inlier detections, each held out alone (cross-validation,
+            clipped at 3 px): the "grid error" of the fit, on which the confidence thresholds were set.
         smoothing: the smoothing weight used.
         n_points: detections given; ``n_inliers`` kept.
         page: the page geometry the indices refer to.
@@ -213,10 +213,10 @@ def fit_lattice(
         keep[ki[bad]] = False
     ki = np.flatnonzero(keep)
     if smoothing == "auto":
-        smoothing, cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv))
-    else:
-        cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv), choices=(float(smoothing),))[1] \
-            if heldout else float("nan")
+        smoothing, _ = choose_smoothing(idx[ki], resid[ki], (nh, nv))
+    # the grid error is each node's own, held out alone (as the confidence thresholds were set on it)
+    cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv), choices=(float(smoothing),), block=1)[1] \
+        if heldout else float("nan")
     field = smooth_lattice_field(idx[ki], resid[ki], (nh, nv), float(smoothing))
     nodes = base.reshape(nh, nv, 2) + field
     err = np.linalg.norm(resid[ki] - field[idx[ki, 0], idx[ki, 1]], axis=1)
@@ -272,9 +272,9 @@ CV_BLOCK_NODES = 4
 
 def choose_smoothing(index: np.ndarray, values: np.ndarray, shape: tuple[int, int],
                      choices: tuple[float, ...] = SMOOTHING_CHOICES, folds: int = 4,
-                     seed: int = 0) -> tuple[float, float]:
+                     seed: int = 0, block: int = CV_BLOCK_NODES) -> tuple[float, float]:
     """The smoothing weight whose fit best predicts held-out detections (``folds``-fold cross-validation,
-    folds made of :data:`CV_BLOCK_NODES`-square blocks of the lattice).
+    folds made of ``block``-square blocks of the lattice; 1: single nodes).
 
     Returns (weight, RMS held-out error in px). The held-out error is an honest estimate of how far a
     node may be from where the lattice puts it (the in-sample residual is not, at low smoothing).
@@ -284,9 +284,9 @@ def choose_smoothing(index: np.ndarray, values: np.ndarray, shape: tuple[int, in
         choices = (0.3,)
         folds = max(2, min(folds, n // 2))
     rng = np.random.default_rng(seed)
-    _, block = np.unique(index // CV_BLOCK_NODES, axis=0, return_inverse=True)
-    block = block.ravel()
-    fold = rng.permutation(int(block.max()) + 1)[block] % folds
+    _, cell = np.unique(index // block, axis=0, return_inverse=True)
+    cell = cell.ravel()
+    fold = rng.permutation(int(cell.max()) + 1)[cell] % folds
     best, best_err = choices[0], np.inf
     for lam in choices:
         err = 0.0
