@@ -225,6 +225,20 @@ def test_path_decoding_stays_on_its_trace_where_a_neighbour_intrudes():
     assert np.allclose(y_nofree[33:], 95.0, atol=0.01)  # a lasting jump is followed even where it is not free
 
 
+def test_path_decoding_does_not_jump_to_the_next_lead_before_the_switch_column():
+    """The column before a lead switch holds some belief at the next lead's level (its ink bleeds back): the
+    jump is free on the switch column and after it, not before, so this lead keeps its last sample."""
+    from ecgtrace.stages.trace.network import decode_path
+
+    h, w = 128, 60
+    logits = np.full((h, w), -20.0, np.float32)
+    logits[70, :30] = 0.0  # this lead ...
+    logits[95, 30:] = 0.0  # ... the next one from the switch column 30
+    logits[95, 29] = 1.0  # the column before: the next lead's level looks likelier than this lead's
+    y, _ = decode_path(logits, free_cols=(30,))
+    assert abs(y[29] - 70.0) < 0.5 and np.allclose(y[30:], 95.0, atol=0.01), y[27:33]
+
+
 def test_path_decoding_reads_the_middle_of_a_steep_stroke():
     """On a steep stroke the network spreads its belief along the stroke: the decode takes the mean over
     the path's span in that column (the mode sits at one end); on a flat stretch the window stays narrow."""
