@@ -263,8 +263,8 @@ SMOOTHING_CHOICES: tuple[float, ...] = (100.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01)
 #: :func:`choose_smoothing` holds out square blocks of this many lattice nodes a side together. Neighbouring
 #: nodes share their measurement errors (a renderer snaps grid lines to whole pixels, a low-resolution
 #: page aliases them, a trace runs along a line), so a node held out alone is predicted by neighbours with
-#: the same error, the cross-validation always chose the least smoothing (0.01), and the lattice copied
-#: those errors into the page. Held out in blocks, the lattice must predict a region from around it, as
+#: the same error: the cross-validation chose the least smoothing (0.01) on every page looked at, and the
+#: lattice copied those errors into the page. Held out in blocks, the lattice must predict a region from around it, as
 #: curl and perspective allow and local errors do not. Transfer bench: black-and-white pages 22.8 -> 24.9 dB,
 #: header pages 19.6 -> 20.5; own bench (curled and photographed pages) 16.4 -> 16.8.
 CV_BLOCK_NODES = 4
