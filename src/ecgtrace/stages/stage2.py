@@ -113,7 +113,7 @@ class Stage2:
         sp = paper.page_for(small)
         prob = trace.mask_furniture(trace.trace_probability(small), sp, self.params)
         s = small.shape[1] / rect_bgr.shape[1]
-        radius = max(1.0, 2.0 * sp.px_per_mm / paper.CANONICAL.px_per_mm)
+        radius = trace.path_ink_radius(sp)
         for tr in rows.values():
             tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
         return rows, out

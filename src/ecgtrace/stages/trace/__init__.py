@@ -12,7 +12,8 @@
 The classical reader that strings them together is :mod:`ecgtrace.stages.trace_classical`.
 """
 
-from ecgtrace.stages.trace.ink import LINE_VISIBLE, ink_map, ink_near_path, mask_furniture, trace_probability
+from ecgtrace.stages.trace.ink import (LINE_VISIBLE, ink_map, ink_near_path, mask_furniture, path_ink_radius,
+                                      trace_probability)
 from ecgtrace.stages.trace.leads import EDGE_COLUMNS, cut_leads, lead_indices, resample_window, row_values
 from ecgtrace.stages.trace.params import ClassicalParams
 from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, thin, viterbi
@@ -30,6 +31,7 @@ __all__ = [
     "ink_near_path",
     "lead_indices",
     "mask_furniture",
+    "path_ink_radius",
     "quality_flags",
     "resample_window",
     "row_values",

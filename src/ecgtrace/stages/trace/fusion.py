@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ecgtrace.paper import CANONICAL, N_COLUMNS, N_ROWS, ROW_KEYS, Page
-from ecgtrace.stages.trace.ink import ink_near_path
+from ecgtrace.paper import N_COLUMNS, N_ROWS, ROW_KEYS, Page
+from ecgtrace.stages.trace.ink import ink_near_path, path_ink_radius
 from ecgtrace.stages.trace.path import RowTrace
 
 #: Reader names in :attr:`FusedRows.choice`.
@@ -88,7 +88,7 @@ def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: 
     it the ink alone decides.
     """
     p = params or FusionParams()
-    radius = max(1.0, 2.0 * page.px_per_mm / CANONICAL.px_per_mm)  # as the quality flags measure it
+    radius = path_ink_radius(page)
     rows: dict[str, RowTrace] = {}
     choice: dict[str, list[str]] = {}
     for r in range(N_ROWS):

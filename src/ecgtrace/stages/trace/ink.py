@@ -365,6 +365,12 @@ def mask_furniture(prob: np.ndarray, page: Page, params: ClassicalParams | None 
     return out
 
 
+def path_ink_radius(page: Page) -> float:
+    """The vertical tolerance (px of ``page``) with which :func:`ink_near_path` judges every reader's path:
+    2 px at 200 dpi, at least 1 px. One value for all readers, so their inks compare."""
+    return max(1.0, 2.0 * page.px_per_mm / CANONICAL.px_per_mm)
+
+
 def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     """Page ink at a path read by another method (a model), per path point, with tolerance.
 
