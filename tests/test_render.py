@@ -339,6 +339,36 @@ def test_random_style_spread():
     assert max(cal_end) <= 0.6 + 1e-9  # the pulse always ends before the signal starts
     assert RenderStyle().augment is None and RenderStyle().source_dpi is None
 
+def test_style_mix_asks_for_more_wrinkled_pages_and_leaves_the_rest_of_each_look():
+    """DATA.SYNTHETIC_AUGMENT_P / _WRINKLE_P: more augmented and wrinkled pages, the other draws unchanged."""
+    from dataclasses import replace
+
+    from ecgtrace.data.render import StyleMix
+
+    base = [random_style(np.random.default_rng([3, i, 1])) for i in range(200)]
+    assert base == [random_style(np.random.default_rng([3, i, 1]), StyleMix()) for i in range(200)]
+    more = [random_style(np.random.default_rng([3, i, 1]), StyleMix(0.35, 0.9)) for i in range(200)]
+
+    def wrinkled(styles):
+        return sum(s.augment is not None and s.augment.wrinkles > 0 for s in styles)
+
+    assert wrinkled(more) > 2 * wrinkled(base) > 0
+    for b, m in zip(base, more):  # the wrinkle draw is the augmentation's last: nothing else moves
+        assert (b.augment is None) == (m.augment is None)
+        if b.augment is not None:
+            assert replace(b, augment=replace(b.augment, wrinkles=0.0)) == \
+                replace(m, augment=replace(m.augment, wrinkles=0.0))
+    from ecgtrace.config import Config
+    from ecgtrace.train.stage2 import Stage2Task
+
+    cfg = Config()
+    cfg.MODEL.INPUT_SIZE, cfg.DATA.SYNTHETIC_PER_EPOCH, cfg.DATA.SYNTHETIC_WRINKLE_P = [170, 220], 4, 0.9
+    train, val = Stage2Task().build_datasets(cfg)  # the training pages are drawn with the config's mix
+    assert train.pages().mix == val.pages().mix == StyleMix(0.35, 0.9)
+    for bad in ({"augment_p": 1.5}, {"wrinkle_p": -0.1}):
+        with pytest.raises(EcgTraceError, match="share of pages"):
+            StyleMix(**bad)
+
 
 def test_bad_style_fields():
     for kw, msg in [({"switch_mark": "zigzag"}, "lead-switch"), ({"cal_shape": "sine"}, "calibration shape"),

@@ -68,6 +68,10 @@ class DataConfig:
     SYNTHETIC: bool = True
     SYNTHETIC_PER_EPOCH: int = 450
     SYNTHETIC_SEED: int = 0
+    #: Share of synthetic pages with ECG-Image-Kit's augmentation, and of those with its wrinkle
+    #: texture (more of either for a fine-tune aimed at such pages; the defaults draw today's mix).
+    SYNTHETIC_AUGMENT_P: float = 0.35
+    SYNTHETIC_WRINKLE_P: float = 0.35
 
 
 @dataclass

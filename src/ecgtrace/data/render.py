@@ -208,8 +208,30 @@ def _pick(rng: np.random.Generator, values, p=None):
     return values[int(rng.choice(len(values), p=None if p is None else np.asarray(p, float) / np.sum(p)))]
 
 
-def random_eik_augment(rng: np.random.Generator) -> EikAugment:
-    """ECG-Image-Kit's ``--augment -rot 5 -noise 50 -c 0.02``, ``--random_padding`` and ``--wrinkles``, as it draws them."""
+@dataclass(frozen=True)
+class StyleMix:
+    """How often :func:`random_style` draws the rarer looks (training may ask for more of one).
+
+    Attributes:
+        augment_p: share of pages that get ECG-Image-Kit's own augmentation (:class:`EikAugment`).
+        wrinkle_p: share of those augmented pages that also get its ``--wrinkles`` texture.
+    """
+
+    augment_p: float = 0.35
+    wrinkle_p: float = 0.35
+
+    def __post_init__(self) -> None:
+        for name in ("augment_p", "wrinkle_p"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise EcgTraceError(f"StyleMix.{name} is a share of pages, 0..1; got {v}")
+
+
+def random_eik_augment(rng: np.random.Generator, wrinkle_p: float = StyleMix.wrinkle_p) -> EikAugment:
+    """ECG-Image-Kit's ``--augment -rot 5 -noise 50 -c 0.02``, ``--random_padding`` and ``--wrinkles``, as it draws them.
+
+    ``wrinkle_p`` changes only which pages are wrinkled: the draws before it are the same.
+    """
     temp = None
     if rng.random() < 0.8:  # its two bands: warm (orange paper) or cold (bluish)
         temp = float(rng.uniform(2000, 4000) if rng.random() < 0.5 else rng.uniform(10000, 20000))
@@ -220,7 +242,7 @@ def random_eik_augment(rng: np.random.Generator) -> EikAugment:
         crop=float(rng.uniform(0, 0.02)) if rng.random() < 0.6 else 0.0,
         pad=float(rng.uniform(0.02, 0.1)) if rng.random() < 0.25 else 0.0,
         corner_fill=(0, 0, 0) if rng.random() < 0.7 else (255, 255, 255),
-        wrinkles=float(rng.uniform(0.25, 0.7)) if rng.random() < 0.35 else 0.0,  # its --wrinkles
+        wrinkles=float(rng.uniform(0.25, 0.7)) if rng.random() < wrinkle_p else 0.0,  # its --wrinkles
     )
 
 
@@ -234,8 +256,10 @@ def _random_grid_colors(rng: np.random.Generator, paper: BGR) -> tuple[BGR, BGR]
     return tuple(int(v) for v in major), tuple(int(v) for v in minor)
 
 
-def random_style(rng: np.random.Generator) -> RenderStyle:
+def random_style(rng: np.random.Generator, mix: StyleMix = StyleMix()) -> RenderStyle:
     """A random page look: every drawing convention drawn per page (see the module docstring).
+
+    ``mix`` sets the share of augmented and wrinkled pages; the default mix draws the pages it always did.
 
     Grid widths and source resolutions come from small discrete sets so the grid-coverage cache
     (keyed by page and widths) hits; colours are free (a colour change costs one table lookup).
@@ -296,7 +320,7 @@ def random_style(rng: np.random.Generator) -> RenderStyle:
         text_font=None if rng.random() < 0.5 else _pick(rng, [*_HERSHEY[:3], *TTF_FONTS[:3]]),
         source_dpi=float(_pick(rng, [50, 75, 100, 125, 150, 200, 250, 300],
                                [0.07, 0.07, 0.1, 0.07, 0.1, 0.45, 0.07, 0.07])),
-        augment=random_eik_augment(rng) if rng.random() < 0.35 else None,
+        augment=random_eik_augment(rng, mix.wrinkle_p) if rng.random() < mix.augment_p else None,
     )
 
 

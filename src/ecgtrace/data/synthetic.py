@@ -16,7 +16,7 @@ import pandas as pd
 
 from ecgtrace.data import distort
 from ecgtrace.data.groundtruth import GroundTruth
-from ecgtrace.data.render import RenderStyle, random_style, render_page
+from ecgtrace.data.render import RenderStyle, StyleMix, random_style, render_page
 from ecgtrace.data.signals import FS_CHOICES, Signals, read_wfdb_record, synthesize_ecg
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, LEADS, Page, csv_rows
@@ -106,11 +106,13 @@ class SyntheticPages:
             draw signals from instead of synthesizing; record ``i`` uses path ``i % len``.
         orientation: passed to ``apply_variant`` (None: the variant decides).
         style: fixed look; random per record when ``None``.
+        mix: share of augmented and wrinkled looks among the random ones.
     """
 
     def __init__(self, n: int, variants=(CLEAN,), seed: int = 0, page: Page = CANONICAL,
                  fs_choices=FS_CHOICES, method: str = "parametric", wfdb_paths=None,
-                 orientation: int | None = None, style: RenderStyle | None = None) -> None:
+                 orientation: int | None = None, style: RenderStyle | None = None,
+                 mix: StyleMix = StyleMix()) -> None:
         if n < 0:
             raise EcgTraceError(f"number of pages must be >= 0, got {n}")
         self.n = int(n)
@@ -122,6 +124,7 @@ class SyntheticPages:
         self.wfdb_paths = [str(p) for p in wfdb_paths] if wfdb_paths else None
         self.orientation = orientation
         self.style = style
+        self.mix = mix
 
     def __len__(self) -> int:
         return self.n
@@ -144,13 +147,13 @@ class SyntheticPages:
 
     def style_of(self, i: int) -> RenderStyle:
         """The look of record ``i`` (the fixed ``style``, or the random one its seed draws)."""
-        return self.style or random_style(self._rng(i, 1))
+        return self.style or random_style(self._rng(i, 1), self.mix)
 
     def clean(self, i: int) -> tuple[np.ndarray, GroundTruth, Signals, float]:
         """Clean render of record ``i``: (image, gt, signals, fs)."""
         signals, fs = self.record(i)
         rng = self._rng(i, 1)
-        style = self.style or random_style(rng)  # the same draw as style_of(i); rng then drives the text
+        style = self.style or random_style(rng, self.mix)  # the same draw as style_of(i); rng then drives the text
         image, gt = render_page(signals, fs, page=self.page, style=style, rng=rng)
         return image, gt, signals, fs
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ecgtrace.data.render import StyleMix
 from ecgtrace.data.synthetic import SyntheticPages, available_variants
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, Page
@@ -33,7 +34,8 @@ class OnTheFlyPages(torch.utils.data.Dataset):
     """Base of the stages' synthetic data sets; subclasses define ``__getitem__``."""
 
     def __init__(self, n: int, seed: int, input_size: tuple[int, int], variants: tuple[str, ...] = (),
-                 augment: bool = True, fresh_per_epoch: bool = True, page: Page | None = None) -> None:
+                 augment: bool = True, fresh_per_epoch: bool = True, page: Page | None = None,
+                 mix: StyleMix = StyleMix()) -> None:
         self.n, self.seed, self.input_size = int(n), int(seed), tuple(int(v) for v in input_size)
         usable = tuple(available_variants())
         self.variants = tuple(variants) or usable
@@ -42,6 +44,7 @@ class OnTheFlyPages(torch.utils.data.Dataset):
             raise EcgTraceError(f"variant(s) {', '.join(bad)} cannot be rendered here; use some of {', '.join(usable)}")
         self.augment, self.fresh = bool(augment), bool(fresh_per_epoch)
         self.page = page or CANONICAL.scaled_to(int(round(render_dpi(self.input_size) * CANONICAL.width_in)))
+        self.mix = mix
         self.epoch = 0
         self._pages = None
 
@@ -57,13 +60,19 @@ class OnTheFlyPages(torch.utils.data.Dataset):
     def pages(self):
         """The underlying :class:`SyntheticPages` (made lazily so the object pickles small)."""
         if self._pages is None:
-            self._pages = SyntheticPages(2**31 - 1, variants=("0001",), seed=self.seed, page=self.page)
+            self._pages = SyntheticPages(2**31 - 1, variants=("0001",), seed=self.seed, page=self.page,
+                                         mix=self.mix)
         return self._pages
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
         d["_pages"] = None
         return d
+
+
+def style_mix(cfg: Any) -> StyleMix:
+    """The renderer's share of augmented and wrinkled pages that ``cfg.DATA`` asks for."""
+    return StyleMix(float(cfg.DATA.SYNTHETIC_AUGMENT_P), float(cfg.DATA.SYNTHETIC_WRINKLE_P))
 
 
 def train_val_sets(cfg: Any, make: Callable[[int, int, bool], torch.utils.data.Dataset], min_val: int = 4

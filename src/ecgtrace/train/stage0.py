@@ -35,7 +35,7 @@ from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD, build_stage0
 from ecgtrace.paper import CANONICAL, LABEL_HEIGHT_MV, MARKERS, N_MARKER_CLASSES
 from ecgtrace.train import augment as aug
-from ecgtrace.train.onthefly import OnTheFlyPages, render_dpi, train_val_sets  # noqa: F401  (render_dpi: public here too)
+from ecgtrace.train.onthefly import OnTheFlyPages, render_dpi, style_mix, train_val_sets  # noqa: F401  (render_dpi: public here too)
 
 #: Loss weight of the background class (markers cover < 1 % of the pixels).
 BACKGROUND_WEIGHT = 0.05
@@ -211,7 +211,7 @@ class Stage0Task:
                                 "DATA.SYNTHETIC is False; point DATA.ROOT at a data set or set DATA.SYNTHETIC=True")
         # validation: other records, fixed across epochs, same augmentation family
         return train_val_sets(cfg, lambda n, s, fresh: Stage0Synthetic(n, s, size, variants, augment=True,
-                                                                         fresh_per_epoch=fresh))
+                                                                         fresh_per_epoch=fresh, mix=style_mix(cfg)))
 
     def _folder_datasets(self, cfg: Any, size: tuple[int, int], seed: int, variants: tuple[str, ...]):
         src = PageSource(cfg.DATA.ROOT, cfg.DATA.SPLIT, variants or None)

@@ -47,7 +47,7 @@ from ecgtrace.data.synthetic import apply_variant  # noqa: E402
 from ecgtrace.errors import EcgTraceError  # noqa: E402
 from ecgtrace.models.stage1 import HLINES_HEAD, POINTS_HEAD, VLINES_HEAD, build_stage1, decode_points  # noqa: E402
 from ecgtrace.train import augment as aug  # noqa: E402
-from ecgtrace.train.onthefly import OnTheFlyPages, train_val_sets  # noqa: E402
+from ecgtrace.train.onthefly import OnTheFlyPages, style_mix, train_val_sets  # noqa: E402
 
 #: BCE positive weight of the node heatmap (nodes cover ~2 % of the pixels).
 POS_WEIGHT = 10.0
@@ -163,7 +163,7 @@ class Stage1Task:
         size = tuple(int(v) for v in cfg.MODEL.INPUT_SIZE)
         variants = tuple(str(v).zfill(4) for v in cfg.DATA.VARIANTS)
         return train_val_sets(cfg, lambda n, s, fresh: Stage1Synthetic(n, s, size, variants, augment=fresh,
-                                                                         fresh_per_epoch=fresh))
+                                                                         fresh_per_epoch=fresh, mix=style_mix(cfg)))
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -30,7 +30,8 @@ from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.models.stage2 import TRACE_HEAD, build_stage2, decode_columns, row_strip
 from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
-from ecgtrace.train.onthefly import OnTheFlyPages, train_val_sets
+from ecgtrace.data.render import StyleMix
+from ecgtrace.train.onthefly import OnTheFlyPages, style_mix, train_val_sets
 
 #: Width of the random training window, in seconds of signal (the page is read at full resolution).
 CROP_S = 3.0
@@ -77,10 +78,10 @@ class Stage2Pages(OnTheFlyPages):
     """Synthetic pages rendered on the fly, GT-rectified; item = the four row strips of one page."""
 
     def __init__(self, n: int, seed: int, page_size: tuple[int, int], variants: tuple[str, ...] = (),
-                 crop: bool = True, fresh_per_epoch: bool = True) -> None:
+                 crop: bool = True, fresh_per_epoch: bool = True, mix: StyleMix = StyleMix()) -> None:
         self.page_size = (int(page_size[0]), int(page_size[1]))
         super().__init__(n, seed, self.page_size, tuple(variants) or ("0001",), augment=False,
-                         fresh_per_epoch=fresh_per_epoch, page=CANONICAL.scaled_to(self.page_size[1]))
+                         fresh_per_epoch=fresh_per_epoch, page=CANONICAL.scaled_to(self.page_size[1]), mix=mix)
         self.crop = crop
 
     def page_item(self, i: int) -> tuple[np.ndarray, Any]:
@@ -150,7 +151,8 @@ class Stage2Task:
                                 "DATA.SYNTHETIC=True (the competition images carry no trace geometry)")
         variants = tuple(str(v).zfill(4) for v in cfg.DATA.VARIANTS) or VARIANTS
         return train_val_sets(cfg, lambda n, s, fresh: Stage2Pages(n, s, size, variants, crop=True,
-                                                                     fresh_per_epoch=fresh), min_val=2)
+                                                                     fresh_per_epoch=fresh, mix=style_mix(cfg)),
+                              min_val=2)
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, float]]:
