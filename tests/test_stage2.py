@@ -91,6 +91,17 @@ def test_resampling_is_band_limited():
     assert err < 0.015 and err < lin / 3, (err, lin)
 
 
+
+def test_a_row_joined_from_two_column_steps_keeps_its_time():
+    """A fused row: the classical reader's 1 px columns, then the network's 2 px columns; the beats stay put."""
+    px = CANONICAL.px_per_s
+    t = np.concatenate([np.arange(0, 1000) / px, (1000 + 2 * np.arange(0, 480)) / px])  # 0..~9.9 s
+    f = lambda x: np.sin(2 * np.pi * 1.3 * x) + 0.3 * np.sin(2 * np.pi * 9 * x)  # noqa: E731
+    out = tc.resample_window(t, f(t), 0.0, 500.0, 4900)
+    tq = np.arange(4900) / 500.0
+    inner = (tq > 0.1) & (tq < t[-1] - 0.1)
+    assert np.max(np.abs(out[inner] - f(tq[inner]))) < 0.02  # read as evenly spaced: off by up to 2 units
+
 def test_einthoven_switch_reduces_the_residual():
     rng = np.random.default_rng(0)
     n = 1250

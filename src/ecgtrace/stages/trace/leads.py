@@ -29,8 +29,25 @@ def lead_indices(lead: str, fs: float, sig_len: int | None = None) -> tuple[int,
     return paper.csv_rows(paper.RHYTHM_LEAD if lead == RHYTHM_KEY else lead, fs, n)
 
 
+def uniform_columns(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(t, v)`` on evenly spaced times (the finest common step), interpolated where the steps differ.
+
+    A fused row joins readers that sample it at different steps (the network at its 100 dpi page,
+    the classical reader at the page's own pixels); the band-limited resampling below reads sample
+    ``k`` at ``t[0] + k * dt``, so uneven steps would stretch time between the joins.
+    """
+    d = np.diff(t)
+    pos = d[d > 0]
+    if pos.size == 0 or d.max() - d.min() <= 1e-6 * pos.max():
+        return t, v
+    step = float(np.percentile(pos, 10))  # the finer reader's step (a join's odd step is one column)
+    k = int(np.floor((t[-1] - t[0]) / step + 1e-9))
+    tu = t[0] + np.arange(k + 1) * step
+    return tu, np.interp(tu, t, v)
+
+
 def resample_window(t: np.ndarray, v: np.ndarray, t0: float, fs: float, n: int, oversample: int = 8) -> np.ndarray:
-    """Values at ``t0 + k / fs`` (k < n) from uniformly spaced column samples ``(t, v)``.
+    """Values at ``t0 + k / fs`` (k < n) from column samples ``(t, v)`` (evened by :func:`uniform_columns`).
 
     Band-limited: the column samples are FFT-upsampled ``oversample`` times (after
     removing the end-to-end line and mirroring, so the periodic FFT sees no jump),
@@ -41,6 +58,7 @@ def resample_window(t: np.ndarray, v: np.ndarray, t0: float, fs: float, n: int, 
     tq = t0 + np.arange(n) / float(fs)
     if len(t) < 4:
         return np.interp(tq, t, v) if len(t) else np.zeros(n)
+    t, v = uniform_columns(t, v)
     dt = (t[-1] - t[0]) / (len(t) - 1)
     line = v[0] + (v[-1] - v[0]) * (t - t[0]) / (t[-1] - t[0])
     r = v - line
