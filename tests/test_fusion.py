@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecgtrace.paper import N_COLUMNS, N_ROWS, ROW_KEYS, Page
-from ecgtrace.stages.trace.fusion import CLASSICAL, MODEL, fuse_rows, is_clean, stray_ink
+from ecgtrace.stages.trace.fusion import CLASSICAL, MODEL, fuse_rows, is_clean, off_ink_share, stray_ink
 from ecgtrace.stages.trace.path import RowTrace
 
 PAGE = Page(dpi=50)
@@ -86,3 +86,15 @@ def test_a_clean_page_is_the_classical_readers_and_a_noisy_one_is_not():
     noisy[rng.random(noisy.shape) < 0.01] = 1.0  # speckle noise: stray ink everywhere
     assert stray_ink(noisy, rows, PAGE) > 0.005
     assert not is_clean(noisy, rows, PAGE)
+
+
+def test_a_classical_path_that_cuts_its_strokes_short_does_not_make_a_page_clean():
+    """Faint QRS strokes are no strong ink: the page shows no stray ink, but the path crosses paper there."""
+    rows = _rows({})
+    prob = _ink(rows)
+    skipped = {k: RowTrace(key=k, row=tr.row, x=tr.x, y=tr.y, clipped=tr.clipped,
+                           ink=np.where(np.arange(tr.x.size) % 25 < 2, 0.0, 1.0))  # 8 % of the columns on paper
+               for k, tr in rows.items()}
+    assert stray_ink(prob, skipped, PAGE) == 0.0
+    assert 0.07 < off_ink_share(skipped, PAGE, PAGE.size[1]) < 0.09
+    assert is_clean(prob, rows, PAGE) and not is_clean(prob, skipped, PAGE)
