@@ -80,6 +80,8 @@ def main() -> None:
                          "(the classical path always runs too)")
     ap.add_argument("--no-classical", action="store_true", dest="no_classical",
                     help="skip the classical path (measure only the shipped and --checkpoints sets)")
+    ap.add_argument("--no-shipped", action="store_true", dest="no_shipped",
+                    help="skip the shipped weights (measure only the classical path and --checkpoints sets)")
     ap.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     ap.add_argument("--variants", default=None, help="comma-separated sub-folders, e.g. clean,bw (default all)")
     ap.add_argument("--limit", type=int, default=0, help="at most N pages per sub-folder (0 = all)")
@@ -95,6 +97,8 @@ def main() -> None:
     sets = model_sets(args.checkpoints)
     if args.no_classical:
         sets = [s for s in sets if s[1] != CLASSICAL] or sys.exit("bench_transfer: --no-classical needs --checkpoints DIR")
+    if args.no_shipped:
+        sets = [s for s in sets if s[1] != SHIPPED] or sys.exit("bench_transfer: nothing left to measure")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     t0 = time.perf_counter()
     pages = find_pages(args.data)
