@@ -91,7 +91,7 @@ def cut_leads(rows: dict[str, tuple[np.ndarray, np.ndarray]], fs: float,
             t0, t1 = paper.lead_window(lead)
             i0, i1 = lead_indices(lead if lead != paper.RHYTHM_LEAD else "I", fs)
             n = int((n_samples or {}).get(lead) or (i1 - i0))
-            # stay two columns inside the window where a neighbour's jump sits on its edge (the
+            # stay EDGE_COLUMNS inside the window where a neighbour's jump sits on its edge (the
             # calibration pulse before the first column, the next lead after); the last column's
             # leads end with the trace itself, so they are read to the end (a QRS there is kept)
             eps = EDGE_COLUMNS * float(t[1] - t[0]) if len(t) > 1 else 0.0
