@@ -26,11 +26,11 @@ import torch.nn.functional as F
 
 from ecgtrace import paper
 from ecgtrace.data.distort import VARIANTS, apply_variant
+from ecgtrace.data.render import StyleMix
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.preprocess import from_chw, to_chw
 from ecgtrace.models.stage2 import TRACE_HEAD, build_stage2, decode_columns, row_strip
 from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, LAYOUT_3X4, N_ROWS, RHYTHM_KEY, Page
-from ecgtrace.data.render import StyleMix
 from ecgtrace.train.onthefly import OnTheFlyPages, style_mix, train_val_sets
 
 #: Width of the random training window, in seconds of signal (the page is read at full resolution).

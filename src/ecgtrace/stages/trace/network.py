@@ -37,7 +37,7 @@ def decode_path(logits: torch.Tensor | np.ndarray, step_nats: float = PATH_STEP_
     cost = (-logp).cpu().numpy().astype(np.float64)
     step = np.full_like(cost, float(step_nats))
     # The drawn jump sits on the switch column (the next lead's first sample is drawn there): free on it and
-    # one column after, never before. Free one column before too, the path jumped early and read the next
+    # one column after, never before. With the column before free too, the path jumped early and read the next
     # lead's level into this lead's last samples (transfer bench aug 22.28 -> 22.39 dB without that column).
     for c in free_cols:
         step[:, c:c + 2] = 0.0
