@@ -365,6 +365,9 @@ def test_style_mix_asks_for_more_wrinkled_pages_and_leaves_the_rest_of_each_look
     cfg.MODEL.INPUT_SIZE, cfg.DATA.SYNTHETIC_PER_EPOCH, cfg.DATA.SYNTHETIC_WRINKLE_P = [170, 220], 4, 0.9
     train, val = Stage2Task().build_datasets(cfg)  # the training pages are drawn with the config's mix
     assert train.pages().mix == val.pages().mix == StyleMix(0.35, 0.9)
+    cfg.DATA.SYNTHETIC_AUGMENT_P = 1.5
+    with pytest.raises(EcgTraceError, match=r"DATA.SYNTHETIC_AUGMENT_P=1.5 .*augment_p is a share of pages"):
+        Stage2Task().build_datasets(cfg)
     for bad in ({"augment_p": 1.5}, {"wrinkle_p": -0.1}):
         with pytest.raises(EcgTraceError, match="share of pages"):
             StyleMix(**bad)

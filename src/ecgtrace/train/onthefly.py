@@ -72,7 +72,11 @@ class OnTheFlyPages(torch.utils.data.Dataset):
 
 def style_mix(cfg: Any) -> StyleMix:
     """The renderer's share of augmented and wrinkled pages that ``cfg.DATA`` asks for."""
-    return StyleMix(float(cfg.DATA.SYNTHETIC_AUGMENT_P), float(cfg.DATA.SYNTHETIC_WRINKLE_P))
+    a, w = float(cfg.DATA.SYNTHETIC_AUGMENT_P), float(cfg.DATA.SYNTHETIC_WRINKLE_P)
+    try:
+        return StyleMix(a, w)
+    except EcgTraceError as e:  # StyleMix holds the bound; the user set it by its config key
+        raise EcgTraceError(f"DATA.SYNTHETIC_AUGMENT_P={a} / DATA.SYNTHETIC_WRINKLE_P={w}: {e}") from e
 
 
 def train_val_sets(cfg: Any, make: Callable[[int, int, bool], torch.utils.data.Dataset], min_val: int = 4
