@@ -474,6 +474,17 @@ def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_p
     assert abs(out.y[0] - start) <= 1.5, (out.y[0], start)
     np.testing.assert_array_equal(out.y[1:], y[1:])  # only the columns at the edge move
     np.testing.assert_array_equal(rows["row0"].y, y)  # the input is not changed
-    # a trace that starts inside the pulse's span is hidden by it: the reading stays
+    # a trace that starts inside the pulse's span is hidden by it: the visible stroke's line is carried back
     prob[start:edge.start, x0] = 0.0
-    assert read_past_pulse_edge(rows, prob, page)["row0"].y[0] == y[0]
+    line = base - (0.4 - 0.02 * (xs - x0)) * mv  # falling 0.02 mV per column from 0.4 mV at the edge
+    hidden = line.copy()
+    hidden[0] = base - 0.7 * mv
+    rows["row0"].y = hidden
+    out = read_past_pulse_edge(rows, prob, page)["row0"]
+    assert abs(out.y[0] - line[0]) <= 1e-6 * mv, ((base - out.y[0]) / mv, 0.4)
+    np.testing.assert_array_equal(out.y[1:], hidden[1:])
+    # ... but never outside the pulse's span, which hides it
+    steep = base - (1.3 - 0.3 * (xs - x0)) * mv  # its line would start above the pulse top
+    steep[0] = base
+    rows["row0"].y = steep
+    assert read_past_pulse_edge(rows, prob, page)["row0"].y[0] == pytest.approx(base - paper.CAL_PULSE_MV * mv)
