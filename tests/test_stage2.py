@@ -488,3 +488,43 @@ def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_p
     steep[0] = base
     rows["row0"].y = steep
     assert read_past_pulse_edge(rows, prob, page)["row0"].y[0] == pytest.approx(base - paper.CAL_PULSE_MV * mv)
+
+
+def _switch_page():
+    """A 100 dpi ink map with a bar 0.7 mV tall, 3 columns wide, at row 0's first lead switch."""
+    page = paper.Page(dpi=100)
+    prob = np.zeros(page.size, np.float32)
+    xb = int(np.ceil(page.column_x(1)))  # the new lead's first column
+    base, mv = page.baseline_y(0), page.px_per_mv
+    prob[int(round(base - 0.35 * mv)):int(round(base + 0.35 * mv)) + 1, xb - 1:xb + 2] = 1.0
+    return page, prob, xb, base, mv
+
+
+def test_the_columns_beside_a_lead_switch_mark_are_read_on_the_stroke_and_carried_under_the_mark():
+    """The next lead rises from 0.2 mV at the switch; the path ran flat on in-painted ghost ink beside the bar."""
+    from ecgtrace.stages.trace.path import RowTrace
+    from ecgtrace.stages.trace.switch_marks import read_beside_switch_marks
+
+    page, prob, xb, base, mv = _switch_page()
+    xs = np.arange(xb - 20, xb + 21)
+    truth = np.where(xs < xb, base - 0.1 * mv, base - (0.2 + 0.03 * (xs - xb)) * mv)
+    for x, yt in zip(xs, truth):
+        if abs(x - xb) > 1:  # the bar hides the trace in its own columns
+            prob[int(round(yt)), x] = 1.0
+    read = truth.copy()
+    read[(xs >= xb - 1) & (xs <= xb + 4)] = base - 0.1 * mv  # flat through the in-painted columns
+    rows = {"row0": RowTrace(key="row0", row=0, x=xs.astype(np.float64), y=read.copy(), ink=np.ones(xs.size),
+                             clipped=np.zeros(xs.size, bool))}
+    out = read_beside_switch_marks(rows, prob, page)["row0"]
+    after = xs >= xb
+    np.testing.assert_allclose((base - out.y[after]) / mv, (base - truth[after]) / mv, atol=0.02)
+    # the old lead's visible columns are read on their ink (drawn whole-pixel here)
+    np.testing.assert_allclose(out.y[xs < xb - 1], truth[xs < xb - 1], atol=0.5)
+    np.testing.assert_array_equal(rows["row0"].y, read)  # the input is not changed
+    # ink joining the bar's top in one of its columns lengthens that run: it is still the bar, as tall as before
+    prob[int(round(base - 0.6 * mv)):int(round(base - 0.35 * mv)), xb] = 1.0
+    joined = read_beside_switch_marks(rows, prob, page)["row0"]
+    np.testing.assert_allclose(joined.y[xs > xb], out.y[xs > xb])
+    # no mark drawn at the switch: the rows come back as they were
+    prob[:, xb - 1:xb + 2] = 0.0
+    assert read_beside_switch_marks(rows, prob, page)["row0"] is rows["row0"]

@@ -22,7 +22,7 @@ from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.steps import step
 from ecgtrace.stages import trace
-from ecgtrace.stages.trace import fusion, network, row_start
+from ecgtrace.stages.trace import fusion, network, row_start, switch_marks
 from ecgtrace.stages.trace.path import RowTrace
 
 #: Einthoven/Goldberger relations (exact for ideal recordings): II = I + III, aVR + aVL + aVF = 0.
@@ -128,16 +128,16 @@ class Stage2:
             page = paper.page_for(rect_bgr)
         except ValueError as e:
             raise StageError(f"{e}; run stage 1 to rectify the page first") from e
-        full_prob = None  # the page's own ink map at its resolution, where a reader made it
+        full_prob = raw = None  # the page's own ink map at its resolution (and before in-painting), where a reader made it
         if self.model is None:
             read = tc.trace_rows(rect_bgr, self.params)
-            rows, full_prob = read.rows, read.prob
+            rows, full_prob, raw = read.rows, read.prob, read.raw
         elif not self.fuse:
             rows, _ = self._network_rows(rect_bgr)
         else:  # the classical reader reads the page too; per lead window the page's ink decides
             with step("fusion"):
                 classical = tc.trace_rows(rect_bgr, self.params)
-                full_prob = classical.prob
+                full_prob, raw = classical.prob, classical.raw
                 clean = fusion.is_clean(classical.prob, classical.rows, page, self.fusion_params)
             if clean:  # the classical reader's alone: the network's reading would go unused, so it is not made
                 rows = classical.rows
@@ -148,6 +148,8 @@ class Stage2:
                                             belief=lambda r, tr: network.path_belief(out, r, tr)).rows
         if full_prob is not None:
             rows = row_start.read_past_pulse_edge(rows, full_prob, page)
+        if raw is not None:
+            rows = switch_marks.read_beside_switch_marks(rows, raw, page)
         with step("leads"):
             values = {k: trace.row_values(tr, page, pen_offset_px) for k, tr in rows.items()}
             signals = trace.cut_leads(values, fs, n_samples)

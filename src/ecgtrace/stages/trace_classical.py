@@ -58,6 +58,7 @@ class ClassicalResult:
 
     rows: dict[str, RowTrace] = field(default_factory=dict)
     prob: np.ndarray | None = None
+    raw: np.ndarray | None = None  # the ink map before furniture in-painting (lead-switch marks still drawn)
 
 
 def _row_band(page: Page, row: int, params: ClassicalParams, h: int) -> tuple[int, int]:
@@ -96,17 +97,18 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     p = params or ClassicalParams()
     page = page_for(image_bgr)
     blind = np.zeros(image_bgr.shape[1], bool)
+    raw = prob
     if prob is None:
         with step("ink map"):
-            prob, blind = ink_map(image_bgr)
+            raw, blind = ink_map(image_bgr)
         with step("furniture"):
-            prob = mask_furniture(prob, page, p)
+            prob = mask_furniture(raw, page, p)
     h, w = prob.shape
     x0, x1 = page.signal_columns(w)
     xs = np.arange(x0, x1 + 1)
     scale = page.px_per_mm / CANONICAL.px_per_mm
     claimed = np.zeros_like(prob)
-    out = ClassicalResult(prob=prob)
+    out = ClassicalResult(prob=prob, raw=raw)
     for row in range(N_ROWS):
         top, bot = _row_band(page, row, p, h)
         band = raw = prob[top:bot + 1, x0:x1 + 1]

@@ -7,6 +7,7 @@
   cost band, and the sub-pixel centre line along it.
 - :mod:`~ecgtrace.stages.trace.leads`: row paths to (time, mV), cut into the 12 leads at ``fs``.
 - :mod:`~ecgtrace.stages.trace.row_start`: a row's first columns read past the calibration pulse's edge.
+- :mod:`~ecgtrace.stages.trace.switch_marks`: the columns beside a lead-switch mark read again on the page's own ink.
 - :mod:`~ecgtrace.stages.trace.quality`: per-lead quality flags of a set of row paths.
 
 The classical reader that strings them together is :mod:`ecgtrace.stages.trace_classical`.
