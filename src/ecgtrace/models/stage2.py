@@ -121,6 +121,11 @@ class Stage2Model:
         #: also read the strips mirrored in time and average the column probabilities (+0.3 dB on
         #: clean pages, twice the network time)
         self.tta = tta
+        # a torch network runs channels-last: its convolutions take 0.64 s a pass instead of 0.88 on
+        # two CPU cores (4 strips of the 100 dpi page; an ONNX session keeps its own layout)
+        self.channels_last = isinstance(model, torch.nn.Module)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
 
     def model_page(self, rect_bgr: np.ndarray) -> np.ndarray:
         """``rect_bgr`` at the page size the network reads (its 100 dpi page for the CPU models)."""
@@ -139,6 +144,8 @@ class Stage2Model:
             strips.append(to_chw(s, self.mean, self.std))
             tops.append(top)
         x = torch.from_numpy(np.stack(strips)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(x)[TRACE_HEAD][:, 0].float()
         if self.tta:
             flipped = self.model(torch.flip(x, [3]))[TRACE_HEAD][:, 0].float().flip(-1)
