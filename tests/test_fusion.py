@@ -98,3 +98,25 @@ def test_a_classical_path_that_cuts_its_strokes_short_does_not_make_a_page_clean
     assert stray_ink(prob, skipped, PAGE) == 0.0
     assert 0.07 < off_ink_share(skipped, PAGE, PAGE.size[1]) < 0.09
     assert is_clean(prob, rows, PAGE) and not is_clean(prob, skipped, PAGE)
+
+
+def test_a_classical_path_that_runs_off_the_stroke_onto_a_shadow_takes_the_networks_path_there():
+    """Window 1 goes to the classical path (the network strays onto paper in its first part), but further
+    on the classical path leaves the thin trace for a broad shadow below it: that run is the network's."""
+    truth = _rows({})
+    prob = _ink(truth)
+    xs = truth[ROW_KEYS[0]].x
+    xa, xb = PAGE.column_x(1), PAGE.column_x(2)
+    stray = (xs >= xa) & (xs < xa + 0.3 * (xb - xa))  # where the network is off the ink
+    shadow = (xs >= xa + 0.6 * (xb - xa)) & (xs < xa + 0.8 * (xb - xa))  # where the classical path is
+    model, classical = _rows({}), _rows({})
+    for r, key in enumerate(ROW_KEYS):
+        base = PAGE.baseline_y(r)
+        cols = xs[shadow].astype(int)
+        prob[round(base) + 5:round(base) + 15, cols.min() - 4:cols.max() + 5] = 1.0  # a broad dark blob just under the trace
+        classical[key].y[shadow] = base + 9
+        model[key].y[stray] = base - 6
+    fused = fuse_rows(model, classical, prob, PAGE)
+    for key in ROW_KEYS:
+        assert fused.choice[key][1] == CLASSICAL
+        np.testing.assert_allclose(fused.rows[key].y, truth[key].y)  # on the trace: the stray run is not spliced

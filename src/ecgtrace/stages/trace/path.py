@@ -9,6 +9,8 @@ on extrema, run mid-points on strokes.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import cv2
@@ -29,6 +31,15 @@ class RowTrace:
     y: np.ndarray  # (n,) float sub-pixel y
     ink: np.ndarray  # (n,) trace probability under the path
     clipped: np.ndarray  # (n,) bool: the path touches the band edge (a peak left the band)
+
+
+def with_y(tr: RowTrace, y: np.ndarray) -> RowTrace:
+    """``tr`` itself where ``y`` is its own reading, else a copy of it read at ``y`` (never changed in place)."""
+    if np.array_equal(y, tr.y):
+        return tr
+    new = copy.copy(tr)
+    new.y = y
+    return new
 
 
 def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ a stroke no straight line carries back.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import cv2
@@ -26,7 +25,7 @@ import numpy as np
 
 from ecgtrace import paper
 from ecgtrace.paper import Page
-from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace
+from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, with_y
 
 
 @dataclass(frozen=True)
@@ -96,10 +95,5 @@ def read_past_pulse_edge(rows: dict[str, RowTrace], prob: np.ndarray, page: Page
             slope = (y[v + 2] - y[v]) / max(float(tr.x[v + 2] - tr.x[v]), 1e-6)
             back = y[v] + slope * (np.asarray(tr.x[:v], np.float64) - float(tr.x[v]))
             y[:v] = np.clip(back, top, base)
-        if np.array_equal(y, tr.y):
-            out[key] = tr
-        else:
-            new = copy.copy(tr)
-            new.y = y
-            out[key] = new
+        out[key] = with_y(tr, y)
     return out

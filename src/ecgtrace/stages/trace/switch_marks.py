@@ -14,7 +14,6 @@ mark's span, or, where the line leaves the span and the mark's run reaches past 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import cv2
@@ -22,7 +21,7 @@ import numpy as np
 
 from ecgtrace import paper
 from ecgtrace.paper import Page
-from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace
+from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, with_y
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,7 @@ def read_beside_switch_marks(rows: dict[str, RowTrace], raw: np.ndarray, page: P
                     continue
                 idx = idx[np.argsort(-near[idx])]  # from the far column toward the mark
                 _walk(idx, x, y, ink, base, mv, reach, xb, p)
-        if np.array_equal(y, tr.y):
-            out[key] = tr
-        else:
-            new = copy.copy(tr)
-            new.y = y
-            out[key] = new
+        out[key] = with_y(tr, y)
     return out
 
 
