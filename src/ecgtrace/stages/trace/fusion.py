@@ -190,7 +190,7 @@ def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: 
                 pick = CLASSICAL if inkier and believed else MODEL
             picks.append(pick)
             tr, w = (c, wc) if pick == CLASSICAL else (m, wm)
-            if pick == CLASSICAL:
+            if pick == CLASSICAL and wm.any():  # (no network path in the window: nothing to splice from)
                 y, ink = _splice_strokes(c, wc, m, sharp_c, sharp_m, page, p, bel_c, bel_m)
                 parts.append((c.x[wc].astype(np.float64), y, ink, c.clipped[wc]))
             else:
