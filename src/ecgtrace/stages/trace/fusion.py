@@ -22,7 +22,7 @@ import numpy as np
 
 from ecgtrace.paper import N_COLUMNS, N_ROWS, ROW_KEYS, Page
 from ecgtrace.stages.trace.ink import ink_near_path, path_ink_radius
-from ecgtrace.stages.trace.path import RowTrace
+from ecgtrace.stages.trace.path import RowTrace, true_runs
 
 #: Reader names in :attr:`FusedRows.choice`.
 MODEL, CLASSICAL = "model", "classical"
@@ -104,17 +104,25 @@ def is_clean(prob: np.ndarray, classical: dict[str, RowTrace], page: Page, param
             and off_ink_share(classical, page, prob.shape[1]) <= p.clean_off_ink)
 
 
-def stroke_contrast(prob: np.ndarray, x: np.ndarray, y: np.ndarray, d: int, radius: float) -> np.ndarray:
+def strongest_within(prob: np.ndarray, radius: float) -> np.ndarray:
+    """``prob`` with each pixel the strongest ink within ``radius`` px (at least 1) above or below it."""
+    r = max(1, int(round(radius)))
+    return cv2.dilate(prob, np.ones((2 * r + 1, 1), np.uint8))
+
+
+def stroke_contrast(prob: np.ndarray, x: np.ndarray, y: np.ndarray, d: int, radius: float,
+                    band: np.ndarray | None = None) -> np.ndarray:
     """Per path point, how much the ink there stands out from the ink ``d`` px away, across or along.
 
     A drawn stroke is thin: a flat one has paper ``d`` px above *and* below, a steep one ``d`` px to
     the left *and* right. A shadow or a crease is broad, and at its edge one side is as dark as the
     edge: the ink at the point (the strongest within ``radius`` px vertically) minus the darker of
     its two neighbours, the larger of the across and along contrasts, clipped at 0.
+    ``band``: :func:`strongest_within` of ``prob`` and ``radius``, where the caller has it already.
     """
     h, w = prob.shape
     r = max(1, int(round(radius)))
-    band = cv2.dilate(prob, np.ones((2 * r + 1, 1), np.uint8))  # the strongest ink within r px vertically
+    band = strongest_within(prob, radius) if band is None else band
     xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
     yi = np.clip(np.round(np.asarray(y, np.float64)).astype(int), 0, h - 1)
     c = band[yi, xi]
@@ -140,8 +148,8 @@ def _splice_strokes(c: RowTrace, w: np.ndarray, m: RowTrace, sharp_c: np.ndarray
         return y, ink
     sm = np.interp(x, m.x[order], sharp_m[order])
     bm = np.interp(x, m.x[order], bel_m[order]) if bel_m is not None else None
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], part.astype(np.int8), [0]])))
-    for a, b in zip(edges[::2], edges[1::2]):
+    for a, last in true_runs(part):
+        b = last + 1
         sc, smr = float(sharp_c[w][a:b].mean()), float(sm[a:b].mean())
         disbelieved = (bm is not None and bel_c is not None and sc < smr
                        and float(bel_c[w][a:b].mean()) < p.splice_belief * float(bm[a:b].mean()))
@@ -163,6 +171,8 @@ def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: 
     """
     p = params or FusionParams()
     radius = path_ink_radius(page)
+    d = max(2, int(round(0.6 * page.px_per_mm)))  # stroke contrast 0.6 mm across and along
+    band = strongest_within(prob, radius)  # one map for every path's stroke contrast
     rows: dict[str, RowTrace] = {}
     choice: dict[str, list[str]] = {}
     for r in range(N_ROWS):
@@ -175,8 +185,8 @@ def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: 
         ink_m = ink_near_path(prob, m.x, m.y, radius)
         ink_c = ink_near_path(prob, c.x, c.y, radius)
         bel_m, bel_c = (belief(r, m), belief(r, c)) if belief is not None else (None, None)
-        d = max(2, int(round(0.6 * page.px_per_mm)))
-        sharp_m, sharp_c = stroke_contrast(prob, m.x, m.y, d, radius), stroke_contrast(prob, c.x, c.y, d, radius)
+        sharp_m = stroke_contrast(prob, m.x, m.y, d, radius, band)
+        sharp_c = stroke_contrast(prob, c.x, c.y, d, radius, band)
         parts, picks = [], []
         for col in range(N_COLUMNS):
             wc, wm = _window(c, page, col), _window(m, page, col)

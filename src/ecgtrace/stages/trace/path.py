@@ -33,6 +33,12 @@ class RowTrace:
     clipped: np.ndarray  # (n,) bool: the path touches the band edge (a peak left the band)
 
 
+def true_runs(mask: np.ndarray) -> np.ndarray:
+    """(k, 2) first and last index of each run of True in the 1-d ``mask``."""
+    d = np.diff(np.concatenate([[0], np.asarray(mask).astype(np.int8), [0]]))
+    return np.stack([np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1], axis=1)
+
+
 def with_y(tr: RowTrace, y: np.ndarray) -> RowTrace:
     """``tr`` itself where ``y`` is its own reading, else a copy of it read at ``y`` (never changed in place)."""
     if np.array_equal(y, tr.y):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ecgtrace import paper
 from ecgtrace.paper import Page
-from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, with_y
+from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, true_runs, with_y
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,6 @@ class SwitchMarkParams:
     mark_half_mv: float = 0.25  # a run covering the baseline +- this is a mark's (or hides one)
     beyond_mv: float = 0.1  # a mark's run this far past its span, on the stroke's side, is the stroke touching it
     max_jump_mv: float = 0.3  # a stroke not joined to the last column's run is followed only this far
-
-
-def _runs(col: np.ndarray) -> np.ndarray:
-    """(k, 2) first and last row of each True run of the 1-d bool ``col``."""
-    d = np.diff(np.concatenate([[0], col.astype(np.int8), [0]]))
-    return np.stack([np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1], axis=1)
 
 
 def _is_mark(run: np.ndarray, base: float, half_px: float) -> bool:
@@ -111,7 +105,7 @@ def _walk(idx: np.ndarray, x: np.ndarray, y: np.ndarray, ink: np.ndarray, base: 
     """Follow the stroke from column ``idx[0]`` toward the mark; fill the columns it hides. Changes ``y``."""
     half = p.mark_half_mv * mv
     w = ink.shape[1]
-    runs_at = [_runs(ink[:, int(np.clip(round(x[i]), 0, w - 1))]) for i in idx]
+    runs_at = [true_runs(ink[:, int(np.clip(round(x[i]), 0, w - 1))]) for i in idx]
     near_x = np.abs(x[idx] - xb)
     found = _mark_columns(runs_at, near_x, base, half, tol=1.0 + 0.05 * mv)
     if found is None or near_x[found[0]] > reach:
