@@ -8,7 +8,7 @@ import numpy as np
 from ecgtrace.data.render import RenderStyle, render_page
 from ecgtrace.data.signals import synthesize_ecg
 from ecgtrace.paper import N_ROWS, Page
-from ecgtrace.stages.pulses import find_pulses, register_by_pulses
+from ecgtrace.stages.pulses import find_pulses, fit_pulses, pulses_offset_mm, register_by_pulses
 
 PAGE = Page(dpi=100)
 
@@ -56,3 +56,46 @@ def test_a_picture_without_pulses_is_not_registered():
     for img in (noise, blank):
         rect, fit = register_by_pulses(img, PAGE)
         assert rect is None and not fit.ok and "pulse" in fit.message
+
+
+def test_a_false_pulse_between_two_rows_is_skipped():
+    """A QRS that looks like a pulse between two rows' pulses: the four that fit the rows are chosen."""
+    small, _ = _cropped_photo()
+    pulses = find_pulses(small)
+    fake = pulses[1] + [40.0, 40.0, 0.45 * (pulses[2, 2] - pulses[1, 2]), 0.45 * (pulses[2, 3] - pulses[1, 3])]
+    with_fake = np.insert(pulses, 2, fake, axis=0)
+    fit, alone = fit_pulses(with_fake, PAGE), fit_pulses(pulses, PAGE)
+    assert fit.ok and len(fit.pulses) == N_ROWS, fit.message
+    np.testing.assert_allclose(fit.pulses, pulses)
+    np.testing.assert_allclose(fit.matrix, alone.matrix, atol=1e-6)
+
+
+def test_a_tilted_camera_is_levelled():
+    """A crop sheared as a tilted camera shears it (each row runs downhill): the registered page's
+    rows run level again, every point within 2 mm of where the truth puts it."""
+    small, truth = _cropped_photo()
+    shear = np.array([[1.0, 0.0, 0.0], [0.1, 1.0, 0.0]])  # y grows 10 px per 100 px: rows leave their bands
+    h, w = small.shape[:2]
+    tilted = cv2.warpAffine(small, shear, (w, h + int(0.1 * w) + 1), flags=cv2.INTER_LINEAR,
+                            borderValue=(255, 255, 255))
+    rect, fit = register_by_pulses(tilted, PAGE)
+    assert rect is not None and fit.ok, fit.message
+    pts = np.array([[30.0, 20.0], [w - 30.0, 20.0], [w / 2, h - 20.0], [w - 30.0, h - 20.0]])
+    tilted_pts = pts @ shear[:, :2].T + shear[:, 2]
+    got = tilted_pts @ fit.matrix[:, :2].T + fit.matrix[:, 2]
+    want = pts @ truth[:, :2].T + truth[:, 2]
+    assert np.abs(got - want).max() < 2.0 * PAGE.px_per_mm, (got, want)
+
+
+def test_pulses_say_how_far_a_page_sits_from_the_canonical_geometry():
+    """A page drawn on the canonical geometry sits (about) where its pulses say; the same page shrunk
+    onto a larger sheet sits tens of mm off; a page without pulses says nothing."""
+    fs = 250
+    img, _ = render_page(synthesize_ecg(rng=3, fs=fs), fs, PAGE, RenderStyle(grid="none", labels=True), rng=3)
+    assert pulses_offset_mm(img, PAGE) < 1.5
+    h, w = img.shape[:2]
+    sheet = np.full_like(img, 255)
+    sheet[int(0.2 * h):int(0.2 * h) + int(0.75 * h), int(0.1 * w):int(0.1 * w) + int(0.75 * w)] = cv2.resize(
+        img, (int(0.75 * w), int(0.75 * h)), interpolation=cv2.INTER_AREA)
+    assert pulses_offset_mm(sheet, PAGE) > 10.0
+    assert pulses_offset_mm(np.full_like(img, 255), PAGE) is None

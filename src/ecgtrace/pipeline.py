@@ -33,13 +33,18 @@ from ecgtrace.models.shipped import WeightsSource, resolve_weights
 from ecgtrace.paper import CANONICAL, ROW_KEYS
 from ecgtrace.stages.base import LeadSignals, NormalizedPage, RectifiedPage, StageError
 from ecgtrace.stages.stage0 import Stage0
-from ecgtrace.stages.pulses import register_by_pulses
+from ecgtrace.stages.pulses import pulses_offset_mm, register_by_pulses
 from ecgtrace.stages.stage1 import Stage1
 from ecgtrace.stages.stage2 import Stage2
 from ecgtrace.stages.trace.leads import lead_indices
 
 #: Fewer leads than this with a readable trace means "this is not an ECG page we can read".
 MIN_LEADS_FOUND = 4
+#: A page passed through unrectified is read where its calibration pulses put it when they say it sits
+#: further than this (mm, median over the page) from the canonical geometry. ECG-Image-Kit's wrinkled
+#: pages, drawn on that geometry, sit 0.3-1.5 mm off by their pulses; photos of ours with no visible
+#: grid, 30-200 mm.
+PULSES_MOVE_MM = 3.0
 
 
 @dataclass
@@ -224,18 +229,36 @@ class Pipeline:
             warnings.append(f"stage 0 unsure: {norm.message or 'no lead labels found'}")
         with timer("stage1"):
             rect = self.stage1(norm.image)
+            by_pulses: RectifiedPage | None = None
+            if rect.method == "identity":
+                # passed through unrectified: where the rows' calibration pulses say the page sits far from
+                # the canonical geometry (a photo whose grid faded out), they place it better than nothing does
+                off = pulses_offset_mm(rect.image, self.stage1.page)
+                if off is not None and off > PULSES_MOVE_MM:
+                    by_pulses, _ = register_by_pulses(work, self.stage1.page, to_input=norm.homography)
         if not rect.ok:
             warnings.append(f"stage 1 unsure: {rect.message or 'no grid found'}")
+        passed: RectifiedPage | None = None  # the page as passed through, when the pulses' page replaced it
+        if by_pulses is not None:
+            by_pulses.unsure_lattice = rect.unsure_lattice
+            passed, rect = rect, by_pulses
         with timer("stage2"):
             leads = self._read(rect, norm.homography, work_scale, fs, n_samples)
             found = _found(leads)
+            if passed is not None:
+                again = None if found >= MIN_LEADS_FOUND else self._read(passed, norm.homography, work_scale, fs,
+                                                                        n_samples)
+                if again is not None and _found(again) > found:  # the pulses' page read worse than none
+                    rect, leads, found = passed, again, _found(again)
+                else:
+                    warnings.append(rect.message)
             if found < MIN_LEADS_FOUND and rect.unsure_lattice is not None:
                 # (almost) nothing on the page as stage 0 left it: read it on the lattice stage 1 doubted
                 again = self._read(rect.unsure_lattice, norm.homography, work_scale, fs, n_samples)
                 if _found(again) > found:
                     rect, leads, found = rect.unsure_lattice, again, _found(again)
                     warnings.append("read on the unsure lattice: the page as it was gave too few traces")
-            if found < MIN_LEADS_FOUND and not rect.ok:
+            if found < MIN_LEADS_FOUND and not rect.ok and rect.method != "pulses":
                 # no lattice to go by: the rows' calibration pulses may still fix the page (a tight crop)
                 by_pulses, _ = register_by_pulses(work, self.stage1.page, to_input=norm.homography)
                 if by_pulses is not None:

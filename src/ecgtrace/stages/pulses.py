@@ -13,6 +13,7 @@ that scale, it sets the time scale exactly. The result is a :class:`RectifiedPag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import cv2
 import numpy as np
@@ -191,11 +192,13 @@ def fit_pulses(pulses: np.ndarray, page: Page, params: PulseParams | None = None
     heights = pulses[:, 3] - pulses[:, 2]
     x0 = page.time_to_x(0.0)
     best: PulseFit | None = None
+    # Any k of the pulses found, in their top-to-bottom order: a QRS that looks like a pulse may sit
+    # between two rows' pulses (find_pulses keeps at most N_ROWS + 2, so this stays a few dozen fits).
     k = min(len(pulses), N_ROWS)
-    candidates = [(s, rows) for s in range(len(pulses) - k + 1) for rows in _row_choices(k)]
-    for start, rows in candidates:  # consecutive pulses of one height
-        q = pulses[start:start + k]
-        hq = heights[start:start + k]
+    candidates = [(list(idx), rows) for idx in combinations(range(len(pulses)), k) for rows in _row_choices(k)]
+    for idx, rows in candidates:  # pulses of one height
+        q = pulses[idx]
+        hq = heights[idx]
         if hq.max() > p.max_height_ratio * hq.min():
             continue
         src, dst = [], []
@@ -234,26 +237,43 @@ def _time_scale_from_rhythm_end(rect: np.ndarray, page: Page, p: PulseParams) ->
     return (x10 - x0) / max(end - x0, 1.0)
 
 
-def _row_slope(rect: np.ndarray, page: Page) -> float:
-    """Median slope (dy/dx) of the trace rows of a page warped by its pulses: what a camera's tilt left.
+def _row_slope(rect: np.ndarray, page: Page, max_slope: float = 0.15) -> float:
+    """Slope (dy/dx) of the trace rows of a page warped by its pulses: what a camera's tilt left.
 
-    Per row and per second of signal, the median height of the row's ink; a line through them.
+    The slope whose shear (about signal time 0) stacks the ink of the trace area into the sharpest
+    row profile: the rows' baselines, any grid lines and text all lie level on the paper. A profile
+    and not a per-row fit, because a strong tilt carries a row out of its canonical band.
     """
     prob = trace_probability(rect)
-    slopes = []
-    for r in range(N_ROWS):
-        top, bot = page.row_band(r, above_mv=1.5, below_mv=1.5)
-        band = prob[int(max(0, top)):int(min(prob.shape[0], bot))] >= 0.5
-        xs, ys = [], []
-        for t in np.arange(0.0, paper.DURATION_S, 1.0):
-            a, b = int(page.time_to_x(t)), int(page.time_to_x(t + 1.0))
-            yy, _ = np.nonzero(band[:, a:b])
-            if yy.size > 10:
-                xs.append(0.5 * (a + b))
-                ys.append(float(np.median(yy)))
-        if len(xs) >= 4:
-            slopes.append(float(np.polyfit(xs, ys, 1)[0]))
-    return float(np.median(slopes)) if slopes else 0.0
+    x0, x10 = int(page.time_to_x(0.0)), int(page.time_to_x(paper.DURATION_S))
+    top = int(max(0, page.row_band(0, above_mv=3.0)[0]))
+    area = cv2.resize(prob[top:, x0:x10].astype(np.float32), None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    ys, xs = np.nonzero(area >= 0.25)
+    if ys.size < 50:
+        return 0.0
+    w = area[ys, xs].astype(np.float64)
+    n_bins = area.shape[0] + int(max_slope * area.shape[1]) * 2 + 2
+    best, best_score = 0.0, -1.0
+    for slope in np.linspace(-max_slope, max_slope, 121):
+        yy = np.round(ys - slope * xs).astype(np.int64) + n_bins // 2
+        score = float(np.sum(np.bincount(yy, weights=w, minlength=n_bins) ** 2))
+        if score > best_score:
+            best, best_score = float(slope), score
+    return best
+
+
+def pulses_offset_mm(page_bgr: np.ndarray, page: Page = paper.CANONICAL, params: PulseParams | None = None
+                     ) -> float | None:
+    """How far (page mm, median over the page) the calibration pulses of a page drawn at ``page``'s
+    size say it sits from the canonical geometry; None when they are not found or do not fit."""
+    fit = fit_pulses(find_pulses(page_bgr, params), page, params)
+    if not fit.ok or fit.matrix is None:
+        return None
+    H, W = page.size
+    yy, xx = np.mgrid[0:H:16, 0:W:16]
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
+    moved = pts @ fit.matrix[:, :2].T + fit.matrix[:, 2]
+    return float(np.median(np.linalg.norm(moved - pts, axis=1))) / page.px_per_mm
 
 
 def register_by_pulses(image_bgr: np.ndarray, page: Page = paper.CANONICAL, params: PulseParams | None = None,
