@@ -11,23 +11,23 @@ from ecgtrace.stages.trace.path import RowTrace
 PAGE = Page(dpi=50)
 
 
-def _rows(dy_by_col: dict[int, float]) -> dict[str, RowTrace]:
+def _rows(dy_by_col: dict[int, float], page: Page = PAGE) -> dict[str, RowTrace]:
     """A path on every row's baseline, moved by dy px in the given lead windows."""
-    h, w = PAGE.size
-    x0, x1 = PAGE.signal_columns(w)
+    h, w = page.size
+    x0, x1 = page.signal_columns(w)
     xs = np.arange(x0, x1 + 1)
     out = {}
     for r in range(N_ROWS):
-        y = np.full(xs.size, PAGE.baseline_y(r))
+        y = np.full(xs.size, page.baseline_y(r))
         for col, dy in dy_by_col.items():
-            y[(xs >= PAGE.column_x(col)) & (xs < PAGE.column_x(col + 1))] += dy
+            y[(xs >= page.column_x(col)) & (xs < page.column_x(col + 1))] += dy
         out[ROW_KEYS[r]] = RowTrace(key=ROW_KEYS[r], row=r, x=xs.astype(np.float64), y=y,
                                     ink=np.ones(xs.size), clipped=np.zeros(xs.size, bool))
     return out
 
 
-def _ink(rows: dict[str, RowTrace]) -> np.ndarray:
-    prob = np.zeros(PAGE.size, np.float32)
+def _ink(rows: dict[str, RowTrace], page: Page = PAGE) -> np.ndarray:
+    prob = np.zeros(page.size, np.float32)
     for tr in rows.values():
         prob[np.round(tr.y).astype(int), tr.x.astype(int)] = 1.0
     return prob
@@ -120,3 +120,30 @@ def test_a_classical_path_that_runs_off_the_stroke_onto_a_shadow_takes_the_netwo
     for key in ROW_KEYS:
         assert fused.choice[key][1] == CLASSICAL
         np.testing.assert_allclose(fused.rows[key].y, truth[key].y)  # on the trace: the stray run is not spliced
+
+
+def test_a_network_path_on_paper_beside_the_classical_ink_takes_the_classical_path_there():
+    """Window 0 goes to the network (the classical path strays onto paper further on), but at the window's
+    start the network runs on flat across paper while the trace climbs a wave: that run is the classical
+    reader's. A parted run under a millimetre (the network's jump at a lead switch) is left alone."""
+    page = Page(dpi=200)
+    model, classical, truth = _rows({}, page), _rows({}, page), _rows({}, page)
+    xs = model[ROW_KEYS[0]].x
+    xa, xb = page.column_x(0), page.column_x(1)
+    wave = (xs >= xa) & (xs < xa + 0.2 * (xb - xa))  # the trace's first wave, 2 mm above the baseline
+    stray = (xs >= xa + 0.5 * (xb - xa)) & (xs < xa + 0.9 * (xb - xa))  # where the classical path is off the ink
+    blip = np.flatnonzero(xs >= xa + 0.95 * (xb - xa))[:6]  # a 6-column parting: 0.76 mm
+    for r, key in enumerate(ROW_KEYS):
+        base = page.baseline_y(r)
+        truth[key].y[wave] = base - 16
+        classical[key].y[wave] = base - 16
+        classical[key].y[stray] = base + 16
+        model[key].y[blip] = base + 16
+    prob = _ink(truth, page)
+    fused = fuse_rows(model, classical, prob, page)
+    for key in ROW_KEYS:
+        assert fused.choice[key][0] == MODEL
+        y = fused.rows[key].y
+        np.testing.assert_allclose(y[wave], truth[key].y[wave])  # the wave, from the classical path
+        np.testing.assert_allclose(y[stray], truth[key].y[stray])  # the network's own, on the ink
+        np.testing.assert_allclose(y[blip], model[key].y[blip])  # the short parting stays the network's

@@ -63,6 +63,14 @@ class FusionParams:
     #: ... or under the network path's and the network puts less than this share of its belief there
     #: (a trace crossing a shadow has little contrast either way; ECG-Image-Kit wrinkle/dev07, aVR).
     splice_belief: float = 0.3
+    #: Within a window the network wins, a run at least a millimetre long where the two paths part (by
+    #: :attr:`part_mm`) takes the classical path where that lies on ink (at least :attr:`splice_ink`)
+    #: and the network's path on under this share of it: after a calibration pulse the network can
+    #: carry the pulse's foot on as a flat line under a tall first wave in shadow (ECG-Image-Kit
+    #: wrinkle/dev03, dev08: lead III 6 -> 22 and 14 dB). Shorter runs, at a lead switch, are the
+    #: network's jump between leads.
+    bare_ink_share: float = 0.5
+    splice_ink: float = 0.4
 
 
 @dataclass
@@ -131,6 +139,23 @@ def stroke_contrast(prob: np.ndarray, x: np.ndarray, y: np.ndarray, d: int, radi
     return np.clip(np.maximum(c - np.maximum(up, down), c - np.maximum(left, right)), 0.0, None)
 
 
+def _parted_runs(base: RowTrace, w: np.ndarray, other: RowTrace, page: Page, p: FusionParams
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Path ``base`` in window ``w`` -- its x, y, ink -- with the ``other`` path's y at those x, and the runs
+    ``[a, b)`` of the window where the two part by more than :attr:`FusionParams.part_mm`."""
+    y, ink = base.y[w].astype(np.float64), base.ink[w].astype(np.float64)
+    x = base.x[w].astype(np.float64)
+    yo = _at(other, other.y, x)
+    part = np.abs(y - yo) > p.part_mm * page.px_per_mm
+    return x, y, ink, yo, [(a, last + 1) for a, last in true_runs(part)]
+
+
+def _at(tr: RowTrace, values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per-column ``values`` of path ``tr`` read at the columns ``x``."""
+    order = np.argsort(tr.x)
+    return np.interp(x, tr.x[order], np.asarray(values, np.float64)[order])
+
+
 def _splice_strokes(c: RowTrace, w: np.ndarray, m: RowTrace, sharp_c: np.ndarray, sharp_m: np.ndarray,
                     page: Page, p: FusionParams, bel_c: np.ndarray | None = None,
                     bel_m: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -139,23 +164,34 @@ def _splice_strokes(c: RowTrace, w: np.ndarray, m: RowTrace, sharp_c: np.ndarray
     :attr:`FusionParams.part_mm` and the classical run's stroke contrast is under
     :attr:`FusionParams.splice_contrast` of the network run's, or under it while the network gives
     the classical run under :attr:`FusionParams.splice_belief` of its own run's belief."""
-    y, ink = c.y[w].astype(np.float64), c.ink[w].astype(np.float64)
-    x = c.x[w].astype(np.float64)
-    order = np.argsort(m.x)
-    ym = np.interp(x, m.x[order], m.y[order])
-    part = np.abs(y - ym) > p.part_mm * page.px_per_mm
-    if not part.any():
+    x, y, ink, ym, runs = _parted_runs(c, w, m, page, p)
+    if not runs:
         return y, ink
-    sm = np.interp(x, m.x[order], sharp_m[order])
-    bm = np.interp(x, m.x[order], bel_m[order]) if bel_m is not None else None
-    for a, last in true_runs(part):
-        b = last + 1
+    sm = _at(m, sharp_m, x)
+    bm = _at(m, bel_m, x) if bel_m is not None else None
+    for a, b in runs:
         sc, smr = float(sharp_c[w][a:b].mean()), float(sm[a:b].mean())
         disbelieved = (bm is not None and bel_c is not None and sc < smr
                        and float(bel_c[w][a:b].mean()) < p.splice_belief * float(bm[a:b].mean()))
         if b - a >= 2 and (sc < p.splice_contrast * smr or disbelieved):
             y[a:b] = ym[a:b]
-            ink[a:b] = np.interp(x[a:b], m.x[order], m.ink[order])
+            ink[a:b] = _at(m, m.ink, x[a:b])
+    return y, ink
+
+
+def _splice_bare(m: RowTrace, w: np.ndarray, c: RowTrace, ink_m: np.ndarray, ink_c: np.ndarray, page: Page,
+                 p: FusionParams) -> tuple[np.ndarray, np.ndarray]:
+    """(y, ink) of the network's path in window ``w`` with the runs where it crosses paper beside the
+    classical path's ink taken from the classical path (:attr:`FusionParams.bare_ink_share`)."""
+    x, y, ink, yc, runs = _parted_runs(m, w, c, page, p)
+    if not runs:
+        return y, ink
+    near_c = _at(c, ink_c, x)
+    for a, b in runs:
+        ic = float(near_c[a:b].mean())
+        if b - a >= page.px_per_mm and ic >= p.splice_ink and float(ink_m[w][a:b].mean()) < p.bare_ink_share * ic:
+            y[a:b] = yc[a:b]
+            ink[a:b] = _at(c, c.ink, x[a:b])
     return y, ink
 
 
@@ -203,6 +239,9 @@ def fuse_rows(model: dict[str, RowTrace], classical: dict[str, RowTrace], prob: 
             if pick == CLASSICAL and wm.any():  # (no network path in the window: nothing to splice from)
                 y, ink = _splice_strokes(c, wc, m, sharp_c, sharp_m, page, p, bel_c, bel_m)
                 parts.append((c.x[wc].astype(np.float64), y, ink, c.clipped[wc]))
+            elif pick == MODEL and wc.any():
+                y, ink = _splice_bare(m, wm, c, ink_m, ink_c, page, p)
+                parts.append((m.x[wm].astype(np.float64), y, ink, m.clipped[wm]))
             else:
                 parts.append((tr.x[w].astype(np.float64), tr.y[w], tr.ink[w], tr.clipped[w]))
         xs, ys, inks, clips = (np.concatenate(a) for a in zip(*parts))
