@@ -147,3 +147,19 @@ def test_a_network_path_on_paper_beside_the_classical_ink_takes_the_classical_pa
         np.testing.assert_allclose(y[wave], truth[key].y[wave])  # the wave, from the classical path
         np.testing.assert_allclose(y[stray], truth[key].y[stray])  # the network's own, on the ink
         np.testing.assert_allclose(y[blip], model[key].y[blip])  # the short parting stays the network's
+
+
+def test_ink_on_another_rows_path_does_not_count_for_this_row():
+    """Row 0 is drawn faint in window 1; there the classical path of row 0 drops onto row 1's bold trace.
+    That ink is row 1's: the window is the network's, which stays on the faint trace."""
+    truth = _rows({})
+    prob = _ink(truth)
+    xs = truth[ROW_KEYS[0]].x
+    w1 = (xs >= PAGE.column_x(1)) & (xs < PAGE.column_x(2))
+    y0 = np.round(truth[ROW_KEYS[0]].y[w1]).astype(int)
+    prob[y0, xs[w1].astype(int)] = 0.3  # row 0's trace, faint in window 1
+    model, classical = _rows({}), _rows({})
+    classical[ROW_KEYS[0]].y[w1] = PAGE.baseline_y(1)  # on row 1's trace
+    fused = fuse_rows(model, classical, prob, PAGE)
+    assert fused.choice[ROW_KEYS[0]][1] == MODEL
+    np.testing.assert_allclose(fused.rows[ROW_KEYS[0]].y, truth[ROW_KEYS[0]].y)
