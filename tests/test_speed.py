@@ -10,6 +10,7 @@ import scipy.sparse.linalg as spla
 
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages import steps
+from ecgtrace.stages.memo import PageMemo
 from ecgtrace.stages.trace import ink
 from ecgtrace.stages.trace.path import thin, thin_touching, viterbi
 
@@ -131,7 +132,7 @@ def test_ink_map_keeps_the_last_two_pages(monkeypatch):
     pages = [_page_like(425, 550), _page_like(212, 275)]
     pages.append(pages[0].copy())
     pages[2][100:110, 50:150] = 0
-    monkeypatch.setattr(ink, "_LAST", ink._LastInkMap())  # an empty cache: earlier tests read these pages too
+    monkeypatch.setattr(ink, "_LAST", PageMemo(2))  # an empty cache: earlier tests read these pages too
     made = []
     real = ink._ink_map
     monkeypatch.setattr(ink, "_ink_map", lambda img: made.append(img.shape) or real(img))

@@ -12,6 +12,7 @@ that scale, it sets the time scale exactly. The result is a :class:`RectifiedPag
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -22,11 +23,15 @@ from ecgtrace import paper
 from ecgtrace.geometry import identity_map
 from ecgtrace.paper import CAL_PULSE_MV, N_ROWS, Page
 from ecgtrace.stages.base import RectifiedPage
+from ecgtrace.stages.memo import PageMemo
 from ecgtrace.stages.trace.ink import trace_probability
 
 
 #: Pulses needed to register a page: one per row, or all but one.
 MIN_PULSES = N_ROWS - 1
+#: The longest gap (s) between a pulse's falling edge and the row's trace start that
+#: :func:`pulses_offset_mm` takes as a cart's layout (ecgtrace's renderer draws up to 0.33 s).
+MAX_PULSE_GAP_S = 0.4
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,20 @@ def find_pulses(image_bgr: np.ndarray, params: PulseParams | None = None) -> np.
     top, foot) and kept when all three strokes are there.
     """
     p = params or PulseParams()
+    hit = _LAST.get(image_bgr, p)
+    if hit is not None:
+        return hit
+    found = _find_pulses(image_bgr, p)
+    _LAST.put(image_bgr, found, p)
+    return found
+
+
+#: The pipeline asks for the pulses of a page passed through unrectified, then (to register it) of the
+#: picture: the same pixels where stage 0 left the picture as it was.
+_LAST: PageMemo[np.ndarray] = PageMemo(2)
+
+
+def _find_pulses(image_bgr: np.ndarray, p: PulseParams) -> np.ndarray:
     h, w = image_bgr.shape[:2]
     left = image_bgr[:, :max(16, int(w * p.left_fraction))]
     prob = trace_probability(left).astype(np.float32)
@@ -135,22 +154,30 @@ def find_pulses(image_bgr: np.ndarray, params: PulseParams | None = None) -> np.
         return np.zeros((0, 4))
     prob = np.clip(prob / scale, 0.0, 1.0)
     soft = cv2.GaussianBlur(prob, (0, 0), 1.5)
-    sets: list[tuple[float, list]] = []
-    for hgt in np.unique(np.round(np.geomspace(p.min_height * h, p.max_height * h, 20)).astype(int)):
-        for ratio in p.width_ratios:
-            tpl, (txr, txf, tyt, tyf) = _template(int(hgt), max(3, int(round(ratio * hgt))), max(2, int(round(hgt / 25))))
-            if tpl.shape[0] >= soft.shape[0] or tpl.shape[1] >= soft.shape[1]:
-                continue
-            score = np.nan_to_num(cv2.matchTemplate(soft, tpl, cv2.TM_CCORR_NORMED), nan=0.0)
-            found = []
-            for _ in range(N_ROWS + 2):  # the best matches, one per band of the pulse's height
-                y, x = np.unravel_index(int(np.argmax(score)), score.shape)
-                if score[y, x] < p.min_match:
-                    break
-                found.append((float(score[y, x]), x + txr, x + txf, y + tyt, y + tyf))
-                score[max(0, y - int(hgt)):y + int(hgt), :] = 0.0
-            if len(found) >= N_ROWS:
-                sets.append((float(np.mean(sorted(q[0] for q in found)[-N_ROWS:])), found))
+    sizes = [(int(hgt), ratio) for hgt in np.unique(np.round(np.geomspace(p.min_height * h, p.max_height * h, 20)))
+             for ratio in p.width_ratios]
+
+    def matches(size: tuple[int, float]) -> list[tuple[float, float, float, float, float]]:
+        hgt, ratio = size
+        tpl, (txr, txf, tyt, tyf) = _template(hgt, max(3, int(round(ratio * hgt))), max(2, int(round(hgt / 25))))
+        if tpl.shape[0] >= soft.shape[0] or tpl.shape[1] >= soft.shape[1]:
+            return []
+        score = np.nan_to_num(cv2.matchTemplate(soft, tpl, cv2.TM_CCORR_NORMED), nan=0.0)
+        found = []
+        for _ in range(N_ROWS + 2):  # the best matches, one per band of the pulse's height
+            y, x = np.unravel_index(int(np.argmax(score)), score.shape)
+            if score[y, x] < p.min_match:
+                break
+            found.append((float(score[y, x]), x + txr, x + txf, y + tyt, y + tyf))
+            score[max(0, y - hgt):y + hgt, :] = 0.0
+        return found
+
+    # OpenCV's template match runs on one core: the sizes share the threads OpenCV may use (the same
+    # matches in the same order, twice as fast on two cores)
+    with ThreadPoolExecutor(max(1, cv2.getNumThreads())) as pool:
+        per_size = list(pool.map(matches, sizes))
+    sets = [(float(np.mean(sorted(q[0] for q in found)[-N_ROWS:])), found) for found in per_size
+            if len(found) >= N_ROWS]
     best, best_key = np.zeros((0, 4)), None
     for quality, found in sets:  # every size that matched, measured on the ink
         pulses: list[tuple[float, float, float, float]] = []
@@ -265,15 +292,20 @@ def _row_slope(rect: np.ndarray, page: Page, max_slope: float = 0.15) -> float:
 def pulses_offset_mm(page_bgr: np.ndarray, page: Page = paper.CANONICAL, params: PulseParams | None = None
                      ) -> float | None:
     """How far (page mm, median over the page) the calibration pulses of a page drawn at ``page``'s
-    size say it sits from the canonical geometry; None when they are not found or do not fit."""
+    size say it sits from the canonical geometry; None when they are not found or do not fit.
+
+    A pulse may end up to :data:`MAX_PULSE_GAP_S` before the trace starts (carts differ; ECG-Image-Kit
+    ends it right there): a shift to the right within that is no evidence against the page as it is.
+    """
     fit = fit_pulses(find_pulses(page_bgr, params), page, params)
     if not fit.ok or fit.matrix is None:
         return None
     H, W = page.size
     yy, xx = np.mgrid[0:H:16, 0:W:16]
     pts = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
-    moved = pts @ fit.matrix[:, :2].T + fit.matrix[:, 2]
-    return float(np.median(np.linalg.norm(moved - pts, axis=1))) / page.px_per_mm
+    d = pts @ fit.matrix[:, :2].T + fit.matrix[:, 2] - pts
+    d[:, 0] -= np.clip(np.median(d[:, 0]), 0.0, MAX_PULSE_GAP_S * page.px_per_s)
+    return float(np.median(np.linalg.norm(d, axis=1))) / page.px_per_mm
 
 
 def register_by_pulses(image_bgr: np.ndarray, page: Page = paper.CANONICAL, params: PulseParams | None = None,

@@ -9,14 +9,13 @@ or weakened.
 
 from __future__ import annotations
 
-import threading
-
 import cv2
 import numpy as np
 import scipy.fft
 
 from ecgtrace import paper
 from ecgtrace.paper import CANONICAL, Page
+from ecgtrace.stages.memo import PageMemo
 from ecgtrace.stages.steps import step
 from ecgtrace.stages.trace.params import ClassicalParams
 
@@ -124,33 +123,9 @@ def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
     return ink_map(image_bgr)[0]
 
 
-class _LastInkMap:
-    """The last pages' ink maps, kept with a copy of each page: stage 1 reads the ink of its rectified page
-    (to register it by the calibration pulses) and stage 2 then reads the same page again (with a model,
-    after the ink of the network's smaller page: so two are kept); the copy makes the reuse depend on
-    the pixels alone (any other or changed picture is a miss)."""
-
-    def __init__(self, size: int = 2) -> None:
-        self._lock = threading.Lock()
-        self._size = size
-        self._items: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []  # newest last
-
-    def get(self, page: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        with self._lock:
-            for i, (kept, result) in enumerate(self._items):
-                if kept.shape == page.shape and kept.dtype == page.dtype and np.array_equal(kept, page):
-                    self._items.append(self._items.pop(i))
-                    prob, blind = result
-                    return prob.copy(), blind.copy()  # callers may write into theirs
-        return None
-
-    def put(self, page: np.ndarray, result: tuple[np.ndarray, np.ndarray]) -> None:
-        with self._lock:
-            self._items.append((page.copy(), (result[0].copy(), result[1].copy())))
-            del self._items[:-self._size]
-
-
-_LAST = _LastInkMap()
+#: Stage 1 reads the ink of its rectified page (to register it by the calibration pulses) and stage 2 then
+#: reads the same page again (with a model, after the ink of the network's smaller page: so two are kept).
+_LAST: PageMemo[tuple[np.ndarray, np.ndarray]] = PageMemo(2)
 
 
 def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +135,7 @@ def ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (Rows in-painted under dark horizontal lines are not treated alike: crediting them as
     unknown ink lets the path run along a line past a hard QRS; measured worse on black grids.)
     A page read again soon after (stage 1's registration, then stage 2) is computed once
-    (:class:`_LastInkMap` keeps the last two).
+    (:data:`_LAST` keeps the last two).
     """
     hit = _LAST.get(image_bgr)
     if hit is not None:
