@@ -245,13 +245,12 @@ class Pipeline:
         with timer("stage2"):
             leads = self._read(rect, norm.homography, work_scale, fs, n_samples)
             found = _found(leads)
-            if passed is not None:
-                again = None if found >= MIN_LEADS_FOUND else self._read(passed, norm.homography, work_scale, fs,
-                                                                        n_samples)
-                if again is not None and _found(again) > found:  # the pulses' page read worse than none
+            if passed is not None and found < MIN_LEADS_FOUND:
+                again = self._read(passed, norm.homography, work_scale, fs, n_samples)
+                if _found(again) > found:  # the pulses' page read worse than none
                     rect, leads, found = passed, again, _found(again)
-                else:
-                    warnings.append(rect.message)
+            if rect is by_pulses:
+                warnings.append(rect.message)
             if found < MIN_LEADS_FOUND and rect.unsure_lattice is not None:
                 # (almost) nothing on the page as stage 0 left it: read it on the lattice stage 1 doubted
                 again = self._read(rect.unsure_lattice, norm.homography, work_scale, fs, n_samples)

@@ -111,7 +111,7 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
     out = ClassicalResult(prob=prob, raw=raw)
     for row in range(N_ROWS):
         top, bot = _row_band(page, row, p, h)
-        band = raw = prob[top:bot + 1, x0:x1 + 1]
+        band = own = prob[top:bot + 1, x0:x1 + 1]
         # the row's own ink level: the strongest ink of most columns is this row's trace (a thin
         # grey trace can be much fainter than bold labels or a scanner streak, which set the page scale)
         level = float(np.median(band.max(axis=0)))
@@ -139,7 +139,7 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
             path = viterbi(unary, step_cost)
         with step("centre line"):
             ysub = _subpixel(band, path, radius=max(1, int(round(2 * scale))), max_run=int(3 * page.px_per_mv))
-        ink = raw[path, np.arange(len(path))]  # quality is judged on the page's own ink scale
+        ink = own[path, np.arange(len(path))]  # quality is judged on the page's own ink scale
         clipped = (path <= 1) | (path >= band.shape[0] - 2)
         key = ROW_KEYS[row]
         out.rows[key] = RowTrace(key=key, row=row, x=xs + p.column_lag_mm * page.px_per_mm, y=ysub + top, ink=ink,
