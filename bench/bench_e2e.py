@@ -2,7 +2,7 @@
 
 Usage:
     PYTHONPATH=src python bench/bench_e2e.py [--n 6] [--variants 0001,0003,0005] [--checkpoints DIR]
-        [--device cpu] [--name bench_e2e] [--profile] [--baseline REV]
+        [--device cpu] [--backend torch|onnx] [--name bench_e2e] [--profile] [--baseline REV]
     PYTHONPATH=src python bench/bench_e2e.py --throughput 20 --workers 1,2 [--engines local,ray] [--name NAME]
 
 Renders ``n`` held-out pages (cycling the variants), digitizes each through
@@ -94,7 +94,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
     t = time.perf_counter()
-    pipe = Pipeline(args.checkpoints, device=args.device)
+    pipe = Pipeline(args.checkpoints, device=args.device, **({"backend": args.backend} if args.backend != "torch" else {}))
     t_init = time.perf_counter() - t
     rows, profiles, calls = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +147,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
         out = Path(tmp) / "baseline.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n), "--variants", args.variants,
                "--seed", str(args.seed), "--device", args.device, "--src", str(Path(tmp) / "src"),
-               "--json-out", str(out)] + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
+               "--json-out", str(out), "--backend", args.backend] + (
+                   ["--checkpoints", args.checkpoints] if args.checkpoints else [])
         env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
         print(f"baseline ({args.baseline}):", flush=True)
         subprocess.run(cmd, check=True, env=env)
@@ -216,6 +217,7 @@ def main() -> int:
     ap.add_argument("--checkpoints", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default="bench_e2e")
+    ap.add_argument("--backend", default="torch", help="what runs the networks: torch or onnx (onnxruntime)")
     ap.add_argument("--profile", action="store_true", help="time every step the stages mark")
     ap.add_argument("--baseline", default=None, metavar="REV", help="also run git revision REV's source first")
     ap.add_argument("--throughput", type=int, default=0, metavar="N",

@@ -75,6 +75,7 @@ def main() -> int:
     if nets["torch"] is None:
         print("stage 2 runs its classical reader (no weights): nothing for ONNX to run")
         return 1
+    nets["torch"].precision = "fp32"  # the export is fp32: compare like with like (bf16 is bench_e2e's)
     print(f"stage 2: {pipes['onnx'].stage2.weights.label()}; pipeline build torch {init_s['torch']:.1f} s, "
           f"onnx {init_s['onnx']:.1f} s (exports into {cache_dir()} when the cache lacks the file)")
     rows = []

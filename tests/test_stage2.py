@@ -528,3 +528,38 @@ def test_the_columns_beside_a_lead_switch_mark_are_read_on_the_stroke_and_carrie
     # no mark drawn at the switch: the rows come back as they were
     prob[:, xb - 1:xb + 2] = 0.0
     assert read_beside_switch_marks(rows, prob, page)["row0"] is rows["row0"]
+
+
+def test_network_precision_is_chosen_and_can_be_forced(monkeypatch):
+    """bf16 autocast only where the CPU computes bfloat16 natively (auto), fp32 for ONNX sessions, and
+    ECGTRACE_PRECISION overrides the default; an unknown name is one clear error."""
+    from ecgtrace.errors import EcgTraceError
+    from ecgtrace.models import stage2 as s2
+
+    monkeypatch.delenv("ECGTRACE_PRECISION", raising=False)
+    assert s2.resolve_precision(None, "cpu", True) == ("bf16" if s2.cpu_has_bf16() else "fp32")
+    assert s2.resolve_precision("bf16", "cpu", False) == "fp32"  # an ONNX session runs as exported
+    monkeypatch.setenv("ECGTRACE_PRECISION", "fp32")
+    assert s2.resolve_precision(None, "cpu", True) == "fp32"
+    assert s2.resolve_precision("bf16", "cpu", True) == "bf16"  # an explicit argument wins
+    monkeypatch.setenv("ECGTRACE_PRECISION", "half")
+    with pytest.raises(EcgTraceError, match="unknown precision 'half'"):
+        s2.resolve_precision(None, "cpu", True)
+
+
+def test_bf16_reading_is_float32_and_close_to_fp32():
+    """The bf16 pass returns float32 logits whose column distributions match the fp32 pass closely."""
+    import torch
+
+    from ecgtrace.models.stage2 import Stage2Model, stage2_unet
+
+    torch.manual_seed(0)
+    net = stage2_unet(encoder_name="test_efficientnet", decoder_channels=[16, 8, 8, 8, 8]).eval()
+    half = CANONICAL.scaled_to(CANONICAL.width_px // 4)
+    size = (half.height_px, half.width_px)
+    page = np.random.default_rng(3).integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
+    got = {p: Stage2Model(net, size, precision=p).row_logits(page).logits for p in ("fp32", "bf16")}
+    assert got["bf16"].dtype == torch.float32
+    p32, p16 = (torch.softmax(got[k], 1) for k in ("fp32", "bf16"))
+    assert float((p32 - p16).abs().max()) < 0.05
+    assert not torch.equal(got["fp32"], got["bf16"])  # it did compute in bf16

@@ -19,6 +19,8 @@ column-wise read the training metrics use.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.backbone import register_model
 from ecgtrace.models.checkpoint import PretrainedCfg, load_model
 from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB, resize_to_input, to_chw
@@ -33,6 +36,9 @@ from ecgtrace.models.unet import UNet
 from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, N_ROWS, Page
 
 TRACE_HEAD = "trace"
+#: What the network computes in: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 on a CPU with native
+#: bfloat16 arithmetic, where a pass takes about half the time, else fp32). ``ECGTRACE_PRECISION`` overrides it.
+PRECISIONS = ("auto", "fp32", "bf16")
 #: Half-width (px) of the window around the column mode (or the path's span) used for the sub-pixel mean.
 DECODE_RADIUS = 3
 
@@ -57,6 +63,29 @@ def build_stage2(cfg: Any) -> UNet:
     if len(dec) == 4:  # the shared default has 4 blocks (stride 2 on resnets): add one for full resolution
         dec = dec + [max(8, dec[-1] // 2)]
     return stage2_unet(encoder_name=bb.NAME, decoder_channels=dec, pretrained=bool(bb.PRETRAINED), weights=bb.WEIGHTS)
+
+
+# --------------------------------------------------------------------------- precision
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); without it autocast is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str | None, device: str, is_torch: bool) -> str:
+    """``"fp32"`` or ``"bf16"`` for a network on ``device``: ``precision`` (else ``$ECGTRACE_PRECISION``, else auto)."""
+    want = str(precision or os.environ.get("ECGTRACE_PRECISION") or "auto").lower()
+    if want not in PRECISIONS:
+        raise EcgTraceError(f"unknown precision {want!r} (ECGTRACE_PRECISION?); use one of {', '.join(PRECISIONS)}")
+    if not is_torch:  # an ONNX session runs what it was exported as (fp32)
+        return "fp32"
+    if want == "auto":
+        return "bf16" if str(device).startswith("cpu") and cpu_has_bf16() else "fp32"
+    return want
 
 
 # --------------------------------------------------------------------------- strips
@@ -111,7 +140,7 @@ class Stage2Model:
     """A trained stage-2 network wrapped for inference on rectified pages."""
 
     def __init__(self, model: torch.nn.Module, page_size: tuple[int, int], device: str = "cpu",
-                 tta: bool = True, cfg: PretrainedCfg | None = None) -> None:
+                 tta: bool = True, cfg: PretrainedCfg | None = None, precision: str | None = None) -> None:
         self.model = model
         self.page_size = (int(page_size[0]), int(page_size[1]))
         self.device = device
@@ -126,6 +155,15 @@ class Stage2Model:
         self.channels_last = isinstance(model, torch.nn.Module)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        #: bf16 autocast halves a pass on a CPU with native bfloat16 (0.75 -> 0.40 s, 4 strips, two cores)
+        self.precision = resolve_precision(precision, device, self.channels_last)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The trace logits of a batch of strips, in float32 whatever the network computed in."""
+        if self.precision == "bf16":
+            with torch.autocast(device_type=str(self.device).split(":")[0], dtype=torch.bfloat16):
+                return self.model(x)[TRACE_HEAD][:, 0].float()
+        return self.model(x)[TRACE_HEAD][:, 0].float()
 
     def model_page(self, rect_bgr: np.ndarray) -> np.ndarray:
         """``rect_bgr`` at the page size the network reads (its 100 dpi page for the CPU models)."""
@@ -146,9 +184,9 @@ class Stage2Model:
         x = torch.from_numpy(np.stack(strips)).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.model(x)[TRACE_HEAD][:, 0].float()
+        out = self._forward(x)
         if self.tta:
-            flipped = self.model(torch.flip(x, [3]))[TRACE_HEAD][:, 0].float().flip(-1)
+            flipped = self._forward(torch.flip(x, [3])).flip(-1)
             out = torch.log((torch.softmax(out, 1) + torch.softmax(flipped, 1)) / 2 + 1e-12)
         return RowLogits(logits=out, tops=tops, page=page, scale=(w0 / pw, h0 / ph))
 

@@ -106,16 +106,19 @@ class Stage2:
 
     def _network_rows(self, rect_bgr: np.ndarray) -> tuple[dict[str, RowTrace], RowLogits]:
         """The network's row paths (``ink`` = the page's ink near each, as the classical path is judged) and logits."""
-        out = self.model.row_logits(rect_bgr)
-        rows = network.read_rows(self.model, rect_bgr, out)
+        with step("network"):
+            out = self.model.row_logits(rect_bgr)
+        with step("network paths"):
+            rows = network.read_rows(self.model, rect_bgr, out)
         # at the model's own resolution (a quarter of the pixels of a 200 dpi page)
         small = rect_bgr if rect_bgr.shape[1] <= self.model.page_size[1] else self.model.model_page(rect_bgr)
         sp = paper.page_for(small)
-        prob = trace.mask_furniture(trace.trace_probability(small), sp, self.params)
-        s = small.shape[1] / rect_bgr.shape[1]
-        radius = trace.path_ink_radius(sp)
-        for tr in rows.values():
-            tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
+        with step("network ink"):
+            prob = trace.mask_furniture(trace.trace_probability(small), sp, self.params)
+            s = small.shape[1] / rect_bgr.shape[1]
+            radius = trace.path_ink_radius(sp)
+            for tr in rows.values():
+                tr.ink = trace.ink_near_path(prob, (tr.x + 0.5) * s - 0.5, (tr.y + 0.5) * s - 0.5, radius)
         return rows, out
 
     def _run(self, rect_bgr: np.ndarray, fs: float, n_samples: dict[str, int] | None,
