@@ -207,6 +207,8 @@ def test_report_and_overlay_title_name_the_weights(ckpts, wdir, tmp_path):
     assert w["stage2"] == {"kind": "shipped", "name": "tiny-s2", "sha256": entry.sha256[:8],
                            "path": str(entry.path), "backend": "torch"}
     assert w["stage0"]["kind"] == "classical" and res.report["method"]["stage2"] == "model+classical"
+    assert res.report["stage2_precision"] in ("fp32", "bf16")
+    assert Pipeline(classical=True)(img, fs=fs).report["stage2_precision"] is None  # no network ran
     json.dumps(res.report)
     title = weights_title(w)
     assert title == f"s0 classical | s1 classical | s2 shipped tiny-s2 ({entry.sha256[:8]})"

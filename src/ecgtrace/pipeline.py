@@ -287,6 +287,8 @@ class Pipeline:
             "lead_quality": dict(leads.quality),
             "method": {"stage0": norm.method, "stage1": rect.method, "stage2": leads.method},
             "weights": {k: w.to_dict() for k, w in self.weights.items()},
+            # what the stage-2 network computed in (bf16 on CPUs with native bfloat16; see models.stage2)
+            "stage2_precision": getattr(self.stage2.model, "precision", None),
             "messages": [m for m in (norm.message, rect.message) if m],
             "warnings": warnings,
             "timing_s": {k: round(v, 4) for k, v in timer.seconds.items()},
