@@ -118,3 +118,15 @@ def test_draw_overlay_marks_the_trace():
     pts = np.stack([np.linspace(10, 390, 50), np.full(50, 150.0)], axis=1)
     out = io.draw_overlay(img, {"row0": pts}, {"I": (np.array([20.0, 40.0]), "row0")})
     assert (out[150, 200] != 255).any() and (img == 255).all()
+
+
+def test_blank_check_std_is_numpys():
+    """check_image's fast spread (OpenCV's per-channel moments) equals ``img.std()`` over all channels."""
+    import numpy as np
+
+    from ecgtrace.io import _std
+
+    rng = np.random.default_rng(4)
+    tinted = np.dstack([np.full((40, 50), v, np.uint8) for v in (10, 200, 90)])  # flat channels, different levels
+    for img in (rng.integers(0, 256, (30, 70, 3), dtype=np.uint8), tinted, np.full((20, 20, 3), 7, np.uint8)):
+        assert abs(_std(img) - float(img.std())) < 1e-6

@@ -86,6 +86,13 @@ def as_bgr(img: object, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def _std(img: np.ndarray) -> float:
+    """``img.std()`` over all pixels and channels, from OpenCV's per-channel moments (ten times faster)."""
+    mean, sd = cv2.meanStdDev(img)
+    m, s = mean.ravel(), sd.ravel()
+    return float(np.sqrt(max(0.0, float(np.mean(s * s + m * m) - np.mean(m) ** 2))))
+
+
 def check_image(img: object, what: str = "image", min_side: int = MIN_SIDE, reject_blank: bool = False) -> np.ndarray:
     """Validate a picture array and return it as BGR uint8 (see :func:`as_bgr`).
 
@@ -99,7 +106,7 @@ def check_image(img: object, what: str = "image", min_side: int = MIN_SIDE, reje
                          f"{max(min_side, MIN_SIDE)} px a side (200 dpi, 2200x1700, is best)")
     if h * w > MAX_PIXELS:
         raise StageError(f"{what}: image is {w}x{h}, more than {MAX_PIXELS / 1e6:.0f} MP; scale it down")
-    if reject_blank and float(img.std()) < 2.0:
+    if reject_blank and _std(img) < 2.0:
         raise StageError(f"{what}: image is blank (a single colour); check the file")
     return img
 
