@@ -356,17 +356,20 @@ def estimate_skew(page_bgr: np.ndarray) -> tuple[float, float]:
     then 0.05 degree steps around the best.
     """
     g = whiten_paper(page_bgr)
-    dark = 1.0 - g.min(axis=2)  # any line, coloured or black, on any paper
+    dark = 1.0 - channel_max_min(g)[1]  # any line, coloured or black, on any paper
     dark = np.clip(dark - cv2.GaussianBlur(dark, (0, 0), 6.0), 0.0, None)  # thin lines, no shading
     h, w = dark.shape
     centre = (w / 2.0, h / 2.0)
+    # the central part only (rotated-in borders would count as empty rows): the turned page is made
+    # there alone, by the same matrix moved to the part's corner (half the pixels of the whole page)
+    y0, x0 = h // 8, w // 8
+    part = (w - x0 - (-(-w // 8)), h - y0 - (-(-h // 8)))  # [h // 8, h - ceil(h / 8)) as before
 
     def score(deg: float) -> float:
         m = cv2.getRotationMatrix2D(centre, deg, 1.0)
-        rot = cv2.warpAffine(dark, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        # the central part only: rotated-in borders would count as empty rows
-        prof = rot[h // 8: -h // 8, w // 8: -w // 8].mean(axis=1)
-        return float(prof.var())
+        m[:, 2] -= (x0, y0)
+        rot = cv2.warpAffine(dark, m, part, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return float(rot.mean(axis=1).var())
 
     coarse = np.arange(-MAX_SKEW_DEG, MAX_SKEW_DEG + 1e-9, 0.5)  # holds 0.0 exactly: the unturned score
     coarse_scores = [score(a) for a in coarse]
