@@ -355,7 +355,7 @@ def estimate_skew(page_bgr: np.ndarray) -> tuple[float, float]:
     the true angle every horizontal grid line falls into one row. Coarse search in 0.5 degree steps,
     then 0.05 degree steps around the best.
     """
-    g = whiten_paper(page_bgr)
+    g = whiten_paper(page_bgr, coarse=True)  # the paper colour to 5e-4: the angle is searched in 0.05 degree steps
     dark = 1.0 - channel_max_min(g)[1]  # any line, coloured or black, on any paper
     dark = np.clip(dark - cv2.GaussianBlur(dark, (0, 0), 6.0), 0.0, None)  # thin lines, no shading
     h, w = dark.shape
