@@ -94,6 +94,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
     t = time.perf_counter()
+    # a baseline source from before the backend option takes no ``backend`` argument
     pipe = Pipeline(args.checkpoints, device=args.device, **({"backend": args.backend} if args.backend != "torch" else {}))
     t_init = time.perf_counter() - t
     rows, profiles, calls = [], [], []

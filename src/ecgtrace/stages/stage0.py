@@ -363,7 +363,8 @@ def estimate_skew(page_bgr: np.ndarray) -> tuple[float, float]:
     # the central part only (rotated-in borders would count as empty rows): the turned page is made
     # there alone, by the same matrix moved to the part's corner (half the pixels of the whole page)
     y0, x0 = h // 8, w // 8
-    part = (w - x0 - (-(-w // 8)), h - y0 - (-(-h // 8)))  # [h // 8, h - ceil(h / 8)) as before
+    y1, x1 = h + (-h // 8), w + (-w // 8)  # the ends of the slice [h // 8: -h // 8] it replaces
+    part = (x1 - x0, y1 - y0)
 
     def score(deg: float) -> float:
         m = cv2.getRotationMatrix2D(centre, deg, 1.0)
