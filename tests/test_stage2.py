@@ -563,3 +563,18 @@ def test_bf16_reading_is_float32_and_close_to_fp32():
     p32, p16 = (torch.softmax(got[k], 1) for k in ("fp32", "bf16"))
     assert float((p32 - p16).abs().max()) < 0.05
     assert not torch.equal(got["fp32"], got["bf16"])  # it did compute in bf16
+
+
+def test_bad_precision_setting_stops_the_stage_instead_of_dropping_its_weights(monkeypatch):
+    """A typo in ECGTRACE_PRECISION is one clear error when a stage would run a network, not a silent
+    fall back to the classical reader as if the weights file were broken; the classical path ignores it."""
+    from ecgtrace.errors import EcgTraceError
+    from ecgtrace.models.shipped import resolve_weights
+    from ecgtrace.stages.stage2 import Stage2
+
+    monkeypatch.setenv("ECGTRACE_PRECISION", "half")
+    src = resolve_weights(2, None)
+    assert src.uses_network  # the shipped stage-2 weights
+    with pytest.raises(EcgTraceError, match="unknown precision 'half'"):
+        Stage2(checkpoint=src)
+    assert Stage2(checkpoint=resolve_weights(2, None, classical=True)).model is None

@@ -76,11 +76,21 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str | None, device: str, is_torch: bool) -> str:
-    """``"fp32"`` or ``"bf16"`` for a network on ``device``: ``precision`` (else ``$ECGTRACE_PRECISION``, else auto)."""
+def wanted_precision(precision: str | None = None) -> str:
+    """One of :data:`PRECISIONS`: ``precision``, else ``$ECGTRACE_PRECISION``, else auto; a one-line error otherwise.
+
+    A setting, not a property of the weights: a stage checks it before it opens its weights, so a typo
+    stops the run instead of reading as an unusable file (which falls back to the classical path).
+    """
     want = str(precision or os.environ.get("ECGTRACE_PRECISION") or "auto").lower()
     if want not in PRECISIONS:
         raise EcgTraceError(f"unknown precision {want!r} (ECGTRACE_PRECISION?); use one of {', '.join(PRECISIONS)}")
+    return want
+
+
+def resolve_precision(precision: str | None, device: str, is_torch: bool) -> str:
+    """``"fp32"`` or ``"bf16"`` for a network on ``device``: ``precision`` (else ``$ECGTRACE_PRECISION``, else auto)."""
+    want = wanted_precision(precision)
     if not is_torch:  # an ONNX session runs what it was exported as (fp32)
         return "fp32"
     if want == "auto":

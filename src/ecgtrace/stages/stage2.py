@@ -17,7 +17,7 @@ from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.device import resolve_device
 from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
-from ecgtrace.models.stage2 import RowLogits, Stage2Model, load_stage2
+from ecgtrace.models.stage2 import RowLogits, Stage2Model, load_stage2, wanted_precision
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.steps import step
@@ -76,6 +76,8 @@ class Stage2:
         self.einthoven = einthoven
         self.params = params or trace.ClassicalParams()
         source = as_source(checkpoint, 2, backend)
+        if source.uses_network:
+            wanted_precision()  # a bad ECGTRACE_PRECISION is the user's setting, not a broken weights file
         if source.kind == "checkpoint" and not source.path.is_file():
             raise EcgTraceError(f"stage-2 checkpoint {source.path} not found; train one with "
                                 "`ecgtrace train --stage 2` or leave --checkpoints out")
