@@ -92,6 +92,26 @@ def test_resampling_is_band_limited():
 
 
 
+def test_a_row_start_follows_the_stroke_past_the_left_out_columns():
+    """A steep stroke whose first two columns were left out: the first sample follows it (clipped), not held flat."""
+    from ecgtrace.stages.trace.leads import START_CARRY_MV, carry_start
+
+    dt = 1.0 / CANONICAL.px_per_s
+    t = 2 * dt + np.arange(100) * dt
+    v = 0.5 - 10.0 * t  # falling 10 mV/s: 0.1 mV over the two missing columns
+    te, ve = carry_start(t, v, 0.0)
+    assert te[0] == 0.0 and np.array_equal(te[1:], t) and ve[0] == pytest.approx(0.5)
+    out = tc.resample_window(te, ve, 0.0, 1000.0, 20)
+    assert abs(out[0] - 0.5) < 0.01 < abs(np.interp(0.0, t, v) - 0.5)  # held flat it would lag 0.1 mV
+    steep = 0.5 - 1000.0 * t  # a QRS stroke: carried no more than START_CARRY_MV
+    assert carry_start(t, steep, 0.0)[1][0] == pytest.approx(steep[0] + START_CARRY_MV)
+    t2, v2 = carry_start(t, v, t[0])  # nothing left out: nothing added
+    assert np.array_equal(t2, t) and np.array_equal(v2, v)
+    rows = {paper.ROW_KEYS[0]: (np.r_[t, 2.4 + t], np.r_[v, v])}  # cut_leads carries lead I's start
+    lead_i = tc.cut_leads(rows, 1000.0)["I"]
+    assert abs(lead_i[0] - 0.5) < 0.01
+
+
 def test_a_row_joined_from_two_column_steps_keeps_its_time():
     """A fused row: the classical reader's 1 px columns, then the network's 2 px columns; the beats stay put."""
     px = CANONICAL.px_per_s
