@@ -508,6 +508,20 @@ def test_a_row_start_merged_with_the_pulse_edge_is_read_at_the_end_outside_the_p
     steep[0] = base
     rows["row0"].y = steep
     assert read_past_pulse_edge(rows, prob, page)["row0"].y[0] == pytest.approx(base - paper.CAL_PULSE_MV * mv)
+    # the trace's first point drawn just left of the edge (ECG-Image-Kit): the hidden stroke runs from it
+    first = int(round(base - 0.8 * mv))
+    prob[first - 1:first + 2, x0 - 1] = 1.0
+    edge2 = prob.copy()
+    edge2[edge, x0 + 1] = 1.0  # the edge two columns wide: both hidden
+    rows["row0"].y = line.copy()
+    rows["row0"].y[:2] = base - 0.7 * mv
+    out = read_past_pulse_edge(rows, edge2, page)["row0"]
+    want = np.interp(xs[:2], [x0 - 1, xs[2]], [first, line[2]])
+    np.testing.assert_allclose(out.y[:2], want, atol=1e-6)
+    np.testing.assert_array_equal(out.y[2:], line[2:])
+    prob[int(round(base - 0.3 * mv)), x0 - 1] = 1.0  # two bumps in the column: neither is trusted
+    rows["row0"].y = hidden
+    assert abs(read_past_pulse_edge(rows, prob, page)["row0"].y[0] - line[0]) <= 1e-6 * mv
 
 
 def _switch_page():

@@ -25,7 +25,7 @@ import numpy as np
 
 from ecgtrace import paper
 from ecgtrace.paper import Page
-from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, with_y
+from ecgtrace.stages.trace.path import RUN_THRESHOLD, RowTrace, true_runs, with_y
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class RowStartParams:
     min_run_mv: float = 0.6  # a run at least this tall holds the pulse edge
     edge_tol_mv: float = 0.1  # the run must cover the pulse's span [0, 1 mV] to within this
     beyond_mv: float = 0.15  # ... and reach this far past one of its ends
+    start_cols: int = 3  # columns left of a hidden start's edge searched for the trace's first point
+    start_max_mv: float = 0.15  # ... a run at most this tall
+    inside_mm: tuple[float, float] = (1.0, 3.0)  # ... only where the pulse is blank this far (mm) left of them
 
 
 def _run_through(col: np.ndarray, y: int) -> tuple[int, int] | None:
@@ -46,6 +49,50 @@ def _run_through(col: np.ndarray, y: int) -> tuple[int, int] | None:
     off = np.flatnonzero(~col)
     above, below = off[off < y], off[off > y]
     return (int(above[-1]) + 1 if above.size else 0), (int(below[0]) - 1 if below.size else col.size - 1)
+
+
+def _start_left_of_edge(prob: np.ndarray, cols: range, top: float, base: float, p: RowStartParams,
+                        page: Page) -> tuple[float, float] | None:
+    """(x, y) of the trace's first point in the columns ``cols`` just left of the pulse's trailing edge,
+    nearest the edge first; None where none shows.
+
+    ECG-Image-Kit starts its trace a pixel or two left of the edge it draws, so the first sample shows
+    there while the next ones run inside the edge's ink: as a short bump strictly inside the pulse's
+    span, or as the end of a run that reaches past the pulse's top or foot (a start above 1 mV).
+    """
+    h, w = prob.shape
+    mv = page.px_per_mv
+    tol = p.edge_tol_mv * mv
+    lo, hi = int(np.ceil(top + tol)), int(np.floor(base - tol))
+    # the pulse's inside, further left, must be blank: where noise or text leaves ink there, a bump is no cue
+    a0, a1 = (int(round(cols.start - k * page.px_per_mm)) for k in (p.inside_mm[1], p.inside_mm[0]))
+    if hi <= lo or a0 < 0 or (prob[lo:hi + 1, a0:a1] >= RUN_THRESHOLD).any():
+        return None
+    g = max(1, int(round(p.gap_mm * page.px_per_mm)))
+    close = np.ones((2 * g + 1, 1), np.uint8)
+    def past_ends(c: int) -> list[float]:
+        """The far ends of the runs of column ``c`` through the pulse's span that reach beyond it."""
+        col = cv2.morphologyEx((prob[:, c] >= RUN_THRESHOLD).astype(np.uint8)[:, None], cv2.MORPH_CLOSE, close)
+        ends = []
+        for a, z in true_runs(col[:, 0] > 0):
+            over, under = (top - a) / mv, (z - base) / mv
+            if a <= base and z >= top and max(over, under) > p.beyond_mv:
+                ends.append(a + 1.0 if over >= under else z - 1.0)
+        return ends
+
+    for c in cols:
+        if not 1 <= c < w:
+            return None
+        past, before = past_ends(c), past_ends(c - 1)
+        # one such end, found again in the column before (a speck of noise beside the edge is not)
+        if len(past) == 1 and len(before) == 1 and abs(past[0] - before[0]) <= p.start_max_mv * mv:
+            return float(c), past[0]
+        runs = true_runs(prob[lo:hi + 1, c] >= RUN_THRESHOLD)
+        if len(runs) == 1:  # none, or more than one candidate (text, noise): no anchor
+            a, z = runs[0]
+            if a > 0 and z < hi - lo and z - a + 1 <= p.start_max_mv * mv:  # clear of the pulse's top and foot
+                return float(c), lo + 0.5 * (a + z)
+    return None
 
 
 def read_past_pulse_edge(rows: dict[str, RowTrace], prob: np.ndarray, page: Page,
@@ -91,9 +138,15 @@ def read_past_pulse_edge(rows: dict[str, RowTrace], prob: np.ndarray, page: Page
         moved = not np.array_equal(y, tr.y)
         v = hidden + 1
         if not moved and 0 <= hidden and v + 2 < len(y):
-            # the trace's start is hidden by the edge: carry the visible stroke's line back, inside the pulse's span
-            slope = (y[v + 2] - y[v]) / max(float(tr.x[v + 2] - tr.x[v]), 1e-6)
-            back = y[v] + slope * (np.asarray(tr.x[:v], np.float64) - float(tr.x[v]))
-            y[:v] = np.clip(back, top, base)
+            xs = np.asarray(tr.x[:v], np.float64)
+            c0, c1 = int(round(float(tr.x[hidden]))), int(round(float(tr.x[0])))
+            start = _start_left_of_edge(prob, range(c0 - 1, c1 - 1 - p.start_cols, -1), top, base, p, page)
+            if start is not None and start[0] < float(tr.x[v]):
+                # the trace's first point shows just left of the edge: the hidden stroke runs from it to the visible one
+                y[:v] = np.interp(xs, [start[0], float(tr.x[v])], [start[1], y[v]])
+            else:
+                # the trace's start is hidden by the edge: carry the visible stroke's line back, inside the pulse's span
+                slope = (y[v + 2] - y[v]) / max(float(tr.x[v + 2] - tr.x[v]), 1e-6)
+                y[:v] = np.clip(y[v] + slope * (xs - float(tr.x[v])), top, base)
         out[key] = with_y(tr, y)
     return out
