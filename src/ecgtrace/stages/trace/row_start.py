@@ -13,7 +13,9 @@ path read the run's middle or one of its ends (up to 0.5 mV off). They take the 
 first visible columns carried back, kept inside the pulse's span. On ECG-Image-Kit's pages this
 lifted the mean lead SNR of II by 0.35 dB and of III by 0.55 dB, and lost 0.66 dB on lead I:
 every eik-dev record starts at the same phase, with lead I falling steeply from its R peak,
-a stroke no straight line carries back.
+a stroke no straight line carries back. Where the trace's first point shows a pixel or two left
+of the edge (ECG-Image-Kit draws it there), the hidden columns run from that point to the visible
+stroke instead: wrinkle 19.70 -> 20.17 dB, header 21.25 -> 21.54, clean 24.92 -> 25.02.
 """
 
 from __future__ import annotations
