@@ -62,7 +62,7 @@ def _start_left_of_edge(prob: np.ndarray, cols: range, top: float, base: float, 
     there while the next ones run inside the edge's ink: as a short bump strictly inside the pulse's
     span, or as the end of a run that reaches past the pulse's top or foot (a start above 1 mV).
     """
-    h, w = prob.shape
+    w = prob.shape[1]
     mv = page.px_per_mv
     tol = p.edge_tol_mv * mv
     lo, hi = int(np.ceil(top + tol)), int(np.floor(base - tol))
@@ -72,6 +72,7 @@ def _start_left_of_edge(prob: np.ndarray, cols: range, top: float, base: float, 
         return None
     g = max(1, int(round(p.gap_mm * page.px_per_mm)))
     close = np.ones((2 * g + 1, 1), np.uint8)
+
     def past_ends(c: int) -> list[float]:
         """The far ends of the runs of column ``c`` through the pulse's span that reach beyond it."""
         col = cv2.morphologyEx((prob[:, c] >= RUN_THRESHOLD).astype(np.uint8)[:, None], cv2.MORPH_CLOSE, close)
@@ -100,7 +101,8 @@ def _start_left_of_edge(prob: np.ndarray, cols: range, top: float, base: float, 
 def read_past_pulse_edge(rows: dict[str, RowTrace], prob: np.ndarray, page: Page,
                          params: RowStartParams | None = None) -> dict[str, RowTrace]:
     """Rows whose first columns are read at the end of the pulse-edge run that lies outside the pulse,
-    or, where the trace starts inside the pulse's span, on the line of its first visible columns.
+    or, where the trace starts inside the pulse's span, from its first point beside the edge (where
+    :func:`_start_left_of_edge` finds it) or else on the line of its first visible columns.
 
     ``prob``: the page's trace-ink map at ``page``'s resolution (the rows' px). Rows are copied, never
     changed in place.
