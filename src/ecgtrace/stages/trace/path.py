@@ -65,23 +65,26 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     cost = np.empty((n, hb))
     cost[0] = un[0]
     run_min = np.minimum.accumulate
+    fa, fb = np.empty(hb), np.empty(hb)  # written in place: the loop runs once per column
+    fb_up = fb[::-1]
     for x in range(1, n):
         C, D = cum[x], cost[x - 1]
-        fa = run_min(D - C)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
+        run_min(np.subtract(D, C, out=fa), out=fa)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
         fa += C
-        fb = run_min((D + C)[::-1])[::-1]  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
+        np.add(D, C, out=fb)
+        run_min(fb_up, out=fb_up)  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
         fb -= C
         np.minimum(fa, fb, out=fa)
         np.add(un[x], fa, out=cost[x])
     path = np.empty(n, dtype=np.int64)
-    y = int(np.argmin(cost[-1]))
+    y = int(cost[-1].argmin())
     path[-1] = y
     for x in range(n - 1, 0, -1):
         C, D = cum[x], cost[x - 1]
         a = D[:y + 1] - C[:y + 1]
-        ka = y - int(np.argmin(a[::-1]))  # the last of equal minima, as the running minimum keeps it
+        ka = y - int(a[::-1].argmin())  # the last of equal minima, as the running minimum keeps it
         b = D[y:] + C[y:]
-        kb = y + int(np.argmin(b))
+        kb = y + int(b.argmin())
         y = ka if a[ka] + C[y] <= b[kb - y] - C[y] else kb
         path[x - 1] = y
     return path
