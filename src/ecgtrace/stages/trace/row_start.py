@@ -53,8 +53,24 @@ def _run_through(col: np.ndarray, y: int) -> tuple[int, int] | None:
     return (int(above[-1]) + 1 if above.size else 0), (int(below[0]) - 1 if below.size else col.size - 1)
 
 
+def _closed_column(prob: np.ndarray, c: int, close: np.ndarray) -> np.ndarray:
+    """Column ``c``'s ink (bool), with gaps shorter than ``close`` (an in-painted grid line) bridged."""
+    return cv2.morphologyEx((prob[:, c] >= RUN_THRESHOLD).astype(np.uint8)[:, None], cv2.MORPH_CLOSE, close)[:, 0] > 0
+
+
+def _far_end(a: int, z: int, top: float, base: float, mv: float, p: RowStartParams) -> float | None:
+    """Where a run (rows ``a``..``z``) through the pulse's span reaches ``beyond_mv`` past its top or foot,
+    the stroke's row at that far end (a pen half-width in from the run's end); None if it reaches past neither."""
+    over, under = (top - a) / mv, (z - base) / mv
+    if over > p.beyond_mv and over >= under:
+        return a + 1.0
+    if under > p.beyond_mv:
+        return z - 1.0
+    return None
+
+
 def _start_left_of_edge(prob: np.ndarray, cols: range, top: float, base: float, p: RowStartParams,
-                        page: Page) -> tuple[float, float] | None:
+                        page: Page, close: np.ndarray) -> tuple[float, float] | None:
     """(x, y) of the trace's first point in the columns ``cols`` just left of the pulse's trailing edge,
     nearest the edge first; None where none shows.
 
@@ -70,18 +86,12 @@ def _start_left_of_edge(prob: np.ndarray, cols: range, top: float, base: float, 
     a0, a1 = (int(round(cols.start - k * page.px_per_mm)) for k in (p.inside_mm[1], p.inside_mm[0]))
     if hi <= lo or a0 < 0 or (prob[lo:hi + 1, a0:a1] >= RUN_THRESHOLD).any():
         return None
-    g = max(1, int(round(p.gap_mm * page.px_per_mm)))
-    close = np.ones((2 * g + 1, 1), np.uint8)
 
     def past_ends(c: int) -> list[float]:
         """The far ends of the runs of column ``c`` through the pulse's span that reach beyond it."""
-        col = cv2.morphologyEx((prob[:, c] >= RUN_THRESHOLD).astype(np.uint8)[:, None], cv2.MORPH_CLOSE, close)
-        ends = []
-        for a, z in true_runs(col[:, 0] > 0):
-            over, under = (top - a) / mv, (z - base) / mv
-            if a <= base and z >= top and max(over, under) > p.beyond_mv:
-                ends.append(a + 1.0 if over >= under else z - 1.0)
-        return ends
+        ends = (_far_end(a, z, top, base, mv, p) for a, z in true_runs(_closed_column(prob, c, close))
+                if a <= base and z >= top)
+        return [e for e in ends if e is not None]
 
     for c in cols:
         if not 1 <= c < w:
@@ -125,18 +135,15 @@ def read_past_pulse_edge(rows: dict[str, RowTrace], prob: np.ndarray, page: Page
         hidden = -1  # the last of the first columns whose run is the pulse edge and no more
         for i in first:
             c = int(np.clip(round(float(tr.x[i])), 0, w - 1))
-            col = cv2.morphologyEx((prob[:, c] >= RUN_THRESHOLD).astype(np.uint8)[:, None], cv2.MORPH_CLOSE, close)
-            run = _run_through(col[:, 0] > 0, int(np.clip(round(y[i]), 0, h - 1)))
+            run = _run_through(_closed_column(prob, c, close), int(np.clip(round(y[i]), 0, h - 1)))
             if run is None or run[1] - run[0] < p.min_run_mv * mv:
                 continue
             a, z = run
             if a > top + p.edge_tol_mv * mv or z < base - p.edge_tol_mv * mv:
                 continue  # the run does not hold the whole pulse edge
-            over, under = (top - a) / mv, (z - base) / mv
-            if over > p.beyond_mv and over >= under:
-                y[i] = a + 1.0  # the stroke's top pixel row: its centre lies about a pen half-width in
-            elif under > p.beyond_mv:
-                y[i] = z - 1.0
+            end = _far_end(a, z, top, base, mv, p)
+            if end is not None:
+                y[i] = end
             else:
                 hidden = i
         moved = not np.array_equal(y, tr.y)
@@ -144,7 +151,7 @@ def read_past_pulse_edge(rows: dict[str, RowTrace], prob: np.ndarray, page: Page
         if not moved and 0 <= hidden and v + 2 < len(y):
             xs = np.asarray(tr.x[:v], np.float64)
             c0, c1 = int(round(float(tr.x[hidden]))), int(round(float(tr.x[0])))
-            start = _start_left_of_edge(prob, range(c0 - 1, c1 - 1 - p.start_cols, -1), top, base, p, page)
+            start = _start_left_of_edge(prob, range(c0 - 1, c1 - 1 - p.start_cols, -1), top, base, p, page, close)
             if start is not None and start[0] < float(tr.x[v]):
                 # the trace's first point shows just left of the edge: the hidden stroke runs from it to the visible one
                 y[:v] = np.interp(xs, [start[0], float(tr.x[v])], [start[1], y[v]])
