@@ -1,4 +1,5 @@
-"""The faster forms of stage 1/2 steps give what the direct ones gave (issue 14, point 1), and the step timer."""
+"""The faster forms of stage 1/2 steps give what the direct ones gave (issue 14, point 1): blurs, path search,
+lattice solve, the stage-2 network with its BatchNorms folded; and the step timer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+import torch
 
+from ecgtrace.models.fuse import folded_for_inference
+from ecgtrace.models.unet import UNet
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages import steps
 from ecgtrace.stages.memo import PageMemo
@@ -156,3 +160,47 @@ def test_steps_nest_and_cost_nothing_unrecorded():
             with steps.step("b"):
                 pass
     assert list(rec.seconds) == ["a/b", "a"] and rec.calls["a/b"] == 2 and rec.calls["a"] == 1
+
+
+def _with_running_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``model`` in eval mode with BatchNorm statistics and affines away from the identity (as after training)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+def test_folded_batchnorm_gives_the_same_logits():
+    net = _with_running_stats(UNet("resnet18", [16, 8, 8, 8, 8], seg_heads={"trace": 1}))
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    folded = folded_for_inference(net, x[:1])
+    assert folded is not net
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is left as it was
+    with torch.no_grad():
+        want, got = net(x)["trace"], folded(x)["trace"]
+    torch.testing.assert_close(got, want, atol=1e-4 * float(want.abs().max()), rtol=0)
+
+
+class _NormFirst(torch.nn.Module):
+    """A pre-activation block: its ``bn1`` runs before ``conv1``, so folding by name would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.conv1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(self.bn1(x))
+
+
+def test_folding_that_would_change_the_outputs_is_refused():
+    net = _with_running_stats(_NormFirst())
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert folded_for_inference(net, x) is net
