@@ -120,11 +120,12 @@ def trace_rows(image_bgr: np.ndarray, params: ClassicalParams | None = None,
         ys = np.arange(top, bot + 1, dtype=np.float64)
         d_mv = np.minimum(np.abs(page.y_to_mv(row, ys)), p.baseline_pull_cap_mv)
         unary = (1.0 - band) + p.baseline_pull * (d_mv ** 2)[:, None] + claimed[top:bot + 1, x0:x1 + 1]
-        # moving along faint ink (a thin, anti-aliased steep stroke) should be as cheap as along solid ink
-        # A move into column x is drawn between columns x-1 and x: a thin slanted stroke puts part of
-        # its ink in each, so the move is as cheap as the inkier of the two columns.
+        # moving along faint ink (a thin, anti-aliased steep stroke) should be as cheap as along solid ink:
+        # a move costs only the base cost from ClassicalParams.step_ink_full of ink on. A move into column x
+        # is drawn between columns x-1 and x: a thin slanted stroke puts part of its ink in each, so the
+        # move is as cheap as the inkier of the two columns.
         reach = np.maximum(band, np.concatenate([band[:, :1], band[:, :-1]], axis=1))
-        step_cost = p.step_ink_cost * (1.0 - np.clip(reach / 0.4, 0.0, 1.0)) + p.step_base_cost
+        step_cost = p.step_ink_cost * (1.0 - np.clip(reach / p.step_ink_full, 0.0, 1.0)) + p.step_base_cost
         # a stroke crossing an in-painted grid-line column left no ink there: moving is cheap, but not free,
         # and only between ink that a stroke could join (see _blind_step_cost)
         bl = blind[x0:x1 + 1]
