@@ -8,7 +8,7 @@ import numpy as np
 from ecgtrace.data.render import RenderStyle, render_page
 from ecgtrace.data.signals import synthesize_ecg
 from ecgtrace.paper import N_ROWS, Page
-from ecgtrace.stages.pulses import find_pulses, fit_pulses, pulses_offset_mm, register_by_pulses
+from ecgtrace.stages.pulses import PulseParams, find_pulses, fit_pulses, pulses_offset_mm, register_by_pulses
 
 PAGE = Page(dpi=100)
 
@@ -99,3 +99,17 @@ def test_pulses_say_how_far_a_page_sits_from_the_canonical_geometry():
         img, (int(0.75 * w), int(0.75 * h)), interpolation=cv2.INTER_AREA)
     assert pulses_offset_mm(sheet, PAGE) > 10.0
     assert pulses_offset_mm(np.full_like(img, 255), PAGE) is None
+
+
+def test_the_coarse_search_finds_the_pulses_the_full_resolution_search_finds():
+    """A tall picture is searched on a coarser map (PulseParams.min_match_height_px); each match is then
+    measured on the full-resolution ink, so the pulses are where the search at full resolution puts them."""
+    page = Page(dpi=300)
+    img, _ = render_page(synthesize_ecg(rng=4, fs=250), 250, page, RenderStyle(grid="red", labels=True), rng=4)
+    top, bottom = int(page.baseline_y(0) - 2.5 * page.px_per_mv), int(page.baseline_y(N_ROWS - 1) + 1.5 * page.px_per_mv)
+    crop = img[top:bottom, int(page.time_to_x(-0.3)):int(page.time_to_x(10.2))]
+    assert PulseParams().min_height * crop.shape[0] >= 2 * PulseParams().min_match_height_px  # searched coarse
+    coarse = find_pulses(crop)
+    full = find_pulses(crop, PulseParams(min_match_height_px=10 ** 6))
+    assert len(coarse) == len(full) == N_ROWS
+    np.testing.assert_allclose(coarse, full, atol=1.0)
