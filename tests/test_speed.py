@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from ecgtrace.models.fuse import folded_for_inference
+from ecgtrace.models.batchnorm_fold import folded_for_inference
 from ecgtrace.models.unet import UNet
 from ecgtrace.stages import lattice as L
 from ecgtrace.stages import steps

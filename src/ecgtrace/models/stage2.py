@@ -31,7 +31,7 @@ import torch
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.backbone import register_model
 from ecgtrace.models.checkpoint import PretrainedCfg, load_model
-from ecgtrace.models.fuse import folded_for_inference
+from ecgtrace.models.batchnorm_fold import folded_for_inference
 from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB, resize_to_input, to_chw
 from ecgtrace.models.unet import UNet
 from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, N_ROWS, Page
