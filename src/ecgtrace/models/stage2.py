@@ -207,7 +207,7 @@ def load_stage2(path: str | Path, device: str = "cpu", backend: str = "torch") -
     net = load_model(path, device, stage=2, heads=(TRACE_HEAD,), backend=backend)
     model = net.model
     if isinstance(model, torch.nn.Module):  # BatchNorm folded into the convolutions: a pass 11 % faster
-        chans = int(getattr(model, "arch", {}).get("kwargs", {}).get("in_chans", 3))
-        probe = torch.randn(1, chans, 64, 128, generator=torch.Generator().manual_seed(0)).to(device)
+        # (a probe of the channels row_logits feeds it: one per normalisation entry)
+        probe = torch.randn(1, len(net.cfg.mean), 64, 128, generator=torch.Generator().manual_seed(0)).to(device)
         model = folded_for_inference(model, probe)
     return Stage2Model(model, net.cfg.input_size, device=device, cfg=net.cfg)
