@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ecgtrace import geometry
+from ecgtrace.errors import EcgTraceError
 from ecgtrace.paper import CANONICAL, Page
 from ecgtrace.stages import grid_classical as G
 from ecgtrace.stages import lattice as L
@@ -375,3 +376,23 @@ def test_renumbering_fixes_a_block_numbered_by_position() -> None:
     ok = [np.allclose(back[tuple(i)], p) for i, p in zip(idx_true, pts) if tuple(i) in back]
     assert len(ok) >= 0.98 * len(pts) and all(ok)
     assert fixed.extra["renumbered"] >= wrong.sum() * 0.9
+
+
+def test_the_grid_search_at_a_lower_resolution_gives_nodes_in_the_page_pixels() -> None:
+    """``detect_dpi`` below the page's: the nodes are found on the scaled page, reported in the page's own px."""
+    page = Page(dpi=100)
+    img, nodes_in = warp_page(draw_page(page), page, seed=3)
+    full = Stage1(page=page, detect_dpi=100)
+    half = Stage1(page=page, detect_dpi=50)
+    assert full.detect_scale == 1.0 and half.detect_scale == 0.5
+    det = half.detect(img)
+    assert det.ok, det.message
+    truth = nodes_in.reshape(page.n_hlines, page.n_vlines, 2)[det.index[:, 0], det.index[:, 1]]
+    # a 0.5 px error at 50 dpi is 1 px here; a result left in the small page's px would be ~half the page off
+    assert np.median(np.linalg.norm(det.points - truth, axis=1)) < 0.3
+    rect = half(img)
+    assert rect.ok, rect.message
+    err = _rect_error(rect, nodes_in, page)
+    assert np.median(err) < 0.3 and np.percentile(err, 95) < 0.8
+    with pytest.raises(EcgTraceError, match="detect_dpi"):
+        Stage1(page=page, detect_dpi=10)
