@@ -2,13 +2,15 @@
 
 Usage:
     PYTHONPATH=src python bench/bench_e2e.py [--n 6] [--variants 0001,0003,0005] [--checkpoints DIR]
-        [--device cpu] [--backend torch|onnx] [--name bench_e2e] [--profile] [--baseline REV]
+        [--device cpu] [--backend torch|onnx] [--name bench_e2e] [--profile] [--baseline REV] [--images DIR]
     PYTHONPATH=src python bench/bench_e2e.py --throughput 20 --workers 1,2 [--engines local,ray] [--name NAME]
 
 Renders ``n`` held-out pages (cycling the variants), digitizes each through
 ``ecgtrace.pipeline.Pipeline`` (the first image is a warm-up and is not counted),
 writes CSV + WFDB + JSON + overlay like ``ecgtrace digitize``, and prints/writes
-mean and median seconds per stage to bench/results/<name>.json.
+mean and median seconds per stage to bench/results/<name>.json. ``--images DIR`` times the
+pictures of a folder instead (ECG-Image-Kit's ``../shared/eik-dev``, the real pictures): pages our
+renderer did not draw, whose size and damage set the time of some steps.
 
 ``--profile`` adds the time of every step the stages mark (:mod:`ecgtrace.stages.steps`:
 grid features, node measurement, lattice fit, dense map, remap, ink map, path search, ...),
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +83,39 @@ def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]])
     return lines
 
 
+@dataclass
+class FolderPage:
+    """A picture of a folder as the bench reads it: the image, its sub-folder (as the variant), 500 Hz."""
+
+    image: np.ndarray
+    variant: str
+    fs: float = 500.0
+
+
+def folder_pages(folder: str, n: int) -> list[FolderPage]:
+    """The first ``n`` pictures under ``folder`` (sorted, one sub-folder after another in turn, so
+    every sub-folder of ECG-Image-Kit's eik-dev is in even a short run)."""
+    import cv2
+
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not files:
+        raise SystemExit(f"--images {folder}: no .png/.jpg pictures there")
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(str(f.parent.relative_to(root)), []).append(f)
+    order = [g[i] for i in range(max(map(len, groups.values()))) for g in groups.values() if i < len(g)]
+    pages = []
+    for f in order[:n]:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"--images: cannot read {f}")
+        pages.append(FolderPage(img, f"{f.parent.relative_to(root)}/{f.stem}"))
+    if len(pages) < n:
+        raise SystemExit(f"--images {folder}: {len(files)} pictures, --n {n - 1} needs {n} (one is the warm-up)")
+    return pages
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     """Digitize the bench pages; per-image times (and step profiles)."""
     import torch
@@ -91,8 +127,12 @@ def run_bench(args: argparse.Namespace) -> dict:
         from ecgtrace.stages import steps
     except ImportError:  # a baseline source from before the step timer
         steps = None
-    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
+    if args.images:
+        pages = folder_pages(args.images, args.n + 1)
+        variants = tuple(dict.fromkeys(s.variant for s in pages))
+    else:
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
     t = time.perf_counter()
     # a baseline source from before the backend option takes no ``backend`` argument
     pipe = Pipeline(args.checkpoints, device=args.device, **({"backend": args.backend} if args.backend != "torch" else {}))
@@ -149,7 +189,8 @@ def run_baseline(args: argparse.Namespace) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n), "--variants", args.variants,
                "--seed", str(args.seed), "--device", args.device, "--src", str(Path(tmp) / "src"),
                "--json-out", str(out), "--backend", args.backend] + (
-                   ["--checkpoints", args.checkpoints] if args.checkpoints else [])
+                   ["--checkpoints", args.checkpoints] if args.checkpoints else []) + (
+                   ["--images", args.images] if args.images else [])
         env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
         print(f"baseline ({args.baseline}):", flush=True)
         subprocess.run(cmd, check=True, env=env)
@@ -215,6 +256,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--variants", default="0001,0003,0005")
     ap.add_argument("--seed", type=int, default=515151)
+    ap.add_argument("--images", default=None, metavar="DIR",
+                    help="time the pictures of DIR (e.g. ../shared/eik-dev, sub-folders in turn) instead of rendered pages")
     ap.add_argument("--checkpoints", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default="bench_e2e")
