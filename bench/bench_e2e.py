@@ -94,26 +94,25 @@ class FolderPage:
 
 def folder_pages(folder: str, n: int) -> list[FolderPage]:
     """The first ``n`` pictures under ``folder`` (sorted, one sub-folder after another in turn, so
-    every sub-folder of ECG-Image-Kit's eik-dev is in even a short run)."""
-    import cv2
+    every sub-folder of ECG-Image-Kit's eik-dev is in even a short run), read as ``ecgtrace digitize``
+    reads them (:func:`ecgtrace.io.read_image`)."""
+    from ecgtrace.errors import EcgTraceError
+    from ecgtrace.io import IMAGE_SUFFIXES, read_image
 
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise SystemExit(f"--images {folder}: no .png/.jpg pictures there")
+        raise SystemExit(f"--images {folder}: no pictures there (looked for {', '.join(IMAGE_SUFFIXES)})")
     groups: dict[str, list[Path]] = {}
     for f in files:
         groups.setdefault(str(f.parent.relative_to(root)), []).append(f)
     order = [g[i] for i in range(max(map(len, groups.values()))) for g in groups.values() if i < len(g)]
-    pages = []
-    for f in order[:n]:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            raise SystemExit(f"--images: cannot read {f}")
-        pages.append(FolderPage(img, f"{f.parent.relative_to(root)}/{f.stem}"))
-    if len(pages) < n:
+    if len(order) < n:
         raise SystemExit(f"--images {folder}: {len(files)} pictures, --n {n - 1} needs {n} (one is the warm-up)")
-    return pages
+    try:
+        return [FolderPage(read_image(f), f"{f.parent.relative_to(root)}/{f.stem}") for f in order[:n]]
+    except EcgTraceError as e:
+        raise SystemExit(f"--images: {e}") from None
 
 
 def run_bench(args: argparse.Namespace) -> dict:
