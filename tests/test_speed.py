@@ -51,9 +51,15 @@ def test_blur_coarse_is_close():
 
 
 def test_channel_max_min():
-    img = _page_like(50, 70).astype(np.float32) * np.float32(1.01)
-    mx, mn = ink.channel_max_min(img)
-    assert np.array_equal(mx, img.max(axis=2)) and np.array_equal(mn, img.min(axis=2))
+    page = _page_like(50, 70)
+    four = np.dstack([page, page[..., :1] // 2])
+    for img in (page.astype(np.float32) * np.float32(1.01), page, page[..., :1], four):
+        mx, mn = ink.channel_max_min(img)
+        assert mx.dtype == img.dtype and mx.shape == img.shape[:2]
+        assert np.array_equal(mx, img.max(axis=2)) and np.array_equal(mn, img.min(axis=2))
+        before = img.copy()
+        mx[0, 0] = 7  # its own arrays: writing one leaves the other and the picture alone
+        assert mn[0, 0] == img.min(axis=2)[0, 0] and np.array_equal(img, before)
 
 
 def _viterbi_reference(unary: np.ndarray, step: np.ndarray) -> np.ndarray:

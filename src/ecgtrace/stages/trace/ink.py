@@ -83,11 +83,14 @@ def blur_coarse(a: np.ndarray, sigma: float) -> np.ndarray:
 
 def channel_max_min(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel max and min over the channels of an (H, W, C) image: ``img.max(axis=2)``, ``img.min(axis=2)``,
-    element-wise over the channel views (numpy's reduction over a 3-long last axis is ten times slower)."""
-    mx, mn = img[..., 0].copy(), img[..., 0].copy()
-    for c in range(1, img.shape[2]):
-        np.maximum(mx, img[..., c], out=mx)
-        np.minimum(mn, img[..., c], out=mn)
+    element-wise over the split channels (numpy's reduction over a 3-long last axis is ten times slower, and
+    its maximum over strided channel views 20 % slower than OpenCV's split and max: 39 -> 32 ms, 200 dpi page)."""
+    ch = cv2.split(np.ascontiguousarray(img))
+    if len(ch) == 1:
+        return ch[0], ch[0].copy()
+    mx, mn = cv2.max(ch[0], ch[1]), cv2.min(ch[0], ch[1])
+    for c in ch[2:]:
+        mx, mn = cv2.max(mx, c), cv2.min(mn, c)
     return mx, mn
 
 
@@ -183,8 +186,7 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     score = np.clip(score, 0.0, 1.0)
     # robust stretch: the floor sits above paper and most grid, the top at solid ink
     with step("stretch"):
-        lo = float(np.percentile(score, 80))
-        hi = float(np.percentile(score, 99.7))
+        lo, hi = (float(v) for v in np.percentile(score, [80, 99.7]))  # one partition for both
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
     return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
