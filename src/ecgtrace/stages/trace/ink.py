@@ -186,7 +186,8 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     score = np.clip(score, 0.0, 1.0)
     # robust stretch: the floor sits above paper and most grid, the top at solid ink
     with step("stretch"):
-        lo, hi = (float(v) for v in np.percentile(score, [80, 99.7]))  # one partition for both
+        lo = float(np.percentile(score, 80))
+        hi = float(np.percentile(score, 99.7))
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
     return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
