@@ -42,7 +42,8 @@ TRACE_HEAD = "trace"
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Strips a CPU pass reads at once. The strips are independent (the same logits to the bit in any grouping);
 #: two at a time keep a layer's activations in cache: the 8 strips of a page with its mirrored read take
-#: 0.64 s in passes of two against 0.73 s in one pass, or two passes of four (two bf16 cores).
+#: 0.66 s in passes of two, 0.66-0.71 s in passes of four, 0.81 s in one pass (two bf16 cores;
+#: bench/bench_network.py).
 CPU_STRIPS_PER_PASS = 2
 #: Half-width (px) of the window around the column mode (or the path's span) used for the sub-pixel mean.
 DECODE_RADIUS = 3
