@@ -9,8 +9,9 @@ to the canonical 200 dpi page and times :meth:`ecgtrace.models.stage2.Stage2Mode
 shipped weights (four row strips and, with the mirrored read, four more) for each value of
 ``--per-pass`` (:data:`~ecgtrace.models.stage2.CPU_STRIPS_PER_PASS`), the values interleaved over
 ``--repeat`` rounds so that a busy moment of the machine does not fall on one of them. It checks that
-every grouping gives the same logits as the first (the strips are independent) and writes the median
-seconds a page to bench/results/<name>.json.
+every grouping gives the logits of the first (the strips are independent: the same to the bit with the
+shipped weights under bf16, to float rounding where another batch size picks other kernels; over 1e-4
+is an error) and writes the median seconds a page to bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main() -> int:
              for p in pages]
     times: dict[int, list[float]] = {k: [] for k in per_pass}
     reference: list[torch.Tensor] = [model.row_logits(r).logits for r in rects]  # warm-up, and the logits to match
-    same = {k: True for k in per_pass}
+    diff = {k: 0.0 for k in per_pass}  # largest logit difference from the reference
     default = stage2.CPU_STRIPS_PER_PASS
     try:
         for _ in range(args.repeat):
@@ -69,7 +70,7 @@ def main() -> int:
                     t = time.perf_counter()
                     out = model.row_logits(rect).logits
                     times[k].append(time.perf_counter() - t)
-                    same[k] &= bool(torch.equal(out, ref))
+                    diff[k] = max(diff[k], float((out - ref).abs().max()))
     finally:
         stage2.CPU_STRIPS_PER_PASS = default
     strips = 2 * stage2.N_ROWS if model.tta else stage2.N_ROWS
@@ -78,15 +79,16 @@ def main() -> int:
     rows = {}
     for k in per_pass:
         med = float(np.median(times[k]))
-        rows[str(k)] = {"median_s": med, "mean_s": float(np.mean(times[k])), "same_logits": same[k]}
+        rows[str(k)] = {"median_s": med, "mean_s": float(np.mean(times[k])), "max_logit_diff": diff[k]}
         mark = "  (default)" if k == default else ""
-        print(f"  {k} strips a pass: {med:.3f} s a page (median), logits {'the same' if same[k] else 'DIFFER'}{mark}")
+        same = "the same" if diff[k] == 0 else f"max difference {diff[k]:.1e}" + (" TOO LARGE" if diff[k] > 1e-4 else "")
+        print(f"  {k} strips a pass: {med:.3f} s a page (median), logits {same}{mark}")
     out = ROOT / "bench" / "results" / f"{args.name}.json"
     write_json({"images": args.images, "n_pages": len(rects), "repeat": args.repeat, "strips_per_page": strips,
                 "precision": model.precision, "torch_threads": torch.get_num_threads(),
                 "default_per_pass": default, "per_pass": rows}, out)
     print(f"wrote {out}")
-    return 0 if all(same.values()) else 1
+    return 0 if max(diff.values()) <= 1e-4 else 1
 
 
 if __name__ == "__main__":

@@ -622,3 +622,34 @@ def test_thin_r_wave_tips_are_followed_up_on_a_clean_ecg_image_kit_page():
 
     page, aligned = _eik_classical(EIK_BW.parent / "clean", "dev10-0")
     assert 10 * np.log10(snr_for_image(page.truth, aligned, page.fs).snr) > 24.5
+
+
+def test_strips_read_in_chunks_give_the_logits_of_one_pass_and_the_mirrored_average(monkeypatch):
+    """The CPU reads a page's strips a few at a time: the same logits as one pass of all of them, and the
+    mirrored read still averages the column distributions of each strip and its time-reversed copy."""
+    import torch
+
+    from ecgtrace.models import stage2 as s2
+
+    torch.manual_seed(0)
+    net = s2.stage2_unet(encoder_name="test_efficientnet", decoder_channels=[16, 8, 8, 8, 8]).eval()
+    half = CANONICAL.scaled_to(CANONICAL.width_px // 4)
+    size = (half.height_px, half.width_px)
+    page = np.random.default_rng(5).integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
+    got = {}
+    for n in (1, 3, 8):
+        monkeypatch.setattr(s2, "CPU_STRIPS_PER_PASS", n)
+        got[n] = s2.Stage2Model(net, size, precision="fp32").row_logits(page).logits
+    assert got[1].shape[0] == s2.N_ROWS
+    # a convolution may pick another kernel for another batch size: the same to float rounding (the
+    # shipped weights under bf16 read the same to the bit: bench/bench_network.py checks that)
+    assert float((got[1] - got[8]).abs().max()) < 1e-5 and float((got[3] - got[8]).abs().max()) < 1e-5
+    plain = s2.Stage2Model(net, size, precision="fp32", tta=False)
+    one = plain.row_logits(page).logits
+    strips = torch.stack([torch.from_numpy(s2.to_chw(s2.row_strip(page, half, r)[0], plain.mean, plain.std))
+                          for r in range(s2.N_ROWS)])
+    with torch.no_grad():
+        mirrored = plain._forward(torch.flip(strips, [3]).contiguous(memory_format=torch.channels_last)).flip(-1)
+    want = torch.log((torch.softmax(one, 1) + torch.softmax(mirrored, 1)) / 2 + 1e-12)
+    assert float((got[8] - want).abs().max()) < 1e-4
+    assert float((got[8] - one).abs().max()) > 1e-3  # the mirrored read did change the reading

@@ -40,7 +40,8 @@ TRACE_HEAD = "trace"
 #: What the network computes in: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 on a CPU with native
 #: bfloat16 arithmetic, where a pass takes about half the time, else fp32). ``ECGTRACE_PRECISION`` overrides it.
 PRECISIONS = ("auto", "fp32", "bf16")
-#: Strips a CPU pass reads at once. The strips are independent (the same logits to the bit in any grouping);
+#: Strips a CPU pass reads at once. The strips are independent (the shipped weights under bf16: the same logits
+#: to the bit in any grouping; elsewhere another batch size may pick other kernels, the same to float rounding);
 #: two at a time keep a layer's activations in cache: the 8 strips of a page with its mirrored read take
 #: 0.66 s in passes of two, 0.66-0.71 s in passes of four, 0.81 s in one pass (two bf16 cores;
 #: bench/bench_network.py).
