@@ -42,6 +42,8 @@ def main() -> int:
         raise SystemExit(f"--per-pass: whole numbers separated by commas, got {args.per_pass!r}") from None
     if not per_pass or min(per_pass) < 1:
         raise SystemExit("--per-pass: give at least one number of strips, each 1 or more")
+    if args.n < 1 or args.repeat < 1:
+        raise SystemExit(f"--n and --repeat must be 1 or more, got --n {args.n} --repeat {args.repeat}")
 
     import cv2
     import torch
