@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtrace import io, orient, paper
+from ecgtrace.allocator import keep_freed_memory
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.geometry import rectified_px_size, rectified_to_original
 from ecgtrace.models.shipped import WeightsSource, resolve_weights
@@ -185,6 +186,7 @@ class Pipeline:
         if checkpoints_dir is not None and not Path(checkpoints_dir).exists():
             raise EcgTraceError(f"checkpoint folder {checkpoints_dir} not found; train with `ecgtrace train` "
                                 "or leave --checkpoints out to use the shipped weights")
+        keep_freed_memory()  # page-sized temporaries reused, not faulted in anew (ecgtrace.allocator)
         self.device = device
         src = [resolve_weights(k, checkpoints_dir, classical=classical) for k in range(3)]
         self.backend = backend
