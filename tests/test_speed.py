@@ -86,6 +86,14 @@ def _viterbi_reference(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     return path
 
 
+@pytest.mark.parametrize("shape,ksize", [((300, 420, 3), 31), ((257, 300), 31), ((131, 90, 3), 5), ((64, 80), 31)])
+def test_median_blur_in_halves_is_opencvs_median(shape, ksize):
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur((rng.random(shape) * 255).astype(np.uint8), (0, 0), 2)
+    img[::7] = 0  # dark rows: medians that differ near the cut if a half saw too few rows of the other
+    assert np.array_equal(ink.median_blur(img, ksize), cv2.medianBlur(img, ksize))
+
+
 def test_viterbi_matches_the_reference_including_ties():
     rng = np.random.default_rng(3)
     for trial in range(60):

@@ -37,7 +37,7 @@ from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
 from ecgtrace.stages.base import NormalizedPage, StageError
 from ecgtrace.stages.paper_outline import MAX_FIT_FRACTION, find_paper_outline
-from ecgtrace.stages.trace.ink import channel_max_min, whiten_paper
+from ecgtrace.stages.trace.ink import channel_max_min, median_blur, whiten_paper
 
 _PAGE_HW = CANONICAL.size  # (1700, 2200)
 #: RANSAC inlier threshold on the canonical page (px): ~1/3 of a label height.
@@ -84,7 +84,7 @@ def _ink_mask(image_bgr: np.ndarray, max_side: int = 900) -> np.ndarray:
     h, w = image_bgr.shape[:2]
     s = min(1.0, max_side / max(h, w))
     small = cv2.resize(image_bgr, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
-    bg = cv2.medianBlur(small, 31 if min(small.shape[:2]) > 62 else 3).astype(np.float32)
+    bg = median_blur(small, 31 if min(small.shape[:2]) > 62 else 3).astype(np.float32)
     g = small.astype(np.float32) / np.maximum(bg, 1.0)  # paper -> (1, 1, 1)
     v, gmin = channel_max_min(g)
     sat = (v - gmin) / np.maximum(v, 1e-3)

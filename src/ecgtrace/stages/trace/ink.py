@@ -96,6 +96,23 @@ def channel_max_min(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mx, mn
 
 
+def median_blur(img: np.ndarray, ksize: int) -> np.ndarray:
+    """``cv2.medianBlur(img, ksize)`` with its top and bottom halves filtered on two cores (OpenCV runs it on
+    one): the same pixels, since each half is filtered with the ``ksize // 2`` rows of the other beside it,
+    so every window it takes is the whole picture's (stage 0's 900 px ink mask: 35 -> 20 ms)."""
+    h, r = img.shape[0], ksize // 2
+    if cv2.getNumThreads() < 2 or h < 4 * ksize:
+        return cv2.medianBlur(img, ksize)
+    img = np.ascontiguousarray(img)
+
+    def half(y0: int, y1: int) -> np.ndarray:
+        a0, a1 = max(0, y0 - r), min(h, y1 + r)
+        return cv2.medianBlur(img[a0:a1], ksize)[y0 - a0:y1 - a0]
+
+    with ThreadPoolExecutor(2) as pool:
+        return np.concatenate(list(pool.map(half, (0, h // 2), (h // 2, h))))
+
+
 def whiten_paper(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bool = False) -> np.ndarray:
     """The picture divided, channel by channel, by its local paper colour: paper reads (1, 1, 1) (float32).
 
