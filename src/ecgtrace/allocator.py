@@ -4,8 +4,9 @@ glibc's malloc serves every block over 32 MB (a 200 dpi page in float32 colour i
 ``mmap`` and unmaps it when it is freed, so each of the page-sized temporaries a picture goes through
 (casts, blurs, borders, products) is faulted in page by page again: a cast of such a page took 24 ms
 where the same cast into memory already held takes 11. Raising the mmap and trim thresholds keeps
-those blocks on the heap for reuse. ECG-Image-Kit's pages: 1.77 -> 1.60 s a picture end to end, the
-same outputs, 6 % more peak memory (``bench/bench_e2e.py --images ../shared/eik-dev --n 20``).
+those blocks on the heap for reuse. ECG-Image-Kit's pages: 1.66, 1.74, 1.65 s a picture end to end
+without, 1.61, 1.55, 1.56 s with (runs in turn), the same outputs, peak memory 1.73 -> 1.82 GB
+(``bench/bench_e2e.py --images ../shared/eik-dev --n 20``).
 
 It changes how the whole process allocates, so :class:`ecgtrace.pipeline.Pipeline` asks for it once;
 ``ECGTRACE_MALLOC=system`` leaves the C library's own settings. Elsewhere than glibc it does nothing.
