@@ -106,14 +106,23 @@ def test_rendered_clean_page_is_identity() -> None:
     assert np.median(np.abs(rect.map_xy - geometry.identity_map(*page.size))) < 0.1
 
 
-def test_an_unsure_lattice_is_not_used() -> None:
-    """Below ``min_confidence`` the fitted lattice is not trusted: the page passes through as stage 0 left it."""
+def test_an_unsure_lattice_is_not_used(monkeypatch) -> None:
+    """Below ``min_confidence`` the fitted lattice is not trusted: the page passes through as stage 0 left it,
+    and the page on that lattice is made only when asked for (the same page a sure lattice gives)."""
+    import ecgtrace.stages.stage1 as S1
+
     img, _ = warp_page(draw_page(SMALL, (0, 0, 255), (219, 223, 254)), SMALL, seed=3)
     sure = Stage1(page=SMALL)(img)
     assert sure.ok and sure.confidence >= Stage1(page=SMALL).min_confidence
+    registered = []
+    monkeypatch.setattr(S1, "content_offset", lambda rect, real=S1.content_offset: registered.append(1) or real(rect))
     unsure = Stage1(page=SMALL, min_confidence=sure.confidence + 0.01)(img)
     assert not unsure.ok and unsure.method == "identity" and "lattice unsure" in unsure.message
     assert np.array_equal(unsure.image, img) and unsure.detection is not None  # the lattice overlay still shows it
+    assert registered == []  # no page was rectified (nor its ink read) for a lattice nobody used
+    later = unsure.unsure_lattice
+    assert registered == [1] and later.ok and np.array_equal(later.image, sure.image)
+    assert np.array_equal(later.map_xy, sure.map_xy) and later.message == sure.message
 
 
 @pytest.mark.parametrize("colours", [((0, 0, 255), (219, 223, 254)), ((110, 110, 110), (215, 215, 215))],

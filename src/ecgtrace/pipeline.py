@@ -242,7 +242,7 @@ class Pipeline:
             warnings.append(f"stage 1 unsure: {rect.message or 'no grid found'}")
         passed: RectifiedPage | None = None  # the page as passed through, when the pulses' page replaced it
         if by_pulses is not None:
-            by_pulses.unsure_lattice = rect.unsure_lattice
+            by_pulses.unsure_rectify = rect.unsure_rectify
             passed, rect = rect, by_pulses
         with timer("stage2"):
             leads = self._read(rect, norm.homography, work_scale, fs, n_samples)
@@ -253,7 +253,7 @@ class Pipeline:
                     rect, leads, found = passed, again, _found(again)
             if rect is by_pulses:
                 warnings.append(rect.message)
-            if found < MIN_LEADS_FOUND and rect.unsure_lattice is not None:
+            if found < MIN_LEADS_FOUND and rect.unsure_rectify is not None:
                 # (almost) nothing on the page as stage 0 left it: read it on the lattice stage 1 doubted
                 again = self._read(rect.unsure_lattice, norm.homography, work_scale, fs, n_samples)
                 if _found(again) > found:
@@ -268,7 +268,7 @@ class Pipeline:
                         rect, leads, found = by_pulses, again, _found(again)
                         warnings.append(by_pulses.message)
         if found < MIN_LEADS_FOUND:
-            if not rect.ok and rect.unsure_lattice is None:
+            if not rect.ok and rect.unsure_rectify is None:
                 # no grid and (almost) no trace: nothing here says ECG page; refuse with the reasons
                 raise StageError(f"found a trace for only {found} of 12 leads and no ECG grid; this does not "
                                  "look like a readable 12-lead ECG page" + (f" ({'; '.join(warnings)})" if warnings else ""))

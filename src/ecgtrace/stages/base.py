@@ -8,7 +8,9 @@ pipeline can map any point back to the original photo.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,9 +58,14 @@ class RectifiedPage:
     ok: bool = True
     message: str = ""
     detection: GridDetection | None = field(default=None, repr=False)  # the grid nodes found (overlays, benches)
-    #: a page passed through because its lattice was unsure: the rectification by that lattice, for a
-    #: reader that finds (almost) nothing on the page as it is (:class:`ecgtrace.pipeline.Pipeline`)
-    unsure_lattice: RectifiedPage | None = field(default=None, repr=False)
+    #: a page passed through because its lattice was unsure: what makes the rectification by that lattice,
+    #: for a reader that finds (almost) nothing on the page as it is (:class:`ecgtrace.pipeline.Pipeline`)
+    unsure_rectify: Callable[[], RectifiedPage] | None = field(default=None, repr=False)
+
+    @cached_property
+    def unsure_lattice(self) -> RectifiedPage | None:
+        """The page rectified by the lattice stage 1 doubted (made on first use), or None when there is none."""
+        return None if self.unsure_rectify is None else self.unsure_rectify()
 
 
 @dataclass

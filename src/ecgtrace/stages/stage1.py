@@ -151,6 +151,27 @@ class Stage1:
         if not ok:
             return self._passthrough(img, f"{why}; page passed through unrectified", det)
         det.fit = fit
+        pitch = L.pitch_px(self.page)
+        err = fit.heldout_px if np.isfinite(fit.heldout_px) else fit.residual_px
+        fit_conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
+        stats = (f"{self.method}: {fit.n_inliers}/{fit.n_points} nodes kept, {100 * fit.coverage:.0f} % of the "
+                 f"lattice observed, grid error {err:.2f} px")
+        if fit_conf < self.min_confidence:
+            # measured on ECG-Image-Kit's pages: a lattice fitted to a few % of the grid, or with errors of a
+            # quarter box, warps the page worse than leaving it as stage 0 left it. (Numbering alone in doubt
+            # is not such a case: on our photos that lattice is still better than none.) The page on that
+            # lattice is made only if a reader asks for it (rarely: dense map, remap and ink map, 0.3 s).
+            passed = self._passthrough(img, f"{stats}; lattice unsure ({fit_conf:.2f} < {self.min_confidence}), "
+                                            "page passed through unrectified (check lattice_overlay.png)", det)
+            passed.unsure_rectify = lambda: self._rectified(img, work, nodes, det, stats, err, fit_conf)
+            return passed
+        out = self._rectified(img, work, nodes, det, stats, err, fit_conf)
+        logger.debug(out.message)
+        return out
+
+    def _rectified(self, img: np.ndarray, work: np.ndarray, nodes: np.ndarray, det: G.GridDetection,
+                   stats: str, err: float, fit_conf: float) -> RectifiedPage:
+        """The page rectified by the lattice ``nodes``, registered by its calibration pulses."""
         map_xy, rect = self._rectify(img, work, nodes)
         # the grid numbers boxes only up to a whole-box shift; the traces say which shift is right
         with step("register"):
@@ -159,11 +180,8 @@ class Stage1:
             nodes = registered_nodes(nodes, reg.shift)
             map_xy, rect = self._rectify(img, work, nodes)
         pitch = L.pitch_px(self.page)
-        err = fit.heldout_px if np.isfinite(fit.heldout_px) else fit.residual_px
-        fit_conf = float(np.clip(fit.coverage / 0.5, 0, 1) * np.clip(1.0 - err / (0.1 * pitch), 0, 1))
         conf = fit_conf
-        msg = (f"{self.method}: {fit.n_inliers}/{fit.n_points} nodes kept, {100 * fit.coverage:.0f} % of the "
-               f"lattice observed, grid error {err:.2f} px")
+        msg = stats
         if reg.shift != (0, 0):
             msg += (f"; traces {'found' if reg.confident else 'not sure of'} a {reg.shift[0]:+d} / {reg.shift[1]:+d} "
                     f"box offset{' (applied)' if reg.confident else ''}")
@@ -176,18 +194,8 @@ class Stage1:
                     "boxes may be numbered off by one or more (was stage 0 able to normalize it?)")
         if conf < MIN_CONFIDENCE:
             msg += "; low confidence, check lattice_overlay.png"
-        out = RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
-                            method=self.method, ok=True, message=msg, detection=det)
-        if fit_conf < self.min_confidence:
-            # measured on ECG-Image-Kit's pages: a lattice fitted to a few % of the grid, or with errors of a
-            # quarter box, warps the page worse than leaving it as stage 0 left it. (Numbering alone in doubt
-            # is not such a case: on our photos that lattice is still better than none.)
-            passed = self._passthrough(img, f"{msg}; lattice unsure ({fit_conf:.2f} < {self.min_confidence}), page "
-                                            "passed through unrectified (check lattice_overlay.png)", det)
-            passed.unsure_lattice = out
-            return passed
-        logger.debug(msg)
-        return out
+        return RectifiedPage(image=rect, map_xy=map_xy, grid_error_px=float(err), confidence=conf,
+                             method=self.method, ok=True, message=msg, detection=det)
 
     def _perspective_pass(self, work: np.ndarray, det: G.GridDetection
                           ) -> tuple[G.GridDetection, np.ndarray] | None:
