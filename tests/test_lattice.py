@@ -121,3 +121,23 @@ def test_remap_identity_keeps_image() -> None:
     img = rng.integers(0, 255, (SMALL.height_px, SMALL.width_px, 3), dtype=np.uint8)
     out = geometry.remap(img, geometry.identity_map(*SMALL.size))
     assert np.array_equal(out, img)
+
+
+@pytest.mark.parametrize("page", [SMALL, CANONICAL], ids=["dpi50", "canonical"])
+def test_dense_map_is_the_splines_own_evaluation(page: Page) -> None:
+    """The dense map, made as products with the spline's B-spline bases, gives what evaluating the bicubic
+    spline at every pixel gives (margins outside the outermost lines included), to float32 rounding."""
+    from scipy.interpolate import RectBivariateSpline
+
+    rng = np.random.default_rng(4)
+    nodes = _warp_fn(page)(L.canonical_nodes(page).reshape(-1, 2)).reshape(page.n_hlines, page.n_vlines, 2)
+    nodes = nodes + rng.normal(0, 0.4, nodes.shape)  # not a smooth field: every coefficient counts
+    padded = L._pad_linear(nodes, L._PAD)
+    vi = np.arange(-L._PAD, page.n_hlines + L._PAD, dtype=np.float64)
+    uj = np.arange(-L._PAD, page.n_vlines + L._PAD, dtype=np.float64)
+    v, u = L._pixel_lattice_coords(page)
+    assert v.min() < 0  # pixels above the first line: the padded rings are in the test
+    m = L.dense_map(nodes, page)
+    for c in range(2):
+        ref = RectBivariateSpline(vi, uj, padded[..., c], kx=3, ky=3, s=0)(v, u, grid=True)
+        assert np.abs(m[..., c] - ref).max() <= 1e-6 * np.abs(ref).max()

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from scipy.interpolate import RectBivariateSpline
+from scipy.interpolate import BSpline, RectBivariateSpline
 from scipy.linalg import solveh_banded
 
 from ecgtrace.geometry import apply_homography
@@ -372,18 +372,44 @@ def dense_map(nodes: np.ndarray, page: Page = CANONICAL) -> np.ndarray:
     if nodes.shape != (nh, nv, 2):
         raise ValueError(f"nodes must have shape ({nh}, {nv}, 2) for this page, got {nodes.shape}")
     padded = _pad_linear(np.asarray(nodes, dtype=np.float64), _PAD)
-    vi = np.arange(-_PAD, nh + _PAD, dtype=np.float64)
-    uj = np.arange(-_PAD, nv + _PAD, dtype=np.float64)
-    h, w = page.size
-    pitch = pitch_px(page)
-    # Lattice coordinates of every canonical pixel: x = vline_x(u), y = hline_y(v).
-    u = (np.arange(w) - page.vline_x(0)) / pitch
-    v = (np.arange(h) - page.hline_y(0)) / pitch
-    out = np.empty((h, w, 2), dtype=np.float32)
+    vi, uj, knots, bv, bu = _spline_bases(page)
+    out = np.empty((*page.size, 2), dtype=np.float32)
     for c in range(2):
         spl = RectBivariateSpline(vi, uj, padded[..., c], kx=3, ky=3, s=0)
-        out[..., c] = spl(v, u, grid=True)
+        tv, tu = spl.get_knots()
+        if not (np.array_equal(tv, knots[0]) and np.array_equal(tu, knots[1])):  # never seen; the bases would not fit
+            v, u = _pixel_lattice_coords(page)
+            out[..., c] = spl(v, u, grid=True)
+            continue
+        coef = spl.get_coeffs().reshape(len(tv) - 4, len(tu) - 4)
+        # the spline's value at every pixel as two products with its B-spline bases: the numbers of the
+        # spline's own evaluation (the same float32 map on the pages looked at), in a quarter of its time
+        out[..., c] = (bv @ coef) @ bu.T
     return out
+
+
+def _pixel_lattice_coords(page: Page) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice coordinates (v of the rows, u of the columns) of every canonical pixel: x = vline_x(u), y = hline_y(v)."""
+    h, w = page.size
+    pitch = pitch_px(page)
+    return (np.arange(h) - page.hline_y(0)) / pitch, (np.arange(w) - page.vline_x(0)) / pitch
+
+
+@functools.lru_cache(maxsize=4)
+def _spline_bases(page: Page) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """The padded lattice's node coordinates (rows, columns), the knots of :func:`dense_map`'s spline and its
+    dense cubic B-spline bases at every canonical pixel row and column of ``page``. The knots of an
+    interpolating spline (``s=0``) depend on the node coordinates alone: one set serves every page of a geometry."""
+    nh, nv = page.n_hlines, page.n_vlines
+    vi = np.arange(-_PAD, nh + _PAD, dtype=np.float64)
+    uj = np.arange(-_PAD, nv + _PAD, dtype=np.float64)
+    tv, tu = RectBivariateSpline(vi, uj, np.zeros((len(vi), len(uj))), kx=3, ky=3, s=0).get_knots()
+    v, u = _pixel_lattice_coords(page)
+    bv = BSpline.design_matrix(v, tv, 3, extrapolate=True).toarray()
+    bu = BSpline.design_matrix(u, tu, 3, extrapolate=True).toarray()
+    for a in (vi, uj, tv, tu, bv, bu):
+        a.flags.writeable = False  # shared by every call
+    return vi, uj, (tv, tu), bv, bu
 
 
 def _pad_linear(a: np.ndarray, n: int) -> np.ndarray:
