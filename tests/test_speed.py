@@ -16,7 +16,7 @@ from ecgtrace.stages import lattice as L
 from ecgtrace.stages import steps
 from ecgtrace.stages.memo import PageMemo
 from ecgtrace.stages.trace import ink
-from ecgtrace.stages.trace.path import thin, thin_touching, viterbi
+from ecgtrace.stages.trace.path import RUN_THRESHOLD, _runs, thin, thin_touching, viterbi
 
 
 def _page_like(h: int, w: int, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -94,6 +94,13 @@ def test_median_blur_in_halves_is_opencvs_median(shape, ksize):
     assert np.array_equal(ink.median_blur(img, ksize), cv2.medianBlur(img, ksize))
 
 
+@pytest.mark.parametrize("shape", [(40, 1), (37, 151), (1, 8)])
+def test_column_median_in_halves_is_numpys(shape):
+    rng = np.random.default_rng(5)
+    a = np.round(rng.random(shape).astype(np.float32), 2)  # ties, and even column lengths (a mean of two)
+    assert np.array_equal(ink.column_median(a), np.median(a, axis=0))
+
+
 def test_viterbi_matches_the_reference_including_ties():
     rng = np.random.default_rng(3)
     for trial in range(60):
@@ -103,6 +110,86 @@ def test_viterbi_matches_the_reference_including_ties():
         if trial % 4 == 0:  # many equal costs
             u, s = np.round(u, 1), np.round(s, 1)
         assert np.array_equal(viterbi(u, s), _viterbi_reference(u, s)), trial
+
+
+def _runs_reference(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The column-by-column loop :func:`_runs` replaced (its former code)."""
+    hb, n = prob_band.shape
+    ya = np.empty(n)
+    yb = np.empty(n)
+    for x in range(n):
+        col = prob_band[:, x]
+        lo_i = hi_i = int(path[x])
+        if x > 0:
+            lo_i, hi_i = min(lo_i, int(path[x - 1]) + 1), max(hi_i, int(path[x - 1]) - 1)
+        lo_i, hi_i = min(lo_i, int(path[x])), max(hi_i, int(path[x]))
+        stop = max(0, lo_i - max_len)
+        i = lo_i
+        while i > stop and col[i - 1] >= thr:
+            i -= 1
+        # sub-pixel edge between i-1 (below thr) and i
+        a = float(i)
+        if i > 0 and col[i - 1] < thr <= col[i]:
+            a = i - (col[i] - thr) / (col[i] - col[i - 1])
+        stop = min(hb - 1, hi_i + max_len)
+        j = hi_i
+        while j < stop and col[j + 1] >= thr:
+            j += 1
+        b = float(j)
+        if j < hb - 1 and col[j + 1] < thr <= col[j]:
+            b = j + (col[j] - thr) / (col[j] - col[j + 1])
+        ya[x], yb[x] = a, b
+    return ya, yb
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_runs_are_the_column_loops_to_the_bit(dtype):
+    rng = np.random.default_rng(6)
+    for trial in range(40):
+        hb, n = int(rng.integers(1, 30)), int(rng.integers(1, 60))
+        band = rng.random((hb, n)).astype(dtype)
+        if trial % 3 == 0:  # values at the threshold, and solid columns that reach the band's edges
+            band[rng.random((hb, n)) < 0.2] = RUN_THRESHOLD
+            band[:, ::5] = 1.0
+        path = rng.integers(0, hb, n)
+        for max_len in (0, 3, 100):
+            got, want = _runs(band, path, RUN_THRESHOLD, max_len), _runs_reference(band, path, RUN_THRESHOLD, max_len)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), (trial, max_len)
+
+
+def _thin_reference(mask: np.ndarray, max_iter: int = 20) -> np.ndarray:
+    """:func:`thin` as it was written before its lookup table (one array expression per rule)."""
+    m = np.pad(mask.astype(bool), 1)
+    for _ in range(max_iter):
+        changed = False
+        for step in (0, 1):
+            p2, p3, p4 = m[:-2, 1:-1], m[:-2, 2:], m[1:-1, 2:]
+            p5, p6, p7 = m[2:, 2:], m[2:, 1:-1], m[2:, :-2]
+            p8, p9 = m[1:-1, :-2], m[:-2, :-2]
+            nb = [p2, p3, p4, p5, p6, p7, p8, p9]
+            b = sum(x.astype(np.uint8) for x in nb)
+            a = sum(((~nb[i]) & nb[(i + 1) % 8]).astype(np.uint8) for i in range(8))
+            if step == 0:
+                c = ~(p2 & p4 & p6) & ~(p4 & p6 & p8)
+            else:
+                c = ~(p2 & p4 & p8) & ~(p2 & p6 & p8)
+            kill = m[1:-1, 1:-1] & (b >= 2) & (b <= 6) & (a == 1) & c
+            if kill.any():
+                m[1:-1, 1:-1] &= ~kill
+                changed = True
+        if not changed:
+            break
+    return m[1:-1, 1:-1]
+
+
+
+def test_thin_by_table_is_the_rules_written_out():
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        shape = (int(rng.integers(1, 60)), int(rng.integers(1, 90)))
+        mask = cv2.dilate((rng.random(shape) < 0.05).astype(np.uint8), np.ones((1 + trial % 5,) * 2, np.uint8)) > 0
+        for max_iter in (1, 20):
+            assert np.array_equal(thin(mask, max_iter), _thin_reference(mask, max_iter)), (trial, max_iter)
 
 
 def test_thin_touching_is_thin_on_the_parts_it_keeps():

@@ -9,7 +9,9 @@ or weakened.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import cv2
 import numpy as np
@@ -96,6 +98,19 @@ def channel_max_min(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mx, mn
 
 
+def on_two_cores(fn: Callable[..., Any], *args: Any) -> list:
+    """``list(map(fn, *args))`` on two threads, or one where OpenCV is told to use one core (a batch worker):
+    for the heavy numpy and OpenCV calls that release the GIL and run on a single core themselves."""
+    with ThreadPoolExecutor(max(1, min(2, cv2.getNumThreads()))) as pool:
+        return list(pool.map(fn, *args))
+
+
+def column_median(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=0)``, its left and right halves on two cores (the same numbers, column by column)."""
+    w = a.shape[1] // 2
+    return np.concatenate(on_two_cores(lambda cols: np.median(a[:, cols], axis=0), (slice(0, w), slice(w, None))))
+
+
 def median_blur(img: np.ndarray, ksize: int) -> np.ndarray:
     """``cv2.medianBlur(img, ksize)`` with its top and bottom halves filtered on two cores (OpenCV runs it on
     one): the same pixels, since each half is filtered with the ``ksize // 2`` rows of the other beside it,
@@ -109,8 +124,7 @@ def median_blur(img: np.ndarray, ksize: int) -> np.ndarray:
         a0, a1 = max(0, y0 - r), min(h, y1 + r)
         return cv2.medianBlur(img[a0:a1], ksize)[y0 - a0:y1 - a0]
 
-    with ThreadPoolExecutor(2) as pool:
-        return np.concatenate(list(pool.map(half, (0, h // 2), (h // 2, h))))
+    return np.concatenate(on_two_cores(half, (0, h // 2), (h // 2, h)))
 
 
 def whiten_paper(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bool = False) -> np.ndarray:
@@ -193,7 +207,7 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Horizontal lines: their level is read in the right margin, past 10 s, where no trace runs
     # (a flat trace fills most of its own pixel row), and subtracted.
     with step("grid lines"):
-        col_level = np.median(score, axis=0)
+        col_level = column_median(score)
         blind = col_level >= LINE_VISIBLE
         score = _remove_lines(score, col_level)
         xr = int(np.ceil(float(page.time_to_x(paper.DURATION_S)) + 0.5 * page.px_per_mm))
@@ -204,9 +218,8 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             score = _erase_long_lines(score, page, xr)
     score = np.clip(score, 0.0, 1.0)
     # robust stretch: the floor sits above paper and most grid, the top at solid ink
-    with step("stretch"):
-        lo = float(np.percentile(score, 80))
-        hi = float(np.percentile(score, 99.7))
+    with step("stretch"):  # two percentile calls (one with both interpolates in float64), one a core
+        lo, hi = (float(v) for v in on_two_cores(lambda q: np.percentile(score, q), (80, 99.7)))
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
     return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
@@ -333,8 +346,7 @@ def _erase_long_lines(score: np.ndarray, page: Page, xr: int) -> np.ndarray:
     gaps = [max(3, int(0.002 * m.shape[1])) for m in views]
     # OpenCV's Hough transform runs on one core: the two directions take one each (the same segments,
     # its random order is seeded per call; ink map 226 -> 204 ms, ten ECG-Image-Kit pages, two cores)
-    with ThreadPoolExecutor(max(1, min(2, cv2.getNumThreads()))) as pool:
-        found = list(pool.map(_flat_segments, views, gaps))
+    found = on_two_cores(_flat_segments, views, gaps)
     for transpose, m, max_gap, segments in zip((False, True), views, gaps, found):
         e = np.zeros(m.shape, np.uint8)  # C order: cv2 cannot draw into a transposed view
         for x1, y1, x2, y2 in segments:
