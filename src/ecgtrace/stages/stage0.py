@@ -37,7 +37,7 @@ from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
 from ecgtrace.stages.base import NormalizedPage, StageError
 from ecgtrace.stages.paper_outline import MAX_FIT_FRACTION, find_paper_outline
-from ecgtrace.stages.trace.ink import channel_max_min, median_blur, whiten_paper
+from ecgtrace.stages.trace.ink import channel_max_min, median_blur, on_two_cores, whiten_paper
 
 _PAGE_HW = CANONICAL.size  # (1700, 2200)
 #: RANSAC inlier threshold on the canonical page (px): ~1/3 of a label height.
@@ -373,11 +373,11 @@ def estimate_skew(page_bgr: np.ndarray) -> tuple[float, float]:
         return float(rot.mean(axis=1).var())
 
     coarse = np.arange(-MAX_SKEW_DEG, MAX_SKEW_DEG + 1e-9, 0.5)  # holds 0.0 exactly: the unturned score
-    coarse_scores = [score(a) for a in coarse]
+    coarse_scores = on_two_cores(score, coarse)  # (each turn is independent: the same scores on two cores)
     at_zero = coarse_scores[int(np.argmin(np.abs(coarse)))]
     start = float(coarse[int(np.argmax(coarse_scores))])
     fine = np.arange(start - 0.5, start + 0.5 + 1e-9, 0.05)
-    fine_scores = [score(a) for a in fine]
+    fine_scores = on_two_cores(score, fine)
     k = int(np.argmax(fine_scores))
     # cv2's positive angle turns the image anticlockwise: the page itself was turned clockwise by that much
     return float(fine[k]), fine_scores[k] / max(at_zero, 1e-12)
