@@ -118,6 +118,19 @@ def _runs(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> 
     return ya, yb
 
 
+def _grow(prob_band: np.ndarray, start: np.ndarray, limit: np.ndarray, d: int, thr: float) -> np.ndarray:
+    """Per column, ``start`` moved ``d`` (+-1) pixels at a time while the next pixel holds ink >= ``thr``,
+    never past ``limit``: all columns a step at a time (most stop within the drawn line's width, and only
+    the few on a steep stroke go on)."""
+    pos = start.copy()
+    idx = np.flatnonzero(pos != limit)
+    while len(idx):
+        idx = idx[prob_band[pos[idx] + d, idx] >= thr]
+        pos[idx] += d
+        idx = idx[pos[idx] != limit[idx]]
+    return pos
+
+
 def _zhang_suen_tables() -> np.ndarray:
     """(2, 256) uint8: 1 where Zhang-Suen's sub-iteration 0 / 1 removes a pixel whose 8 neighbours, read
     clockwise from the one above (p2, p3, ..., p9), are the bits 0..7 of the index."""
@@ -133,19 +146,6 @@ def _zhang_suen_tables() -> np.ndarray:
 _ZHANG_SUEN = _zhang_suen_tables()
 #: the weight of each neighbour in the byte: p2 (above) bit 0, then clockwise to p9 (above left) bit 7
 _NEIGHBOUR_BITS = np.array([[128, 1, 2], [64, 0, 4], [32, 16, 8]], np.float32)
-
-
-def _grow(prob_band: np.ndarray, start: np.ndarray, limit: np.ndarray, d: int, thr: float) -> np.ndarray:
-    """Per column, ``start`` moved ``d`` (+-1) pixels at a time while the next pixel holds ink >= ``thr``,
-    never past ``limit``: all columns a step at a time (most stop within the drawn line's width, and only
-    the few on a steep stroke go on)."""
-    pos = start.copy()
-    idx = np.flatnonzero(pos != limit)
-    while len(idx):
-        idx = idx[prob_band[pos[idx] + d, idx] >= thr]
-        pos[idx] += d
-        idx = idx[pos[idx] != limit[idx]]
-    return pos
 
 
 def thin(mask: np.ndarray, max_iter: int = 20) -> np.ndarray:
