@@ -64,15 +64,16 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     un = np.ascontiguousarray(unary.T, dtype=np.float64)
     cost = np.empty((n, hb))
     cost[0] = un[0]
+    # D - C and D + C of every column (D: the costs of the column before), kept for the way back
+    above, below = np.empty((n, hb)), np.empty((n, hb))
     run_min = np.minimum.accumulate
     fa, fb = np.empty(hb), np.empty(hb)  # written in place: the loop runs once per column
     fb_up = fb[::-1]
     for x in range(1, n):
         C, D = cum[x], cost[x - 1]
-        run_min(np.subtract(D, C, out=fa), out=fa)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
+        run_min(np.subtract(D, C, out=above[x]), out=fa)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
         fa += C
-        np.add(D, C, out=fb)
-        run_min(fb_up, out=fb_up)  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
+        run_min(np.add(D, C, out=below[x])[::-1], out=fb_up)  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
         fb -= C
         np.minimum(fa, fb, out=fa)
         np.add(un[x], fa, out=cost[x])
@@ -80,12 +81,10 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     y = int(cost[-1].argmin())
     path[-1] = y
     for x in range(n - 1, 0, -1):
-        C, D = cum[x], cost[x - 1]
-        a = D[:y + 1] - C[:y + 1]
+        a, b, c = above[x, :y + 1], below[x, y:], cum[x, y]
         ka = y - int(a[::-1].argmin())  # the last of equal minima, as the running minimum keeps it
-        b = D[y:] + C[y:]
         kb = y + int(b.argmin())
-        y = ka if a[ka] + C[y] <= b[kb - y] - C[y] else kb
+        y = ka if a[ka] + c <= b[kb - y] - c else kb
         path[x - 1] = y
     return path
 
