@@ -101,6 +101,15 @@ def test_column_median_in_halves_is_numpys(shape):
     assert np.array_equal(ink.column_median(a), np.median(a, axis=0))
 
 
+@pytest.mark.parametrize("shape,f", [((50, 83), 4), ((7, 4), 4), ((30, 61), 3)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_pool_columns_is_the_reshaped_maximum(shape, f, transposed):
+    m = (np.random.default_rng(8).random(shape) < 0.3).astype(np.uint8) * 255
+    m = m.T if transposed else m  # the long-line eraser pools the mask and its transposed view
+    h, w = m.shape
+    assert np.array_equal(ink.pool_columns(m, f), m[:, :w // f * f].reshape(h, w // f, f).max(axis=2))
+
+
 def test_viterbi_matches_the_reference_including_ties():
     rng = np.random.default_rng(3)
     for trial in range(60):

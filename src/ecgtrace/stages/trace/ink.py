@@ -309,6 +309,17 @@ def _follow_line(mask: np.ndarray, x: int, y: float, slope: float, direction: in
 HOUGH_POOL = 4
 
 
+def pool_columns(m: np.ndarray, f: int) -> np.ndarray:
+    """The maximum of every ``f`` whole columns of ``m`` (C order): ``m[:, :w // f * f].reshape(h, -1, f).max(axis=2)``
+    as f - 1 element-wise maxima of strided columns (the same values; numpy's reduction over a 4-long last
+    axis took 22 ms on a 200 dpi page, these 1.5)."""
+    blocks = m[:, :m.shape[1] // f * f]
+    pooled = np.ascontiguousarray(blocks[:, 0::f])
+    for i in range(1, f):
+        np.maximum(pooled, blocks[:, i::f], out=pooled)
+    return pooled
+
+
 def _flat_segments(m: np.ndarray, max_gap: int) -> np.ndarray:
     """(k, 4) x1, y1, x2, y2 of straight segments of ``m`` (uint8, 255 = ink) at least 0.3 of its width long.
 
@@ -318,9 +329,8 @@ def _flat_segments(m: np.ndarray, max_gap: int) -> np.ndarray:
     line's real ends afterwards.
     """
     f = HOUGH_POOL
-    h, w = m.shape
-    wc = w // f
-    pooled = np.ascontiguousarray(m[:, :wc * f].reshape(h, wc, f).max(axis=2))
+    w = m.shape[1]
+    pooled = pool_columns(m, f)
     lines = cv2.HoughLinesP(pooled, 1, np.pi / 720, threshold=int(0.15 * w / f), minLineLength=int(0.3 * w / f),
                             maxLineGap=max(1, max_gap // f))
     if lines is None:
