@@ -16,9 +16,10 @@ renderer did not draw, whose size and damage set the time of some steps.
 grid features, node measurement, lattice fit, dense map, remap, ink map, path search, ...),
 as a tree with the mean seconds per image, also written to bench/results/<name>_profile.txt.
 
-``--baseline REV`` first runs the same bench on the same pages with the package source of git
-revision ``REV`` (extracted with ``git archive`` into a temporary folder), then the working
-tree, and prints both side by side: before and after in one run.
+``--baseline REV`` also runs the same pages with the package source of git revision ``REV``
+(extracted with ``git archive`` into a temporary folder) and prints both side by side: before and
+after in one run. The two run in two processes that take the pages in turn, one page each, never at
+once: a machine that slows down or speeds up during the run (a shared host) moves both alike.
 
 ``--throughput N`` instead renders N pages into a folder and digitizes it with
 ``ecgtrace digitize --workers K`` for each K of ``--workers``: pictures per minute.
@@ -115,85 +116,156 @@ def folder_pages(folder: str, n: int) -> list[FolderPage]:
         raise SystemExit(f"--images: {e}") from None
 
 
-def run_bench(args: argparse.Namespace) -> dict:
-    """Digitize the bench pages; per-image times (and step profiles)."""
-    import torch
+class PageTimer:
+    """The bench's pipeline and pages in this process (the working tree's source, or a baseline's):
+    :meth:`time_page` digitizes page ``i`` and writes its outputs as ``ecgtrace digitize`` does."""
 
-    from ecgtrace.data.synthetic import SyntheticPages
-    from ecgtrace.pipeline import Pipeline
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ecgtrace.data.synthetic import SyntheticPages
+        from ecgtrace.pipeline import Pipeline
 
-    try:
-        from ecgtrace.stages import steps
-    except ImportError:  # a baseline source from before the step timer
-        steps = None
-    if args.images:
-        pages = folder_pages(args.images, args.n + 1)
-        variants = tuple(dict.fromkeys(s.variant for s in pages))
-    else:
-        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-        pages = SyntheticPages(args.n + 1, variants=variants, seed=args.seed)
-    t = time.perf_counter()
-    # a baseline source from before the backend option takes no ``backend`` argument
-    pipe = Pipeline(args.checkpoints, device=args.device, **({"backend": args.backend} if args.backend != "torch" else {}))
-    t_init = time.perf_counter() - t
-    rows, profiles, calls = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.n + 1):
-            s = pages[i]
-            t = time.perf_counter()
-            c = time.process_time()
-            if args.profile and steps is not None:
-                with steps.recording() as rec:
-                    res = pipe(s.image, fs=s.fs, name=f"img{i}")
-            else:
-                rec, res = None, pipe(s.image, fs=s.fs, name=f"img{i}")
-            t_pipe, c_pipe = time.perf_counter() - t, time.process_time() - c
+        try:
+            from ecgtrace.stages import steps
+        except ImportError:  # a baseline source from before the step timer
+            steps = None
+        self.steps = steps if args.profile else None
+        if args.images:
+            self.pages = folder_pages(args.images, args.n + 1)
+            self.variants = tuple(dict.fromkeys(s.variant for s in self.pages))
+        else:
+            self.variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+            self.pages = SyntheticPages(args.n + 1, variants=self.variants, seed=args.seed)
+        t = time.perf_counter()
+        # a baseline source from before the backend option takes no ``backend`` argument
+        self.pipe = Pipeline(args.checkpoints, device=args.device,
+                             **({"backend": args.backend} if args.backend != "torch" else {}))
+        self.init_s = time.perf_counter() - t
+        self.methods: dict[str, str] = {}
+
+    def time_page(self, i: int) -> tuple[dict, dict | None]:
+        """(times of page ``i``: per stage, total, CPU, writing; the step profile with --profile, else None)."""
+        s = self.pages[i]
+        t, c = time.perf_counter(), time.process_time()
+        if self.steps is not None:
+            with self.steps.recording() as rec:
+                res = self.pipe(s.image, fs=s.fs, name=f"img{i}")
+        else:
+            rec, res = None, self.pipe(s.image, fs=s.fs, name=f"img{i}")
+        t_pipe, c_pipe = time.perf_counter() - t, time.process_time() - c
+        with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             res.to_csv(Path(tmp) / f"img{i}.csv")
             res.to_wfdb(tmp, f"img{i}")
             res.to_json(Path(tmp) / f"img{i}.json")
             res.overlay(Path(tmp) / f"img{i}_overlay.png")
             t_write = time.perf_counter() - t
-            if i == 0:
-                continue  # warm-up
-            r = dict(res.report["timing_s"])
-            r.update(total=t_pipe, cpu_total=c_pipe, write_outputs=t_write, variant=s.variant,
-                     stage1_method=res.report["method"]["stage1"])
-            rows.append(r)
-            if rec is not None:
-                profiles.append(dict(rec.seconds))
-                calls.append(dict(rec.calls))
-            print(f"  {s.variant}: " + "  ".join(f"{k} {v:.2f}s" for k, v in r.items()
-                                                 if isinstance(v, float)), flush=True)
+        self.methods = dict(res.report["method"])
+        r = dict(res.report["timing_s"])
+        r.update(total=t_pipe, cpu_total=c_pipe, write_outputs=t_write, variant=s.variant,
+                 stage1_method=res.report["method"]["stage1"])
+        return r, ({"seconds": dict(rec.seconds), "calls": dict(rec.calls)} if rec is not None else None)
+
+
+def _print_row(r: dict) -> None:
+    print(f"  {r['variant']}: " + "  ".join(f"{k} {v:.2f}s" for k, v in r.items() if isinstance(v, float)), flush=True)
+
+
+def bench_result(args: argparse.Namespace, rows: list[dict], profiles: list[dict], variants: tuple[str, ...],
+                 methods: dict[str, str], init_s: float) -> dict:
+    """What bench/results/<name>.json holds of one source's run."""
+    import torch
+
     summary = {k: {"mean_s": float(np.mean([r[k] for r in rows])), "median_s": float(np.median([r[k] for r in rows]))}
                for k in KEYS + ["cpu_total"]}
     return {
         "device": args.device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
-        "n_images": len(rows), "variants": list(variants), "methods": res.report["method"],
-        "pipeline_init_s": t_init, "per_stage": summary, "per_image": rows,
-        "profile_table": profile_table(profiles, calls) if profiles else None,
+        "n_images": len(rows), "variants": list(variants), "methods": methods,
+        "pipeline_init_s": init_s, "per_stage": summary, "per_image": rows,
+        "profile_table": profile_table([p["seconds"] for p in profiles], [p["calls"] for p in profiles])
+        if profiles else None,
         "note": "machine shared with other jobs while measured (cpu_total: process CPU time, less sensitive to "
                 "that); the first image (warm-up) is not counted",
     }
 
 
-def run_baseline(args: argparse.Namespace) -> dict:
-    """The same bench with the package source of git revision ``args.baseline``, in a subprocess."""
+def run_bench(args: argparse.Namespace) -> dict:
+    """Digitize the bench pages in this process; per-image times (and step profiles)."""
+    timer = PageTimer(args)
+    timer.time_page(0)  # warm-up
+    rows, profiles = [], []
+    for i in range(1, args.n + 1):
+        r, prof = timer.time_page(i)
+        rows.append(r)
+        if prof is not None:
+            profiles.append(prof)
+        _print_row(r)
+    return bench_result(args, rows, profiles, timer.variants, timer.methods, timer.init_s)
+
+
+def serve_pages(args: argparse.Namespace) -> int:
+    """A baseline comparison's worker: set up, warm up, then time each page index read from stdin (one JSON line
+    back per page on stdout); an empty line ends it with this process's setup (init time, methods, variants)."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything the pipeline prints must not corrupt the replies
+    timer = PageTimer(args)
+    timer.time_page(0)
+    print(json.dumps({"ready": True}), file=out, flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        r, prof = timer.time_page(int(line))
+        print(json.dumps({"row": r, "profile": prof}), file=out, flush=True)
+    print(json.dumps({"init_s": timer.init_s, "methods": timer.methods, "variants": list(timer.variants)}),
+          file=out, flush=True)
+    return 0
+
+
+def run_with_baseline(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(baseline, working tree): the bench with the package source of git revision ``args.baseline`` and with
+    the working tree's, in two processes that take the same pages in turn (the baseline first on each page)."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        out = Path(tmp) / "baseline.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n), "--variants", args.variants,
-               "--seed", str(args.seed), "--device", args.device, "--src", str(Path(tmp) / "src"),
-               "--json-out", str(out), "--backend", args.backend] + (
-                   ["--checkpoints", args.checkpoints] if args.checkpoints else []) + (
-                   ["--images", args.images] if args.images else [])
-        env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
-        print(f"baseline ({args.baseline}):", flush=True)
-        subprocess.run(cmd, check=True, env=env)
-        return json.loads(out.read_text())
+        workers = {}
+        for side, src in (("baseline", Path(tmp) / "src"), ("working", ROOT / "src")):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-pages", "--src", str(src),
+                   "--n", str(args.n), "--variants", args.variants, "--seed", str(args.seed), "--device", args.device,
+                   "--backend", args.backend] + (["--checkpoints", args.checkpoints] if args.checkpoints else []) + (
+                       ["--images", args.images] if args.images else []) + (["--profile"] if args.profile else [])
+            workers[side] = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(src)}, text=True,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            _reply(workers[side], side)  # set up and warmed up before the other starts
+        rows: dict[str, list[dict]] = {"baseline": [], "working": []}
+        profiles: dict[str, list[dict]] = {"baseline": [], "working": []}
+        for i in range(1, args.n + 1):
+            for side, w in workers.items():
+                w.stdin.write(f"{i}\n")
+                w.stdin.flush()
+                msg = _reply(w, side)
+                rows[side].append(msg["row"])
+                if msg["profile"] is not None:
+                    profiles[side].append(msg["profile"])
+                print(f"  {'before' if side == 'baseline' else 'after '}", end="")
+                _print_row(msg["row"])
+        out = {}
+        for side, w in workers.items():
+            w.stdin.write("\n")
+            w.stdin.flush()
+            setup = _reply(w, side)
+            w.wait()
+            out[side] = bench_result(args, rows[side], profiles[side], tuple(setup["variants"]), setup["methods"],
+                                     setup["init_s"])
+        return out["baseline"], out["working"]
+
+
+def _reply(worker: subprocess.Popen, side: str) -> dict:
+    """The next JSON line from a page worker; stops the bench with its exit status when it died."""
+    line = worker.stdout.readline()
+    if not line:
+        raise SystemExit(f"the {side} bench process ended (exit status {worker.wait()}); see its errors above")
+    return json.loads(line)
 
 
 def _output(path: Path) -> bytes | dict:
@@ -269,7 +341,7 @@ def main() -> int:
     ap.add_argument("--engines", default="local", help="--throughput engines: local (the --workers counts) "
                                                       "and/or ray (a local Ray instance, one worker per core)")
     ap.add_argument("--src", default=None, help=argparse.SUPPRESS)  # the package source (baseline runs)
-    ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-pages", action="store_true", help=argparse.SUPPRESS)  # a --baseline comparison's worker
     args = ap.parse_args()
     _setup_path(args.src)
     _quiet_logs()
@@ -282,13 +354,13 @@ def main() -> int:
         path.write_text(json.dumps(out, indent=2))
         print(f"wrote {path}")
         return 0
-    base = run_baseline(args) if args.baseline else None
-    if base is not None:
-        print("working tree:", flush=True)
-    out = run_bench(args)
-    if args.json_out:  # a baseline run reports to its parent
-        Path(args.json_out).write_text(json.dumps(out))
-        return 0
+    if args.serve_pages:
+        return serve_pages(args)
+    if args.baseline:
+        print(f"baseline {args.baseline} (before) and the working tree (after), page by page in turn:", flush=True)
+        base, out = run_with_baseline(args)
+    else:
+        base, out = None, run_bench(args)
     methods = out["methods"]
     print(f"pipeline ({methods['stage0']}/{methods['stage1']}/{methods['stage2']}), {out['n_images']} images, "
           f"{args.device}, init {out['pipeline_init_s']:.2f} s:")
