@@ -295,6 +295,8 @@ def choose_smoothing(index: np.ndarray, values: np.ndarray, shape: tuple[int, in
             field = smooth_lattice_field(index[tr], values[tr], shape, lam)
             d = np.linalg.norm(values[te] - field[index[te, 0], index[te, 1]], axis=1)
             err += float(np.sum(np.minimum(d, 3.0) ** 2))  # clipped: a stray point must not decide
+            if err >= best_err:  # the folds only add: this weight can no longer win (its remaining solves spared)
+                break
         if err < best_err:
             best, best_err = lam, err
     return float(best), float(np.sqrt(best_err / max(n, 1)))
