@@ -95,9 +95,19 @@ def _refine(prob: np.ndarray, xr: float, xf: float, yt: float, yf: float, p: Pul
     across = prob[rows].sum(axis=0)
     xr = _peak(across, int(xr) - dx, int(xr) + dx + 1)
     xf = _peak(across, int(xf) - dx, int(xf) + dx + 1)
-    yt = _peak(prob[:, cols].sum(axis=1), int(yt) - dy, int(yt) + dy + 1)
+    # (the profiles are summed only over the rows that are read: the window around the template's top, and
+    # below it the pulse's height and a half; the others stay 0)
+    lo, hi = max(0, int(yt) - dy - 1), min(h, int(yt) + dy + 2)
+    down = np.zeros(h, prob.dtype)
+    down[lo:hi] = prob[lo:hi, cols].sum(axis=1)
+    yt = _peak(down, int(yt) - dy, int(yt) + dy + 1)
     # each edge's ink down the picture (a photo's stroke is not quite vertical: 2 px either side)
-    edges = [prob[:, max(0, c - 2):min(w, c + 3)].max(axis=1) for c in (int(round(xr)), int(round(xf)))]
+    lo, hi = max(0, int(round(yt)) - 1), min(h, int(yt + 1.5 * hgt) + 2)
+    edges = []
+    for c in (int(round(xr)), int(round(xf))):
+        edge = np.zeros(h, prob.dtype)
+        edge[lo:hi] = prob[lo:hi, max(0, c - 2):min(w, c + 3)].max(axis=1)
+        edges.append(edge)
     # the foot: where the edges' ink ends below the top (the shorter of the two: the falling edge may run on
     # into the trace); small gaps, as a photo's thin stroke has, are crossed
     ends = []
