@@ -140,12 +140,16 @@ def whiten_paper(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bo
     lattice with it; since stage 1 lets unsure lattices pass through, the transfer bench's tinted
     pages read the same either way.)
     """
+    return image_bgr.astype(np.float32) / np.maximum(paper_colour(image_bgr, kernel_px, coarse), 40.0)
+
+
+def paper_colour(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bool = False) -> np.ndarray:
+    """The local paper colour :func:`whiten_paper` divides by (float32, the picture's shape), before its floor of 40."""
     k = kernel_px or max(3, int(round(image_bgr.shape[1] / 2200 * 9)) | 1)
     # the max filter on the 8-bit picture (the same maxima, several times faster than on floats)
     src = image_bgr if image_bgr.dtype == np.uint8 else image_bgr.astype(np.float32)
     bg = cv2.dilate(src, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))).astype(np.float32)
-    bg = blur_coarse(bg, 3 * k) if coarse else cv2.GaussianBlur(bg, (0, 0), 3 * k)
-    return image_bgr.astype(np.float32) / np.maximum(bg, 40.0)
+    return blur_coarse(bg, 3 * k) if coarse else cv2.GaussianBlur(bg, (0, 0), 3 * k)
 
 
 def trace_probability(image_bgr: np.ndarray) -> np.ndarray:
@@ -187,11 +191,8 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     with step("whiten"):
-        g = whiten_paper(img, coarse=True)
-    mx, mn = channel_max_min(g)
-    dark = np.clip(1.0 - mx, 0.0, 1.0)
-    sat = (mx - mn) / np.maximum(mx, 1.0 / 255.0)
-    score = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
+        bg = paper_colour(img, coarse=True)
+    score = _dark_and_unsaturated(img, bg)
     w = score.shape[1]
     page = CANONICAL.scaled_to(w)
     with step("solid areas"):
@@ -223,6 +224,26 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hi = max(hi, lo + 0.15, 0.25)
     floor = lo + 0.25 * (hi - lo)
     return np.clip((score - floor) / (hi - floor), 0.0, 1.0).astype(np.float32), blind
+
+
+def _dark_and_unsaturated(img: np.ndarray, bg: np.ndarray, bands: int = 8) -> np.ndarray:
+    """Per pixel, the darkness of the whitened picture's largest channel times how unsaturated it is:
+    ``img / max(bg, 40)`` (:func:`whiten_paper`) and the rest computed band by band of rows, on two cores
+    (element-wise, so the same numbers; a band's temporaries stay in cache)."""
+    h = img.shape[0]
+    out = np.empty(img.shape[:2], np.float32)
+    rows = max(1, -(-h // bands))
+
+    def band(y0: int) -> None:
+        part = slice(y0, min(h, y0 + rows))
+        g = img[part].astype(np.float32) / np.maximum(bg[part], 40.0)
+        mx, mn = channel_max_min(g)
+        dark = np.clip(1.0 - mx, 0.0, 1.0)
+        sat = (mx - mn) / np.maximum(mx, 1.0 / 255.0)
+        out[part] = dark * np.clip(1.0 - 1.5 * sat, 0.0, 1.0)
+
+    on_two_cores(band, range(0, h, rows))
+    return out
 
 
 #: Dark areas at least this wide (mm) in both directions are not a pen stroke (the thickest pen is ~0.7 mm;
