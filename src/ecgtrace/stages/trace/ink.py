@@ -140,11 +140,16 @@ def whiten_paper(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bo
     lattice with it; since stage 1 lets unsure lattices pass through, the transfer bench's tinted
     pages read the same either way.)
     """
-    return image_bgr.astype(np.float32) / np.maximum(paper_colour(image_bgr, kernel_px, coarse), 40.0)
+    return _whitened(image_bgr, paper_colour(image_bgr, kernel_px, coarse))
+
+
+def _whitened(image_bgr: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """``image_bgr`` divided by its paper colour ``bg`` (floored at 40 of 255: a black blot is no paper)."""
+    return image_bgr.astype(np.float32) / np.maximum(bg, 40.0)
 
 
 def paper_colour(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bool = False) -> np.ndarray:
-    """The local paper colour :func:`whiten_paper` divides by (float32, the picture's shape), before its floor of 40."""
+    """The local paper colour :func:`whiten_paper` divides by (float32, the picture's shape), before its floor."""
     k = kernel_px or max(3, int(round(image_bgr.shape[1] / 2200 * 9)) | 1)
     # the max filter on the 8-bit picture (the same maxima, several times faster than on floats)
     src = image_bgr if image_bgr.dtype == np.uint8 else image_bgr.astype(np.float32)
@@ -228,7 +233,7 @@ def _ink_map(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _dark_and_unsaturated(img: np.ndarray, bg: np.ndarray, bands: int = 8) -> np.ndarray:
     """Per pixel, the darkness of the whitened picture's largest channel times how unsaturated it is:
-    ``img / max(bg, 40)`` (:func:`whiten_paper`) and the rest computed band by band of rows, on two cores
+    the whitening (:func:`whiten_paper`) and the rest computed band by band of rows, on two cores
     (element-wise, so the same numbers; a band's temporaries stay in cache)."""
     h = img.shape[0]
     out = np.empty(img.shape[:2], np.float32)
@@ -236,7 +241,7 @@ def _dark_and_unsaturated(img: np.ndarray, bg: np.ndarray, bands: int = 8) -> np
 
     def band(y0: int) -> None:
         part = slice(y0, min(h, y0 + rows))
-        g = img[part].astype(np.float32) / np.maximum(bg[part], 40.0)
+        g = _whitened(img[part], bg[part])
         mx, mn = channel_max_min(g)
         dark = np.clip(1.0 - mx, 0.0, 1.0)
         sat = (mx - mn) / np.maximum(mx, 1.0 / 255.0)
