@@ -225,8 +225,11 @@ def run_with_baseline(args: argparse.Namespace) -> tuple[dict, dict]:
     """(baseline, working tree): the bench with the package source of git revision ``args.baseline`` and with
     the working tree's, in two processes that take the same pages in turn (the baseline first on each page)."""
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], check=True,
-                                 capture_output=True).stdout
+        got = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], capture_output=True)
+        if got.returncode != 0:
+            why = (got.stderr.decode(errors="replace").strip().splitlines() or ["git archive failed"])[-1]
+            raise SystemExit(f"--baseline {args.baseline}: {why}; name a commit, e.g. HEAD~1 or a hash from `git log`")
+        archive = got.stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         workers = {}
         for side, src in (("baseline", Path(tmp) / "src"), ("working", ROOT / "src")):
