@@ -314,3 +314,35 @@ def test_folding_that_would_change_the_outputs_is_refused():
     net = _with_running_stats(_NormFirst())
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     assert folded_for_inference(net, x) is net
+
+
+def test_map_sampling_reads_a_crop_and_takes_any_number_of_points():
+    """``geometry._bilinear`` samples the part of the map its points read, in rows of points: the same
+    numbers as ``cv2.remap`` over the whole map one point per row (which refuses 32767 points or more),
+    for points inside, outside, on whole pixels and not finite; and a row of traces or a label maps
+    alone as it does with the others."""
+    from ecgtrace import geometry
+
+    rng = np.random.default_rng(3)
+    m = (rng.random((170, 220, 2)) * 200).astype(np.float32)
+
+    def whole_map(q: np.ndarray) -> np.ndarray:
+        p = q.astype(np.float32).reshape(-1, 1, 2)
+        return np.stack([cv2.remap(np.ascontiguousarray(m[..., c]), p[..., 0], p[..., 1], cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE).ravel() for c in (0, 1)], axis=1)
+
+    for trial in range(60):
+        n = int(rng.integers(1, 400))
+        q = rng.random(2) * [260, 210] - 20 + (rng.random((n, 2)) - 0.5) * rng.random() * 120
+        if trial % 5 == 0:
+            q = np.round(q)
+        if trial % 11 == 0:
+            q[0] = np.nan
+        assert np.array_equal(geometry._bilinear(m, q), whole_map(q), equal_nan=True), trial
+    many = rng.random((40000, 2)) * [220, 170]
+    got = geometry._bilinear(m, many)
+    assert got.shape == (40000, 2)
+    assert np.array_equal(got[:30000], whole_map(many[:30000]))
+    parts = [many[i:i + 37] for i in range(0, 2000, 37)]
+    assert np.array_equal(np.concatenate([geometry.sample_map(m, p) for p in parts]),
+                          geometry.sample_map(m, np.concatenate(parts)))

@@ -40,11 +40,31 @@ def resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarra
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
+#: Points per row of the sampling grid :func:`_bilinear` hands ``cv2.remap`` (which takes fewer than 32767 rows).
+_SAMPLE_ROW = 1024
+
+
 def _bilinear(map_xy: np.ndarray, q: np.ndarray) -> np.ndarray:
-    p = np.asarray(q, dtype=np.float32).reshape(-1, 1, 2)
-    mx = cv2.remap(map_xy[..., 0], p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    my = cv2.remap(map_xy[..., 1], p[..., 0], p[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return np.stack([mx.ravel(), my.ravel()], axis=1).astype(np.float64)
+    """``map_xy`` (H, W, 2) sampled bilinearly at the points ``q`` (N, 2), any N: one ``cv2.remap`` a channel
+    of the part of the map the points read (each channel is copied out of the map for it)."""
+    p = np.asarray(q, dtype=np.float32).reshape(-1, 2)
+    n = len(p)
+    if n == 0:
+        return np.zeros((0, 2))
+    # the part the points read (with the pixels beyond, up to the map's edge, that its border repeats): an
+    # integer shift keeps each float32 coordinate's fraction, so the samples are those of the whole map
+    h, w = map_xy.shape[:2]
+    x0 = y0 = 0
+    if np.isfinite(p).all():  # (where a point is not, OpenCV reads a corner of what it is given)
+        x0, y0 = (int(np.clip(np.floor(v.min()), 0, m - 1)) for v, m in ((p[:, 0], w), (p[:, 1], h)))
+        x1, y1 = (int(np.clip(np.floor(v.max()) + 2, 1, m)) for v, m in ((p[:, 0], w), (p[:, 1], h)))
+        map_xy = map_xy[y0:y1, x0:x1]
+    grid = np.zeros((-(-n // _SAMPLE_ROW) * _SAMPLE_ROW, 2), np.float32)
+    grid[:n] = p - np.array([x0, y0], np.float32)
+    gx, gy = grid[:, 0].reshape(-1, _SAMPLE_ROW), grid[:, 1].reshape(-1, _SAMPLE_ROW)
+    mx = cv2.remap(map_xy[..., 0], gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    my = cv2.remap(map_xy[..., 1], gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.stack([mx.ravel()[:n], my.ravel()[:n]], axis=1).astype(np.float64)
 
 
 def sample_map(map_xy: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -62,10 +82,14 @@ def sample_map(map_xy: np.ndarray, pts: np.ndarray) -> np.ndarray:
         c = np.stack([cx, cy], axis=1)[outside]
         x0, x1 = np.clip(c[:, 0] - 1, 0, w - 1), np.clip(c[:, 0] + 1, 0, w - 1)
         y0, y1 = np.clip(c[:, 1] - 1, 0, h - 1), np.clip(c[:, 1] + 1, 0, h - 1)
-        jx = (_bilinear(map_xy, np.c_[x1, c[:, 1]]) - _bilinear(map_xy, np.c_[x0, c[:, 1]])) / (x1 - x0)[:, None]
-        jy = (_bilinear(map_xy, np.c_[c[:, 0], y1]) - _bilinear(map_xy, np.c_[c[:, 0], y0])) / (y1 - y0)[:, None]
+        # the edge point and its four neighbours in one sampling (each call copies the map's two channels)
+        at, right, left, down, up = np.split(
+            _bilinear(map_xy, np.concatenate([c, np.c_[x1, c[:, 1]], np.c_[x0, c[:, 1]], np.c_[c[:, 0], y1],
+                                              np.c_[c[:, 0], y0]])), 5)
+        jx = (right - left) / (x1 - x0)[:, None]
+        jy = (down - up) / (y1 - y0)[:, None]
         d = q[outside] - c
-        out[outside] = _bilinear(map_xy, c) + jx * d[:, :1] + jy * d[:, 1:]
+        out[outside] = at + jx * d[:, :1] + jy * d[:, 1:]
     return out
 
 

@@ -124,19 +124,26 @@ class Result:
     def traces_original(self) -> dict[str, np.ndarray]:
         """The stage-2 traces mapped back to original-photo px: rectified -> stage-1 map -> inverse stage-0
         homography (-> undo the working downscale)."""
+        keys = list(self.leads.traces_px)
+        if not keys:
+            return {}
+        parts = [np.asarray(self.leads.traces_px[k], np.float64).reshape(-1, 2) for k in keys]
+        mapped = self._to_original(np.concatenate(parts))  # all rows in one mapping
+        return dict(zip(keys, np.split(mapped, np.cumsum([len(p) for p in parts])[:-1]), strict=True))
+
+    def _to_original(self, pts: np.ndarray) -> np.ndarray:
+        """Rectified-page px (N, 2) -> original-photo px."""
         map_xy = self.rectified.map_xy if self.rectified is not None else None
         hmat = self.normalized.homography if self.normalized is not None else None
-        out = {}
-        for key, pts in self.leads.traces_px.items():
-            out[key] = rectified_to_original(pts, map_xy, hmat) / self.work_scale
-        return out
+        return rectified_to_original(pts, map_xy, hmat) / self.work_scale
 
     def overlay(self, path: str | Path | None = None) -> np.ndarray:
         """The extracted traces drawn on the original picture (BGR); written to ``path`` when given."""
         if self.image is None:
             raise EcgTraceError("this result keeps no picture to draw on; digitize the image again")
         traces = self.traces_original()
-        labels = {}
+        scale = self.rectified.image.shape[1] / CANONICAL.width_px if self.rectified is not None else 1.0
+        texts, anchors = [], []
         for lead in paper.MARKERS:
             row, col = paper.lead_row_col(lead)
             key = ROW_KEYS[row]
@@ -144,20 +151,17 @@ class Result:
                 continue
             x = CANONICAL.column_x(col) + 0.25 * CANONICAL.px_per_s
             y = CANONICAL.baseline_y(row) - 1.4 * CANONICAL.px_per_mv
-            scale = self.rectified.image.shape[1] / CANONICAL.width_px if self.rectified is not None else 1.0
-            xy = self.traces_original_point((x * scale, y * scale))
             text = "II (rhythm)" if lead == paper.RHYTHM_KEY else lead
             flag = self.leads.quality.get(paper.RHYTHM_LEAD if lead == paper.RHYTHM_KEY else lead, "ok")
-            labels[text + ("" if flag == "ok" else " ?")] = (xy, key)
+            texts.append((text + ("" if flag == "ok" else " ?"), key))
+            anchors.append((x * scale, y * scale))
+        xys = self._to_original(np.array(anchors, np.float64).reshape(-1, 2))  # every label in one mapping
+        labels = {text: (xy, key) for (text, key), xy in zip(texts, xys, strict=True)}
         img = io.draw_overlay(self.image, traces, labels, title=weights_title(self.report.get("weights")))
         if path is not None:
             io.write_image(img, path)
         return img
 
-    def traces_original_point(self, xy: tuple[float, float]) -> np.ndarray:
-        map_xy = self.rectified.map_xy if self.rectified is not None else None
-        hmat = self.normalized.homography if self.normalized is not None else None
-        return rectified_to_original(np.array([xy]), map_xy, hmat)[0] / self.work_scale
 
 
 def weights_title(weights: dict[str, dict[str, Any]] | None) -> str | None:
