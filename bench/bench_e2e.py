@@ -14,7 +14,9 @@ renderer did not draw, whose size and damage set the time of some steps.
 
 ``--profile`` adds the time of every step the stages mark (:mod:`ecgtrace.stages.steps`:
 grid features, node measurement, lattice fit, dense map, remap, ink map, path search, ...),
-as a tree with the mean seconds per image, also written to bench/results/<name>_profile.txt.
+as a tree with the mean seconds per image and the cores each step kept busy (process CPU over wall
+time: near 1 on this two-core machine is a step one core runs alone), also written to
+bench/results/<name>_profile.txt.
 
 ``--baseline REV`` also runs the same pages with the package source of git revision ``REV``
 (extracted with ``git archive`` into a temporary folder) and prints both side by side: before and
@@ -59,8 +61,10 @@ def _quiet_logs() -> None:
     logger.add(sys.stderr, level=os.environ.get("ECGTRACE_LOG", "WARNING"), format="{message}")
 
 
-def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]]) -> list[str]:
-    """Mean seconds per image of every step path, as an indented tree in first-seen order."""
+def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]],
+                  cpu: list[dict[str, float]] | None = None) -> list[str]:
+    """Mean seconds per image of every step path, as an indented tree in first-seen order; with ``cpu`` (the
+    process CPU seconds of each step) also the cores each kept busy (CPU over wall time)."""
     names: list[str] = []
     for p in profiles:
         names += [k for k in p if k not in names]
@@ -72,7 +76,7 @@ def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]])
         return tuple(pos.get("/".join(parts[:i + 1]), 1e9) for i in range(len(parts)))
 
     n = max(1, len(profiles))
-    lines = [f"{'step':<44}{'s/image':>9}{'calls/image':>13}{'share':>8}"]
+    lines = [f"{'step':<44}{'s/image':>9}{'calls/image':>13}{'share':>8}" + (f"{'cores':>7}" if cpu else "")]
     for name in sorted(names, key=key):
         parts = name.split("/")
         mean = sum(p.get(name, 0.0) for p in profiles) / n
@@ -80,7 +84,11 @@ def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]])
         parent = "/".join(parts[:-1])
         pmean = sum(p.get(parent, 0.0) for p in profiles) / n if parent else 0.0
         share = f"{100 * mean / pmean:6.0f} %" if pmean > 0 else ""
-        lines.append(f"{'  ' * (len(parts) - 1) + parts[-1]:<44}{mean:9.3f}{ncall:13.1f}{share:>8}")
+        cores = ""
+        if cpu:
+            wall = sum(p.get(name, 0.0) for p in profiles)
+            cores = f"{sum(c.get(name, 0.0) for c in cpu) / wall:7.2f}" if wall > 0 else ""
+        lines.append(f"{'  ' * (len(parts) - 1) + parts[-1]:<44}{mean:9.3f}{ncall:13.1f}{share:>8}{cores}")
     return lines
 
 
@@ -163,7 +171,9 @@ class PageTimer:
         r = dict(res.report["timing_s"])
         r.update(total=t_pipe, cpu_total=c_pipe, write_outputs=t_write, variant=s.variant,
                  stage1_method=res.report["method"]["stage1"])
-        return r, ({"seconds": dict(rec.seconds), "calls": dict(rec.calls)} if rec is not None else None)
+        # (a baseline source from before the step timer kept CPU time has no ``cpu``)
+        return r, ({"seconds": dict(rec.seconds), "calls": dict(rec.calls), "cpu": dict(getattr(rec, "cpu", {}))}
+                   if rec is not None else None)
 
 
 def _print_row(r: dict) -> None:
@@ -182,7 +192,8 @@ def bench_result(args: argparse.Namespace, rows: list[dict], profiles: list[dict
         "torch_threads": torch.get_num_threads(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "n_images": len(rows), "variants": list(variants), "methods": methods,
         "pipeline_init_s": init_s, "per_stage": summary, "per_image": rows,
-        "profile_table": profile_table([p["seconds"] for p in profiles], [p["calls"] for p in profiles])
+        "profile_table": profile_table([p["seconds"] for p in profiles], [p["calls"] for p in profiles],
+                                       [p["cpu"] for p in profiles] if all(p["cpu"] for p in profiles) else None)
         if profiles else None,
         "note": "machine shared with other jobs while measured (cpu_total: process CPU time, less sensitive to "
                 "that); the first image (warm-up) is not counted",

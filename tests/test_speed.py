@@ -3,6 +3,8 @@ lattice solve, the stage-2 network with its BatchNorms folded; and the step time
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -270,6 +272,14 @@ def test_steps_nest_and_cost_nothing_unrecorded():
             with steps.step("b"):
                 pass
     assert list(rec.seconds) == ["a/b", "a"] and rec.calls["a/b"] == 2 and rec.calls["a"] == 1
+    with steps.recording() as rec:
+        with steps.step("busy"):
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.05:  # a core busy for 50 ms ...
+                pass
+        with steps.step("idle"):
+            time.sleep(0.05)  # ... and none
+    assert rec.cpu["busy"] > 0.5 * rec.seconds["busy"] and rec.cpu["idle"] < 0.2 * rec.seconds["idle"]
 
 
 def _with_running_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
