@@ -356,3 +356,29 @@ def test_map_sampling_reads_a_crop_and_takes_any_number_of_points():
     parts = [many[i:i + 37] for i in range(0, 2000, 37)]
     assert np.array_equal(np.concatenate([geometry.sample_map(m, p) for p in parts]),
                           geometry.sample_map(m, np.concatenate(parts)))
+
+
+def _ink_near_path_by_point(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """:func:`ink.ink_near_path` as it was written first: a dilated page, then one slice per point."""
+    h, w = prob.shape
+    xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
+    y = np.asarray(y, np.float64)
+    yp = np.concatenate([y[:1], y[:-1]])
+    lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
+    hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
+    wide = cv2.dilate(prob, np.ones((1, 3), np.uint8))
+    return np.array([wide[a:b + 1, c].max() for c, a, b in zip(xi, lo, hi)], np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ink_near_path_is_the_max_over_each_points_span(seed):
+    rng = np.random.default_rng(seed)
+    prob = rng.random((120, 300)).astype(np.float32 if seed % 2 == 0 else np.float64)
+    n = 400
+    x = np.linspace(-3, 302, n) + rng.normal(0, 0.3, n)  # past both edges
+    y = np.cumsum(rng.normal(0, 1, n)) + 60
+    y[::37] += rng.normal(0, 40, len(y[::37]))  # steep strokes, some off the page
+    for radius in (1.0, 2.0, 3.5):
+        got = ink.ink_near_path(prob, x, y, radius)
+        assert got.dtype == np.float32 and np.array_equal(got, _ink_near_path_by_point(prob, x, y, radius))
+    assert ink.ink_near_path(prob, x[:0], y[:0], 2.0).shape == (0,)

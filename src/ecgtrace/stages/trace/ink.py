@@ -455,9 +455,15 @@ def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float)
     yp = np.concatenate([y[:1], y[:-1]])
     lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
     hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
-    # each column's ink as the max of itself and its two neighbours, then the max over [lo, hi] per point
-    wide = cv2.dilate(prob, np.ones((1, 3), np.uint8))
-    out = np.empty(len(xi), np.float32)
-    for i, (c, a, b) in enumerate(zip(xi, lo, hi)):
-        out[i] = wide[a:b + 1, c].max()
+    # the max over rows [lo, hi] of the column and its two neighbours (the page's edge has none beyond), for
+    # all points a row at a time: most spans are a few px, only a steep stroke's go on
+    cols = [np.clip(xi + d, 0, w - 1) for d in (-1, 0, 1)]
+    out = np.maximum.reduce([prob[lo, c] for c in cols]).astype(np.float32)
+    idx = np.flatnonzero(hi > lo)
+    k = 0
+    while len(idx):
+        k += 1
+        r = lo[idx] + k
+        out[idx] = np.maximum(out[idx], np.maximum.reduce([prob[r, c[idx]] for c in cols]))
+        idx = idx[r < hi[idx]]
     return out
