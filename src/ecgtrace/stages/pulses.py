@@ -24,6 +24,7 @@ from ecgtrace.geometry import identity_map
 from ecgtrace.paper import CAL_PULSE_MV, N_ROWS, Page
 from ecgtrace.stages.base import RectifiedPage
 from ecgtrace.stages.memo import PageMemo
+from ecgtrace.stages.steps import step
 from ecgtrace.stages.trace.ink import trace_probability
 
 
@@ -146,7 +147,8 @@ def find_pulses(image_bgr: np.ndarray, params: PulseParams | None = None) -> np.
     hit = _LAST.get(image_bgr, p)
     if hit is not None:
         return hit
-    found = _find_pulses(image_bgr, p)
+    with step("pulse search"):
+        found = _find_pulses(image_bgr, p)
     _LAST.put(image_bgr, found, p)
     return found
 

@@ -37,6 +37,7 @@ from ecgtrace.models.stage0 import MARKER_HEAD, ORIENT_HEAD
 from ecgtrace.paper import CANONICAL, HOMOGRAPHY_MARKERS, MARKERS, ROW_BASELINES_MV
 from ecgtrace.stages.base import NormalizedPage, StageError
 from ecgtrace.stages.paper_outline import MAX_FIT_FRACTION, find_paper_outline
+from ecgtrace.stages.steps import step
 from ecgtrace.stages.trace.ink import channel_max_min, median_blur, on_two_cores, whiten_paper
 
 _PAGE_HW = CANONICAL.size  # (1700, 2200)
@@ -246,9 +247,8 @@ class Stage0:
     def __call__(self, image_bgr: np.ndarray) -> NormalizedPage:
         """Normalize one picture (BGR uint8); see the module docstring."""
         img = check_image(image_bgr)
-        if self.net is None:
-            return self._classical(img)
-        return self._learned(img)
+        with step("stage0"):
+            return self._classical(img) if self.net is None else self._learned(img)
 
     def _learned(self, img: np.ndarray) -> NormalizedPage:
         hw = img.shape[:2]
@@ -309,26 +309,30 @@ class Stage0:
 
     def _classical(self, img: np.ndarray) -> NormalizedPage:
         hw = img.shape[:2]
-        c, conf, cues = classical_orientation(img)
+        with step("orientation"):
+            c, conf, cues = classical_orientation(img)
         if cues["ink_fraction"] < 1e-4:
             raise StageError("no dark strokes in this image (no ECG traces); check that it is an ECG picture")
         hom = resize_matrix(orient.oriented_size(hw, c), _PAGE_HW) @ unorient_matrix(c, hw)
         msg = "classical: rotation from trace-row direction and rhythm-strip side; mirror images are not corrected"
-        sheet = outline_homography(img, c)
+        with step("sheet outline"):
+            sheet = outline_homography(img, c)
         if sheet is not None:
             hom = sheet
             msg += "; perspective from the sheet's outline"
         else:
             msg += "; no whole sheet outline in view, so perspective is not corrected"
-            skew, gain = estimate_skew(cv2.warpPerspective(img, resize_matrix(_PAGE_HW, _SKEW_HW) @ hom,
-                                                     (_SKEW_HW[1], _SKEW_HW[0]), flags=cv2.INTER_AREA,
-                                                     borderMode=cv2.BORDER_REPLICATE))
+            with step("skew"):
+                skew, gain = estimate_skew(cv2.warpPerspective(img, resize_matrix(_PAGE_HW, _SKEW_HW) @ hom,
+                                                         (_SKEW_HW[1], _SKEW_HW[0]), flags=cv2.INTER_AREA,
+                                                         borderMode=cv2.BORDER_REPLICATE))
             if abs(skew) >= MIN_SKEW_DEG and gain >= MIN_SKEW_GAIN:
                 hom = rotation_about_centre(-skew, _PAGE_HW) @ hom
                 msg += f"; deskewed by {skew:+.1f} degrees (grid and trace rows)"
-        warped = cv2.warpPerspective(img, hom, (_PAGE_HW[1], _PAGE_HW[0]), flags=cv2.INTER_AREA
-                                     if max(hw) > max(_PAGE_HW) else cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REPLICATE)
+        with step("warp"):
+            warped = cv2.warpPerspective(img, hom, (_PAGE_HW[1], _PAGE_HW[0]), flags=cv2.INTER_AREA
+                                         if max(hw) > max(_PAGE_HW) else cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REPLICATE)
         return NormalizedPage(image=warped, homography=hom, orientation=c, orientation_confidence=conf,
                               markers={}, method="classical", ok=conf > 0.2, message=msg)
 
