@@ -7,7 +7,8 @@ Modes (each scored with ``ecgtrace.metric`` through a real submission):
 - ``gt_rect``: stage 2 alone on the pictures rectified with their *ground-truth* geometry,
   so the difference to ``e2e`` is what stages 0/1 lose;
 - ``gt_rect_einthoven``: the same with the soft Einthoven correction, to measure the switch;
-- ``model_gt_rect`` / ``model_e2e``: with a stage-2 checkpoint (--stage2-checkpoint);
+- ``model_gt_rect`` / ``model_e2e``: with a stage-2 checkpoint (--stage2-checkpoint; without one, the
+  shipped stage-2 weights: ``model_e2e`` is then ``e2e`` with stages 0 and 1 as that mode has them);
   ``model_gt_rect_einthoven``: the model on GT-rectified pictures with the Einthoven switch on.
 
 Usage:
@@ -103,6 +104,23 @@ def score(data: Path, test_df, preds: dict, tag: str, out_dir: Path) -> dict:
             "per_lead": {k: r["snr_db"] for k, r in rep["per_lead"].items()}, "n_images": rep["n_images"]}
 
 
+def stage2_model_weights(checkpoint: str | None):
+    """The stage-2 weights of the ``model_*`` modes: ``checkpoint``, else the shipped file (said in one line);
+    neither is one line saying what to pass."""
+    from ecgtrace.models.shipped import resolve_weights
+
+    if checkpoint:
+        if not Path(checkpoint).is_file():
+            raise SystemExit(f"--stage2-checkpoint {checkpoint}: no such file")
+        return checkpoint
+    src = resolve_weights(2)
+    if not src.uses_network:
+        raise SystemExit("the model_* modes need stage-2 weights: none ship with this checkout "
+                         "(src/ecgtrace/weights); pass --stage2-checkpoint PATH")
+    print(f"model_* modes: the shipped stage-2 weights ({src.name})", flush=True)
+    return src
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=ALL)
@@ -129,6 +147,7 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.stage2_checkpoint and not any(m.startswith("model") for m in modes):
         modes += ["model_gt_rect", "model_e2e"]
+    model_weights = stage2_model_weights(args.stage2_checkpoint) if any(m.startswith("model") for m in modes) else None
     results: dict = {"variants": variants, "per_variant_images": args.per_variant, "n_images": len(ids),
                      "seed": args.seed, "cpu_threads": os.environ.get("OMP_NUM_THREADS", "default"), "modes": {}}
     for mode in modes:
@@ -141,20 +160,21 @@ def main() -> int:
                    "per_lead": {k: r["snr_db"] for k, r in rep["per_lead"].items()}, "n_images": rep["n_images"],
                    "failed": out.failed, "s_per_image": out.seconds / max(1, out.n_images)}
         elif mode == "model_e2e":
-            ck = Path(args.stage2_checkpoint)
-            tmp = work / "ckpts_model_e2e"
-            tmp.mkdir(parents=True, exist_ok=True)
-            link = tmp / "stage2_bench.pth"
-            if link.exists() or link.is_symlink():
-                link.unlink()
-            link.symlink_to(ck.resolve())
+            tmp = None  # the shipped stage-2 weights are the pipeline's default
+            if args.stage2_checkpoint:
+                tmp = work / "ckpts_model_e2e"
+                tmp.mkdir(parents=True, exist_ok=True)
+                link = tmp / "stage2_bench.pth"
+                if link.exists() or link.is_symlink():
+                    link.unlink()
+                link.symlink_to(Path(args.stage2_checkpoint).resolve())
             out = predict_split(data, "test", checkpoints=tmp, progress=True)
             path = write_submission(out.submission, work / "submission_model_e2e.csv")
             rep = evaluate(path, data, split="test", worst=3)
             res = {"score_db": rep["score_db"], "per_variant": {v: r["score_db"] for v, r in rep["per_variant"].items()},
                    "n_images": rep["n_images"], "failed": out.failed, "s_per_image": out.seconds / max(1, out.n_images)}
         elif mode in ("gt_rect", "gt_rect_einthoven", "model_gt_rect", "model_gt_rect_einthoven"):
-            st = Stage2(checkpoint=args.stage2_checkpoint if mode.startswith("model") else None,
+            st = Stage2(checkpoint=model_weights if mode.startswith("model") else None,
                         einthoven=mode.endswith("einthoven"))
             preds, flags, spi = gt_rect_predictions(data, st, ids, test_df)
             res = score(data, test_df, preds, mode, work)
