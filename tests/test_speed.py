@@ -359,13 +359,8 @@ def test_map_sampling_reads_a_crop_and_takes_any_number_of_points():
 
 
 def _ink_near_path_by_point(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
-    """:func:`ink.ink_near_path` as it was written first: a dilated page, then one slice per point."""
-    h, w = prob.shape
-    xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
-    y = np.asarray(y, np.float64)
-    yp = np.concatenate([y[:1], y[:-1]])
-    lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
-    hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
+    """:func:`ink.ink_near_path` as it was written first: a dilated page, then one slice per point's span."""
+    xi, lo, hi = ink.path_spans(prob.shape, x, y, radius)
     wide = cv2.dilate(prob, np.ones((1, 3), np.uint8))
     return np.array([wide[a:b + 1, c].max() for c, a, b in zip(xi, lo, hi)], np.float32)
 

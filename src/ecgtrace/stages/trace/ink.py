@@ -441,6 +441,19 @@ def path_ink_radius(page: Page) -> float:
     return max(1.0, 2.0 * page.px_per_mm / CANONICAL.px_per_mm)
 
 
+def path_spans(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(column, first row, last row) per path point on a page of ``shape``: the rows within ``radius`` px of the
+    point and of the span to the previous point, clipped to the page."""
+    h, w = shape
+    xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
+    y = np.asarray(y, np.float64)
+    yp = np.concatenate([y[:1], y[:-1]])
+    lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
+    hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
+    return xi, lo, hi
+
+
 def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
     """Page ink at a path read by another method (a model), per path point, with tolerance.
 
@@ -449,12 +462,8 @@ def ink_near_path(prob: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float)
     in-painted under a dark grid line lost its ink). A model's own confidence says how sure
     the network is, not whether the picture holds a trace there; this does.
     """
-    h, w = prob.shape
-    xi = np.clip(np.round(np.asarray(x, np.float64)).astype(int), 0, w - 1)
-    y = np.asarray(y, np.float64)
-    yp = np.concatenate([y[:1], y[:-1]])
-    lo = np.clip(np.floor(np.minimum(y, yp) - radius), 0, h - 1).astype(int)
-    hi = np.clip(np.ceil(np.maximum(y, yp) + radius), 0, h - 1).astype(int)
+    w = prob.shape[1]
+    xi, lo, hi = path_spans(prob.shape, x, y, radius)
     # the max over rows [lo, hi] of the column and its two neighbours (the page's edge has none beyond), for
     # all points a row at a time: most spans are a few px, only a steep stroke's go on
     cols = [np.clip(xi + d, 0, w - 1) for d in (-1, 0, 1)]
