@@ -163,7 +163,6 @@ class Result:
         return img
 
 
-
 def weights_title(weights: dict[str, dict[str, Any]] | None) -> str | None:
     """Overlay title naming the weights of each stage: ``s0 classical | s1 classical | s2 shipped NAME (ab12cd34)``."""
     if not weights:
