@@ -84,10 +84,7 @@ def profile_table(profiles: list[dict[str, float]], calls: list[dict[str, int]],
         parent = "/".join(parts[:-1])
         pmean = sum(p.get(parent, 0.0) for p in profiles) / n if parent else 0.0
         share = f"{100 * mean / pmean:6.0f} %" if pmean > 0 else ""
-        cores = ""
-        if cpu:
-            wall = sum(p.get(name, 0.0) for p in profiles)
-            cores = f"{sum(c.get(name, 0.0) for c in cpu) / wall:7.2f}" if wall > 0 else ""
+        cores = f"{sum(c.get(name, 0.0) for c in cpu) / n / mean:7.2f}" if cpu and mean > 0 else ""
         lines.append(f"{'  ' * (len(parts) - 1) + parts[-1]:<44}{mean:9.3f}{ncall:13.1f}{share:>8}{cores}")
     return lines
 
