@@ -179,13 +179,15 @@ def weights_title(weights: dict[str, dict[str, Any]] | None) -> str | None:
 class Pipeline:
     """Stage 0 -> 1 -> 2; per stage a checkpoint from ``checkpoints_dir``, else the shipped weights, else the
     classical path. ``classical=True`` runs every stage's classical path. ``backend="onnx"`` runs the
-    networks with onnxruntime (:mod:`ecgtrace.models.onnx_backend`), ``"torch"`` with torch.
+    networks with onnxruntime (:mod:`ecgtrace.models.onnx_backend`), ``"torch"`` with torch. ``precision``
+    (:data:`ecgtrace.models.stage2.PRECISIONS`; default ``$ECGTRACE_PRECISION``, else auto: the shipped int8
+    stage-2 network on a CPU with VNNI) is what the stage-2 network computes in.
 
     ``weights`` maps ``"stage0"``.. to the :class:`~ecgtrace.models.shipped.WeightsSource` each stage uses.
     """
 
     def __init__(self, checkpoints_dir: str | Path | None = None, device: str = "cpu", einthoven: bool = False,
-                 classical: bool = False, backend: str = "torch") -> None:
+                 classical: bool = False, backend: str = "torch", precision: str | None = None) -> None:
         if checkpoints_dir is not None and not Path(checkpoints_dir).exists():
             raise EcgTraceError(f"checkpoint folder {checkpoints_dir} not found; train with `ecgtrace train` "
                                 "or leave --checkpoints out to use the shipped weights")
@@ -195,7 +197,8 @@ class Pipeline:
         self.backend = backend
         self.stage0 = Stage0(checkpoint=src[0], device=device, backend=backend)
         self.stage1 = Stage1(checkpoint=src[1], device=device, backend=backend)
-        self.stage2 = Stage2(checkpoint=src[2], device=device, einthoven=einthoven, backend=backend)
+        self.stage2 = Stage2(checkpoint=src[2], device=device, einthoven=einthoven, backend=backend,
+                             precision=precision)
 
     def _read(self, rect: RectifiedPage, homography: np.ndarray, work_scale: float, fs: float,
               n_samples: dict[str, int] | None) -> LeadSignals:

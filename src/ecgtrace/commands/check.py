@@ -226,15 +226,23 @@ def _test_onnx_file(p: Path, device: str, lines: list[str]) -> CheckReport:
     """``--test`` of an ``.onnx`` network (``ecgtrace export --onnx``): metadata and an onnxruntime forward pass."""
     import torch
 
-    from ecgtrace.models import onnx_backend
+    from ecgtrace.models import onnx_backend, shipped
 
     try:
         net = onnx_backend.load_onnx_file(p, device)
     except EcgTraceError as e:
         return CheckReport(False, str(e), lines)
     cfg, shape = net.cfg, net.model.shape
-    lines.append(f"ONNX network: stage {_stage_text(cfg.stage)}, epoch {net.epoch}, input (N, "
+    lines.append(f"ONNX network ({net.model.precision}): stage {_stage_text(cfg.stage)}, epoch {net.epoch}, input (N, "
                  f"{', '.join(map(str, shape[1:]))}), outputs {', '.join(net.model.output_names)}")
+    entry = next((e for e in shipped.read_manifest().weights.values()
+                  if e.int8_path is not None and e.int8_path.resolve() == p.resolve()), None)
+    if entry is not None:
+        problem = shipped.int8_problem(entry)
+        if problem:
+            return CheckReport(False, f"{problem}; reinstall ecgtrace", lines)
+        lines.append(f"Shipped as the int8 form of stage {entry.stage} ({entry.int8['name']}); sha256 matches the "
+                     "manifest")
     lines.append(f"Architecture it was exported from: {cfg.architecture or '?'} {cfg.arch_kwargs}")
     out = net.model(torch.zeros(shape))
     bad = [k for k, v in out.items() if not torch.isfinite(v).all()]

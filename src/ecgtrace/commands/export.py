@@ -1,5 +1,5 @@
 """``ecgtrace export``: a training checkpoint -> an inference-only fp16 ``.safetensors`` file (or the shipped one),
-or with ``--onnx`` an ``.onnx`` network for onnxruntime."""
+with ``--onnx`` an ``.onnx`` network for onnxruntime, with ``--int8`` the stage-2 network quantized for it."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def register(subparsers) -> None:
     p.add_argument("--onnx", action="store_true",
                    help="with --out FILE.onnx: export the network for onnxruntime (its logits are checked against "
                         "torch's on a seeded input)")
+    p.add_argument("--int8", action="store_true",
+                   help="stage 2: write the network quantized to int8 for onnxruntime (calibrated on our own "
+                        "renders, checked against float32), to --out FILE.onnx, or with --ship next to the shipped "
+                        "weights it was made from (CKPT must be those weights); `auto` precision then runs it")
+    p.add_argument("--calibration-pages", type=int, default=24, dest="calibration_pages", metavar="N",
+                   help="with --int8: renders whose row strips set the activation ranges (default 24)")
     p.add_argument("--name", default=None, help="name of the weights (default: stage, encoder, input size, epoch)")
     p.add_argument("--recipe", default=None, metavar="TEXT",
                    help="with --ship: the data recipe it was trained on (default: from the checkpoint's config)")
@@ -99,6 +105,44 @@ def _read_figures(path: str | None) -> dict[str, Any]:
     return figs
 
 
+def _int8(args: argparse.Namespace) -> int:
+    """``--int8``: quantize, check, and write the file (or ship it beside the weights it came from)."""
+    import tempfile
+
+    from ecgtrace.models import shipped
+    from ecgtrace.train.quantize import quantize_stage2
+
+    if args.onnx:
+        raise EcgTraceError("--int8 writes an ONNX file already; give --int8 without --onnx")
+    if any(v is not None for v in (args.recipe, args.train_command, args.commit)):
+        raise EcgTraceError("--recipe, --train-command and --commit describe float weights; the int8 form records "
+                            "its calibration itself")
+    with tempfile.TemporaryDirectory(prefix="ecgtrace-int8-") as tmp:
+        out = Path(tmp) / "stage2-int8.onnx" if args.ship else Path(args.out)
+        res = quantize_stage2(args.checkpoint, out, calibration_pages=args.calibration_pages, name=args.name)
+        print(f"int8 network of {args.checkpoint}: {res.name}, {res.size_bytes / 1e6:.1f} MB")
+        print(f"  against float32 on the check strips: decoded columns {res.mean_shift_px:.3f} px apart on average, "
+              f"{100 * res.share_over_1px:.2f} % over 1 px (max logit difference {res.max_logit_diff:.2f})")
+        print(f"  kept float32: {', '.join(res.float_nodes)}")
+        if not args.ship:
+            print(f"wrote {res.path}; run it with --checkpoints on its folder, or ECGTRACE_PRECISION=int8 for the "
+                  "shipped weights' own")
+            return 0
+        entry = shipped.ship_int8(out, {
+            "stage": 2, "name": res.name, "source_sha256": shipped.file_sha256(args.checkpoint),
+            "calibration": res.calibration, "float_nodes": res.float_nodes,
+            "check": {"mean_shift_px": round(res.mean_shift_px, 4), "share_over_1px": round(res.share_over_1px, 5)},
+            "figures": _read_figures(args.figures)})
+    total = shipped.folder_size(entry.folder)
+    print(f"shipped {entry.int8_path} beside {entry.file} ({int(entry.int8['size_bytes']) / 1e6:.1f} MB, sha256 "
+          f"{entry.int8['sha256'][:shipped.SHA_PREFIX]}); weights folder {total / 1e6:.1f} MB of the "
+          f"{shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget")
+    if total > shipped.SIZE_BUDGET_BYTES:
+        print(f"WARNING: the shipped weights ({total / 1e6:.1f} MB) exceed the "
+              f"{shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Export (or ship) and print size, parameter count and sha256."""
     from ecgtrace.models import shipped
@@ -108,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                             "with --ship")
     if not Path(args.checkpoint).is_file():
         raise EcgTraceError(f"checkpoint {args.checkpoint} not found; list checkpoints with `ecgtrace check --list`")
+    if args.int8:
+        return _int8(args)
     if args.onnx:
         if args.ship:
             raise EcgTraceError("the shipped weights are .safetensors; --onnx writes a file: use --onnx --out FILE.onnx "

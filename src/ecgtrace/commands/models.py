@@ -61,9 +61,11 @@ def _figures(figs: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print what ships and where each stage's weights would come from."""
     from ecgtrace.models import shipped
+    from ecgtrace.models.stage2 import network_source
 
     man = shipped.read_manifest()
     sources = {k: shipped.resolve_weights(k, args.checkpoints, classical=args.classical) for k in shipped.STAGES}
+    sources[2] = network_source(sources[2])  # the int8 form of the stage-2 weights, where it is the one to run
     if args.json:
         print(json.dumps({"folder": str(man.folder), "manifest": man.to_dict(),
                           "sources": {f"stage{k}": s.to_dict() for k, s in sources.items()}}, indent=2))
@@ -87,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
             if e.trained:
                 print("        trained: " + "; ".join(f"{a} {b}" for a, b in e.trained.items() if b))
             print("        figures: " + (_figures(e.figures) or "none recorded"))
+            if e.int8:
+                q = e.int8
+                print(f"        int8 for onnxruntime: {q['file']} {q['name']} ({q['sha256'][:shipped.SHA_PREFIX]}), "
+                      f"{_size(int(q.get('size_bytes') or 0))}  {shipped.int8_problem(e) or 'ok'}")
+                if q.get("check"):
+                    print("          against float32: " + _figures(q["check"]))
     print("Where each stage's weights come from" + (" (--classical)" if args.classical else
                                                    f" (--checkpoints {args.checkpoints})" if args.checkpoints else "")
           + ":")

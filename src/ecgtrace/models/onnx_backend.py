@@ -102,10 +102,12 @@ def logits_agree(got: np.ndarray | torch.Tensor, want: np.ndarray | torch.Tensor
 class OnnxNetwork:
     """An onnxruntime session called like the torch network: ``net(x)`` -> ``{head: logits}`` (torch tensors)."""
 
-    def __init__(self, session: Any, path: Path, shape: tuple[int, ...]) -> None:
+    def __init__(self, session: Any, path: Path, shape: tuple[int, ...], precision: str = "fp32") -> None:
         self.session = session
         self.path = path
         self.shape = tuple(int(v) for v in shape)
+        #: what the file computes in: "fp32" (an export) or "int8" (`ecgtrace export --int8`), from its metadata
+        self.precision = precision
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]
 
@@ -163,7 +165,7 @@ def load_onnx_file(path: str | Path, device: str = "cpu", stage: int | None = No
     except (ValueError, TypeError) as e:
         raise EcgTraceError(f"{p}: its pretrained_cfg metadata is not valid ({e}); export it again") from e
     check_fits(p, cfg, stage, heads)
-    net = OnnxNetwork(sess, p, input_shape(cfg))
+    net = OnnxNetwork(sess, p, input_shape(cfg), precision=str(meta.get("precision") or "fp32"))
     return LoadedModel(model=net, cfg=cfg, path=p, epoch=int(meta.get("epoch", 0) or 0))  # type: ignore[arg-type]
 
 

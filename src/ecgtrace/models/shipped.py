@@ -8,7 +8,13 @@ JSON in its metadata) and ``manifest.json``::
      "weights": {"2": {"file": "stage2.safetensors", "name": "...", "sha256": "...",
                        "pretrained_cfg": {...}, "parameters": N, "size_bytes": N,
                        "trained": {"command": "...", "data": "...", "commit": "..."},
-                       "figures": {...}}}}
+                       "figures": {...},
+                       "int8": {"file": "stage2-int8.onnx", "name": "...", "sha256": "...",
+                                "size_bytes": N, "calibration": "...", "figures": {...}}}}}
+
+``int8`` (optional) is the same network quantized for onnxruntime (``ecgtrace export --int8 --ship``),
+made from exactly the weights of its entry; a stage reads it instead where its precision says so
+(:func:`ecgtrace.models.stage2.network_source`). Shipping new weights for the stage drops it.
 
 Per stage the weights come from (:func:`resolve_weights`): a checkpoint found in the
 ``--checkpoints`` folder, else the shipped file, else the classical path; ``classical=True``
@@ -36,6 +42,7 @@ from ecgtrace.io import atomic_write
 from ecgtrace.models.checkpoint import (
     INFERENCE_FORMAT,
     INFERENCE_SUFFIX,
+    ONNX_SUFFIX,
     PRETRAINED_CFG_KEY,
     PretrainedCfg,
     build_model,
@@ -87,10 +94,15 @@ class ShippedEntry:
     trained: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     folder: Path = field(default_factory=weights_dir)
+    int8: dict[str, Any] = field(default_factory=dict)  # the int8 ONNX form of these weights, if it ships
 
     @property
     def path(self) -> Path:
         return self.folder / self.file
+
+    @property
+    def int8_path(self) -> Path | None:
+        return self.folder / str(self.int8["file"]) if self.int8 else None
 
     @property
     def sha256_prefix(self) -> str:
@@ -98,9 +110,12 @@ class ShippedEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest entry (without the stage key and folder)."""
-        return {"file": self.file, "name": self.name, "sha256": self.sha256, "pretrained_cfg": self.pretrained_cfg,
-                "parameters": int(self.parameters), "size_bytes": int(self.size_bytes),
-                "trained": dict(self.trained), "figures": dict(self.figures)}
+        d = {"file": self.file, "name": self.name, "sha256": self.sha256, "pretrained_cfg": self.pretrained_cfg,
+             "parameters": int(self.parameters), "size_bytes": int(self.size_bytes),
+             "trained": dict(self.trained), "figures": dict(self.figures)}
+        if self.int8:
+            d["int8"] = dict(self.int8)
+        return d
 
     @classmethod
     def from_dict(cls, stage: int, d: dict[str, Any], folder: Path) -> ShippedEntry:
@@ -109,7 +124,17 @@ class ShippedEntry:
                    sha256=str(d["sha256"]).lower(), pretrained_cfg=dict(d.get("pretrained_cfg") or {}),
                    parameters=int(d.get("parameters") or 0), size_bytes=int(d.get("size_bytes") or 0),
                    trained={str(k): str(v) for k, v in (d.get("trained") or {}).items()},
-                   figures=dict(d.get("figures") or {}), folder=folder)
+                   figures=dict(d.get("figures") or {}), folder=folder, int8=_int8_entry(d.get("int8")))
+
+
+def _int8_entry(d: Any) -> dict[str, Any]:
+    """A manifest entry's ``int8`` part, checked for what reading it needs (``KeyError`` / ``TypeError`` if not)."""
+    if not d:
+        return {}
+    out = dict(d)
+    out["file"], out["name"], out["sha256"] = str(d["file"]), str(d["name"]), str(d["sha256"]).lower()
+    out["size_bytes"] = int(d.get("size_bytes") or 0)
+    return out
 
 
 @dataclass
@@ -132,7 +157,7 @@ class Manifest:
 _WARNED: set[str] = set()
 
 
-def _warn_once(msg: str) -> None:
+def warn_once(msg: str) -> None:
     """One warning line per distinct problem per process (a pipeline built twice does not repeat it)."""
     if msg not in _WARNED:
         _WARNED.add(msg)
@@ -160,7 +185,7 @@ def read_manifest(folder: str | Path | None = None) -> Manifest:
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         man.weights = {}
         man.problem = f"{man.path} cannot be read ({type(e).__name__}: {e})"
-        _warn_once(f"{man.problem}; no shipped weights are used (reinstall ecgtrace to restore it)")
+        warn_once(f"{man.problem}; no shipped weights are used (reinstall ecgtrace to restore it)")
     return man
 
 
@@ -195,18 +220,28 @@ def file_sha256(path: str | Path) -> str:
     return _SHA_CACHE[key]
 
 
-def shipped_problem(entry: ShippedEntry) -> str | None:
-    """What is wrong with a shipped file (missing, wrong size, sha256 mismatch), or None when it is intact."""
-    p = entry.path
+def _file_problem(p: Path, size_bytes: int, sha256: str) -> str | None:
     if not p.is_file():
         return f"{p} is missing (the manifest lists it)"
     size = p.stat().st_size
-    if entry.size_bytes and size != entry.size_bytes:
-        return f"{p} has {size:,} bytes, the manifest says {entry.size_bytes:,} (truncated or replaced)"
+    if size_bytes and size != size_bytes:
+        return f"{p} has {size:,} bytes, the manifest says {size_bytes:,} (truncated or replaced)"
     sha = file_sha256(p)
-    if sha != entry.sha256:
-        return f"{p} does not match its sha256 (file {sha[:SHA_PREFIX]}, manifest {entry.sha256[:SHA_PREFIX]})"
+    if sha != sha256:
+        return f"{p} does not match its sha256 (file {sha[:SHA_PREFIX]}, manifest {sha256[:SHA_PREFIX]})"
     return None
+
+
+def shipped_problem(entry: ShippedEntry) -> str | None:
+    """What is wrong with a shipped file (missing, wrong size, sha256 mismatch), or None when it is intact."""
+    return _file_problem(entry.path, entry.size_bytes, entry.sha256)
+
+
+def int8_problem(entry: ShippedEntry) -> str | None:
+    """What is wrong with an entry's shipped int8 file (as :func:`shipped_problem`); None when intact or none ships."""
+    if entry.int8_path is None:
+        return None
+    return _file_problem(entry.int8_path, int(entry.int8.get("size_bytes") or 0), str(entry.int8["sha256"]))
 
 
 # --------------------------------------------------------------------------- where weights come from
@@ -268,6 +303,14 @@ class WeightsSource:
     def from_entry(cls, entry: ShippedEntry) -> WeightsSource:
         return cls(kind="shipped", name=entry.name, sha256=entry.sha256, path=entry.path, stage=entry.stage)
 
+    @classmethod
+    def int8_of(cls, entry: ShippedEntry) -> WeightsSource:
+        """The shipped int8 form of ``entry``'s weights (run by onnxruntime); the entry must list one."""
+        if entry.int8_path is None:
+            raise EcgTraceError(f"no int8 network ships for stage {entry.stage} ({entry.folder / MANIFEST_NAME})")
+        return cls(kind="shipped", name=str(entry.int8["name"]), sha256=str(entry.int8["sha256"]),
+                   path=entry.int8_path, stage=entry.stage, backend="onnx")
+
 
 def as_source(checkpoint: str | Path | WeightsSource | None, stage: int | None = None,
               backend: str = "torch") -> WeightsSource:
@@ -291,7 +334,7 @@ def as_source(checkpoint: str | Path | WeightsSource | None, stage: int | None =
 
 
 def _fallback(stage: int, what: str) -> WeightsSource:
-    _warn_once(f"shipped stage-{stage} weights unusable: {what}; stage {stage} uses its classical path "
+    warn_once(f"shipped stage-{stage} weights unusable: {what}; stage {stage} uses its classical path "
                "(reinstall ecgtrace to restore the file, or pass --checkpoints DIR)")
     return WeightsSource(kind="classical", stage=stage, note=f"shipped weights unusable: {what}")
 
@@ -420,10 +463,16 @@ def ship_weights(ckpt_path: str | Path, name: str | None = None, trained: dict[s
     if peek.stage not in STAGES:
         raise EcgTraceError(f"{ckpt_path} records no pipeline stage (stage {peek.stage}); only stage 0/1/2 "
                             "networks can ship")
-    res = export_weights(ckpt_path, d / shipped_file_name(peek.stage), name=name)
     man = read_manifest(d)
     if man.problem:
         raise EcgTraceError(f"{man.problem}; fix or delete it before shipping")
+    res = export_weights(ckpt_path, d / shipped_file_name(peek.stage), name=name)
+    old = man.weights.get(int(peek.stage))
+    if old is not None and old.int8_path is not None and old.int8_path.is_file():
+        # quantized from the weights just replaced: it would read pages as the old network did
+        old.int8_path.unlink()
+        logger.info(f"removed {old.int8_path.name}, the int8 form of the replaced weights; make the new one with "
+                    f"`ecgtrace export {shipped_file_name(peek.stage)} --int8 --ship`")
     entry = ShippedEntry(stage=int(peek.stage), file=res.path.name, name=res.name, sha256=res.sha256,
                          pretrained_cfg=res.cfg.to_dict(), parameters=res.parameters, size_bytes=res.size_bytes,
                          trained=dict(trained or {}), figures=dict(figures or {}), folder=d)
@@ -432,10 +481,40 @@ def ship_weights(ckpt_path: str | Path, name: str | None = None, trained: dict[s
     return entry
 
 
-def folder_size(folder: str | Path | None = None) -> int:
-    """Bytes of the weights files in the shipped folder."""
+def ship_int8(onnx_path: str | Path, int8: dict[str, Any], folder: str | Path | None = None) -> ShippedEntry:
+    """Copy an int8 ONNX file (:func:`ecgtrace.train.quantize.quantize_stage2`) into the shipped folder as
+    ``stage{K}-int8.onnx`` and record it (``int8``: its figures and calibration) in its stage's manifest entry.
+
+    The file must have been made from the stage's shipped weights (``source_sha256`` in ``int8``)."""
+    import shutil
+
     d = Path(folder) if folder is not None else weights_dir()
-    return sum(p.stat().st_size for p in d.glob(f"*{INFERENCE_SUFFIX}")) if d.is_dir() else 0
+    src = Path(onnx_path)
+    man = read_manifest(d)
+    if man.problem:
+        raise EcgTraceError(f"{man.problem}; fix or delete it before shipping")
+    stage = int(int8.get("stage", 2))
+    entry = man.weights.get(stage)
+    if entry is None:
+        raise EcgTraceError(f"no stage-{stage} weights ship in {d}; ship the float weights first (`ecgtrace export "
+                            "CKPT --ship`), then their int8 form")
+    if int8.get("source_sha256") != entry.sha256:
+        raise EcgTraceError(f"the int8 network was made from other weights than the shipped {entry.file}; make it "
+                            f"from the shipped file: `ecgtrace export {entry.path} --int8 --ship`")
+    dst = d / f"stage{stage}-int8{ONNX_SUFFIX}"
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    entry.int8 = {**int8, "file": dst.name, "sha256": file_sha256(dst), "size_bytes": dst.stat().st_size}
+    write_manifest(man)
+    return entry
+
+
+def folder_size(folder: str | Path | None = None) -> int:
+    """Bytes of the weights files in the shipped folder (the float weights and their int8 forms)."""
+    d = Path(folder) if folder is not None else weights_dir()
+    if not d.is_dir():
+        return 0
+    return sum(p.stat().st_size for suffix in (INFERENCE_SUFFIX, ONNX_SUFFIX) for p in d.glob(f"*{suffix}"))
 
 
 def load_init_weights(model: torch.nn.Module, init: str, stage: int | None) -> Path:

@@ -31,15 +31,18 @@ import torch
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.backbone import register_model
 from ecgtrace.models.checkpoint import PretrainedCfg, load_model
+from ecgtrace.models.shipped import WeightsSource, int8_problem, shipped_entry, warn_once
 from ecgtrace.models.batchnorm_fold import folded_for_inference
 from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB, resize_to_input, to_chw
 from ecgtrace.models.unet import UNet
 from ecgtrace.paper import BAND_ABOVE_MV, BAND_BELOW_MV, CANONICAL, N_ROWS, Page
 
 TRACE_HEAD = "trace"
-#: What the network computes in: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 on a CPU with native
-#: bfloat16 arithmetic, where a pass takes about half the time, else fp32). ``ECGTRACE_PRECISION`` overrides it.
-PRECISIONS = ("auto", "fp32", "bf16")
+#: What the network computes in: ``"fp32"``, ``"bf16"`` (torch autocast), ``"int8"`` (the shipped int8 network, run
+#: by onnxruntime) or ``"auto"``: int8 where it ships and runs well here (a CPU with 8-bit dot products and
+#: onnxruntime installed), else bf16 on a CPU with native bfloat16 arithmetic, else fp32.
+#: ``ECGTRACE_PRECISION`` overrides it.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: Strips a CPU pass reads at once. The strips are independent (the shipped weights under bf16: the same logits
 #: to the bit in any grouping; elsewhere another batch size may pick other kernels, the same to float rounding);
 #: two at a time keep a layer's activations in cache: the 8 strips of a page with its mirrored read take
@@ -83,6 +86,19 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_int8_dot() -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (VNNI, AMX, Arm's dot product).
+
+    onnxruntime's int8 convolutions are fast with them; without them (AVX2 alone) its uint8 x int8 products
+    can saturate, so ``auto`` does not pick int8 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"))
+
+
 def wanted_precision(precision: str | None = None) -> str:
     """One of :data:`PRECISIONS`: ``precision``, else ``$ECGTRACE_PRECISION``, else auto; a one-line error otherwise.
 
@@ -96,13 +112,64 @@ def wanted_precision(precision: str | None = None) -> str:
 
 
 def resolve_precision(precision: str | None, device: str, is_torch: bool) -> str:
-    """``"fp32"`` or ``"bf16"`` for a network on ``device``: ``precision`` (else ``$ECGTRACE_PRECISION``, else auto)."""
+    """``"fp32"`` or ``"bf16"`` for a torch network on ``device``: ``precision`` (else ``$ECGTRACE_PRECISION``,
+    else auto); ``"fp32"`` for an ONNX session (its file says if it is int8: :class:`Stage2Model` asks it)."""
     want = wanted_precision(precision)
-    if not is_torch:  # an ONNX session runs what it was exported as (fp32)
+    if not is_torch:
         return "fp32"
+    if want == "int8":
+        raise EcgTraceError("precision int8 runs the int8 ONNX network (`ecgtrace export --int8`), not torch weights; "
+                            "use auto, fp32 or bf16 for these")
     if want == "auto":
         return "bf16" if str(device).startswith("cpu") and cpu_has_bf16() else "fp32"
     return want
+
+
+def network_source(source: WeightsSource, device: str = "cpu", precision: str | None = None) -> WeightsSource:
+    """The file stage 2's network is read from: the shipped int8 network where ``precision`` (else
+    ``$ECGTRACE_PRECISION``) is ``int8``, or ``auto`` on a CPU that runs it well; else ``source``.
+
+    ``int8`` asked for where it cannot run (no int8 network ships for these weights, another device,
+    no onnxruntime) is a one-line error; ``auto`` then keeps ``source``. A damaged int8 file warns once
+    and the float weights run. ``--backend onnx`` with ``auto`` keeps the float32 export it asks for.
+    """
+    want = wanted_precision(precision)
+    if not source.uses_network or want in ("fp32", "bf16"):
+        return source
+    if source.backend == "onnx" and source.path is not None and source.kind != "shipped":
+        return source  # an .onnx file of the user's: it runs in what it was made in
+    if source.kind != "shipped":
+        if want == "int8":
+            raise EcgTraceError(f"precision int8: {source.name} is torch weights; make its int8 form with "
+                                f"`ecgtrace export {source.path} --int8 --out stage2-int8.onnx` and pass that file")
+        return source
+    if want == "auto" and source.backend == "onnx":
+        return source
+    entry = shipped_entry(2, source.path.parent if source.path is not None else None)
+    why = ("no int8 network ships with these weights" if entry is None or entry.int8_path is None
+           or entry.sha256 != source.sha256 else
+           "int8 runs on the CPU only" if not str(device).startswith("cpu") else
+           "onnxruntime is not installed (pip install onnxruntime)" if not _has_onnxruntime() else "")
+    if why:
+        if want == "int8":
+            raise EcgTraceError(f"precision int8: {why}; use ECGTRACE_PRECISION=auto")
+        return source
+    if want == "auto" and not cpu_has_int8_dot():
+        return source
+    problem = int8_problem(entry)
+    if problem:
+        warn_once(f"shipped int8 stage-2 network unusable: {problem}; the float weights run instead "
+                  "(reinstall ecgtrace to restore it)")
+        return source
+    return WeightsSource.int8_of(entry)
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- strips
@@ -173,8 +240,10 @@ class Stage2Model:
         self.channels_last = is_torch
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        #: bf16 autocast halves a pass on a CPU with native bfloat16 (0.75 -> 0.40 s, 4 strips, two cores)
-        self.precision = resolve_precision(precision, device, is_torch)
+        #: bf16 autocast halves a pass on a CPU with native bfloat16 (0.75 -> 0.40 s, 4 strips, two cores);
+        #: an ONNX network computes in what its file was made in (fp32, or int8)
+        self.precision = (resolve_precision(precision, device, is_torch) if is_torch
+                          else str(getattr(model, "precision", "fp32")))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The trace logits of a batch of strips, in float32 whatever the network computed in."""
@@ -217,12 +286,14 @@ class Stage2Model:
         return RowLogits(logits=out, tops=tops, page=page, scale=(w0 / pw, h0 / ph))
 
 
-def load_stage2(path: str | Path, device: str = "cpu", backend: str = "torch") -> Stage2Model:
-    """Load a ``stage2_*.pth`` checkpoint for inference."""
+def load_stage2(path: str | Path, device: str = "cpu", backend: str = "torch",
+                precision: str | None = None) -> Stage2Model:
+    """Load a ``stage2_*.pth`` checkpoint (or exported / ONNX weights) for inference; ``precision``: see
+    :data:`PRECISIONS` (default ``$ECGTRACE_PRECISION``, else auto)."""
     net = load_model(path, device, stage=2, heads=(TRACE_HEAD,), backend=backend)
     model = net.model
     if isinstance(model, torch.nn.Module):  # BatchNorm folded into the convolutions: a pass 11 % faster
         # (a probe of the channels row_logits feeds it: one per normalisation entry)
         probe = torch.randn(1, len(net.cfg.mean), 64, 128, generator=torch.Generator().manual_seed(0)).to(device)
         model = folded_for_inference(model, probe)
-    return Stage2Model(model, net.cfg.input_size, device=device, cfg=net.cfg)
+    return Stage2Model(model, net.cfg.input_size, device=device, cfg=net.cfg, precision=precision)

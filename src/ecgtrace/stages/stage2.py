@@ -17,7 +17,7 @@ from ecgtrace import paper
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.device import resolve_device
 from ecgtrace.models.shipped import WeightsSource, as_source, open_weights
-from ecgtrace.models.stage2 import RowLogits, Stage2Model, load_stage2, wanted_precision
+from ecgtrace.models.stage2 import RowLogits, Stage2Model, load_stage2, network_source
 from ecgtrace.stages import trace_classical as tc
 from ecgtrace.stages.base import LeadSignals, StageError
 from ecgtrace.stages.steps import step
@@ -64,25 +64,30 @@ class Stage2:
     (see :func:`einthoven_correct`). With a model, ``fuse`` (default) has the classical reader read
     the page too and takes each lead window from the path the page's ink favours
     (:mod:`ecgtrace.stages.trace.fusion`); ``fuse=False`` keeps the network's paths alone.
-    ``backend="onnx"`` runs the network with onnxruntime (an ``.onnx`` checkpoint always does).
+    ``backend="onnx"`` runs the network with onnxruntime (an ``.onnx`` checkpoint always does). ``precision``
+    (default ``$ECGTRACE_PRECISION``, else auto) is what the network computes in; the shipped weights run as
+    their shipped int8 network where it says so (:func:`~ecgtrace.models.stage2.network_source`).
     """
 
     def __init__(self, checkpoint: str | Path | WeightsSource | None = None, device: str = "cpu",
                  einthoven: bool = False, params: trace.ClassicalParams | None = None, fuse: bool = True,
-                 fusion_params: fusion.FusionParams | None = None, backend: str = "torch") -> None:
+                 fusion_params: fusion.FusionParams | None = None, backend: str = "torch",
+                 precision: str | None = None) -> None:
         self.fuse = fuse
         self.fusion_params = fusion_params or fusion.FusionParams()
         self.device = str(resolve_device(device, "stage 2"))
         self.einthoven = einthoven
         self.params = params or trace.ClassicalParams()
         source = as_source(checkpoint, 2, backend)
-        if source.uses_network:
-            wanted_precision()  # a bad ECGTRACE_PRECISION is the user's setting, not a broken weights file
+        if source.uses_network:  # a bad ECGTRACE_PRECISION is the user's setting, not a broken weights file
+            # the shipped int8 network, where it is the one to run
+            source = network_source(source, self.device, precision)
         if source.kind == "checkpoint" and not source.path.is_file():
             raise EcgTraceError(f"stage-2 checkpoint {source.path} not found; train one with "
                                 "`ecgtrace train --stage 2` or leave --checkpoints out")
         self.model: Stage2Model | None
-        self.model, self.weights = open_weights(source, lambda p: load_stage2(p, self.device, source.backend))
+        self.model, self.weights = open_weights(source, lambda p: load_stage2(p, self.device, source.backend,
+                                                                               precision))
         self.checkpoint = self.weights.path if self.model is not None else None
 
     @property

@@ -1,0 +1,187 @@
+"""The stage-2 network in int8 for onnxruntime: calibrated on our own renders, checked on others, written as data.
+
+On a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI) onnxruntime runs the network's int8
+convolutions in about half the time of float32 or of bf16 autocast; the network's reading of a
+page barely moves when the convolutions that work at full and half resolution stay in float32
+(they are a tenth of the work and carry the sub-pixel position). :func:`quantize_stage2` does it:
+
+1. the torch weights are exported to ONNX (float32, checked against torch:
+   :func:`ecgtrace.models.onnx_backend.export_onnx`);
+2. activation ranges come from the row strips of ``calibration_pages`` pages of our own
+   renderer (every variant, GT-rectified as in training; each strip also mirrored, as the
+   stage reads them), never from a measuring set;
+3. weights per output channel in int8, activations in uint8 (onnxruntime's QOperator form);
+4. the int8 network and the float32 one read the strips of ``check_pages`` other renders, and
+   the column positions they decode must agree (:data:`MAX_MEAN_SHIFT_PX`), else nothing is written.
+
+The file carries the same ``pretrained_cfg`` as the weights it came from, ``precision=int8`` and
+how it was calibrated, in its metadata. Rendering pages is training-side work, so this module
+lives in ``train/``; running the file is :mod:`ecgtrace.models.onnx_backend`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ecgtrace.errors import EcgTraceError
+from ecgtrace.io import atomic_write
+from ecgtrace.models.checkpoint import ONNX_SUFFIX, load_model
+
+#: Decoder blocks that work at this stride or finer stay float32 (with the heads): the trace's sub-pixel
+#: position is made there. Quantizing them too moved the decoded columns 1.5x as far (0.044 px against
+#: 0.029 on our own renders) for no measurable time.
+FLOAT_STRIDE = 2
+#: The int8 network's decoded column positions may differ from float32's by this much on average (px of the
+#: 100 dpi strip) on the check pages; the shipped network's differ by 0.03.
+MAX_MEAN_SHIFT_PX = 0.15
+#: Seeds of the renders used: calibration and check pages never overlap, nor meet a training seed.
+CALIBRATION_SEED = 4242
+CHECK_SEED = 5353
+
+
+@dataclass
+class Int8Export:
+    """What :func:`quantize_stage2` wrote, and how closely the int8 network reads like float32."""
+
+    path: Path
+    name: str
+    size_bytes: int
+    calibration: str  # how the activation ranges were found
+    float_nodes: list[str]  # convolutions kept in float32
+    mean_shift_px: float  # mean |y int8 - y float32| of the decoded columns on the check strips
+    share_over_1px: float  # share of those columns more than 1 px apart
+    max_logit_diff: float
+
+
+def calibration_strips(n_pages: int, seed: int, page_size: tuple[int, int]) -> np.ndarray:
+    """(8 n, 3, H, W) float32: the four row strips of ``n_pages`` renders (every variant in turn), and each mirrored."""
+    from ecgtrace.data.synthetic import available_variants
+    from ecgtrace.train.stage2 import Stage2Pages
+
+    pages = Stage2Pages(n_pages, seed, page_size, variants=available_variants(), crop=False, fresh_per_epoch=False)
+    strips = np.concatenate([pages[i]["image"].numpy() for i in range(n_pages)])
+    return np.ascontiguousarray(np.concatenate([strips, strips[..., ::-1]]), dtype=np.float32)
+
+
+def float_nodes(model, n_blocks: int, final_stride: float) -> list[str]:
+    """Names of the Conv nodes of an exported U-Net that stay float32: decoder blocks at :data:`FLOAT_STRIDE` or
+    finer, and every Conv that writes a graph output (the heads)."""
+    keep = {i for i in range(n_blocks) if final_stride * 2 ** (n_blocks - 1 - i) <= FLOAT_STRIDE}
+    outputs = {o.name for o in model.graph.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        if any(f"/decoder.{i}/" in node.name for i in keep) or outputs & set(node.output):
+            names.append(node.name)
+    return names
+
+
+def _decoded_rows(logits: np.ndarray) -> np.ndarray:
+    from ecgtrace.models.stage2 import decode_columns
+
+    return np.stack([decode_columns(lg)[0] for lg in logits])
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime's quantizer logs a warning with a protobuf dump for every shape tensor it leaves alone (int64
+    sizes, not activations): hundreds of lines that say nothing to the user."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def quantize_stage2(weights: str | Path, out: str | Path, calibration_pages: int = 24, check_pages: int = 6,
+                    name: str | None = None, max_mean_shift_px: float | None = None) -> Int8Export:
+    """Write the int8 ONNX form of stage-2 torch weights (``.pth`` / ``.safetensors``) to ``out``; see the module doc.
+
+    ``max_mean_shift_px``: the check's bound (default :data:`MAX_MEAN_SHIFT_PX`; only an untrained network,
+    whose columns have no peak to find, needs another)."""
+    if max_mean_shift_px is None:
+        max_mean_shift_px = MAX_MEAN_SHIFT_PX
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+        from onnxruntime.quantization import quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as e:
+        raise EcgTraceError("the int8 export needs onnx and onnxruntime: pip install 'ecgtrace[onnx]'") from e
+    from ecgtrace.models.onnx_backend import INPUT_NAME, export_onnx, load_onnx_file
+
+    src, out = Path(weights), Path(out)
+    if out.suffix.lower() != ONNX_SUFFIX:
+        raise EcgTraceError(f"the output {out} must end in {ONNX_SUFFIX}")
+    if calibration_pages < 1 or check_pages < 1:
+        raise EcgTraceError(f"calibration and check pages must be 1 or more, got {calibration_pages} and {check_pages}")
+    loaded = load_model(src, "cpu")
+    if loaded.cfg.stage != 2:
+        raise EcgTraceError(f"{src} holds stage-{loaded.cfg.stage} weights; the int8 export calibrates on row strips "
+                            "and is for stage-2 networks only")
+    net = loaded.model
+    page_size = tuple(int(v) for v in loaded.cfg.input_size)
+    calib = calibration_strips(calibration_pages, CALIBRATION_SEED, page_size)
+    check = calibration_strips(check_pages, CHECK_SEED, page_size)[: 4 * check_pages]  # the plain strips
+
+    class Strips(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.i >= len(calib):
+                return None
+            self.i += 2
+            return {INPUT_NAME: calib[self.i - 2:self.i]}
+
+    with tempfile.TemporaryDirectory(prefix="ecgtrace-int8-") as tmp:
+        fp32 = export_onnx(src, Path(tmp) / "fp32.onnx", name=name)
+        pre = Path(tmp) / "pre.onnx"
+        with _quiet_quantizer():
+            quant_pre_process(str(fp32.path), str(pre))
+        keep = float_nodes(onnx.load(str(pre)), len(net.decoder), float(net.final_stride))
+        calibration = (f"MinMax over {len(calib)} row strips (half mirrored) of {calibration_pages} renders of "
+                       f"every variant, seed {CALIBRATION_SEED}; weights int8 per channel, activations uint8")
+        with atomic_write(out) as q:
+            with _quiet_quantizer():
+                quantize_static(str(pre), str(q), Strips(), quant_format=QuantFormat.QOperator,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                                nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax)
+            proto = onnx.load(str(q))
+            meta = {p.key: p.value for p in onnx.load(str(fp32.path)).metadata_props}
+            meta.update({"name": str(name or f"{fp32.name.removesuffix('-onnx')}-int8"), "precision": "int8",
+                         "calibration": calibration, "float_nodes": json.dumps(keep)})
+            del proto.metadata_props[:]
+            for k, v in meta.items():
+                proto.metadata_props.add(key=k, value=v)
+            onnx.save(proto, str(q))
+            want, got = load_onnx_file(fp32.path).model, load_onnx_file(q).model
+            ref, lg = [], []
+            for i in range(0, len(check), 2):
+                x = check[i:i + 2]
+                ref.append(next(iter(want(torch.from_numpy(x)).values()))[:, 0].numpy())
+                lg.append(next(iter(got(torch.from_numpy(x)).values()))[:, 0].numpy())
+            ref_a, lg_a = np.concatenate(ref), np.concatenate(lg)
+            shift = np.abs(_decoded_rows(lg_a) - _decoded_rows(ref_a))
+            if not np.all(np.isfinite(lg_a)) or not float(shift.mean()) <= max_mean_shift_px:
+                raise EcgTraceError(f"the int8 network of {src} reads the check strips {float(shift.mean()):.3f} px "
+                                    f"from float32 on average (over {max_mean_shift_px}); keep the float weights")
+    return Int8Export(path=out, name=meta["name"], size_bytes=out.stat().st_size, calibration=calibration,
+                      float_nodes=keep, mean_shift_px=float(shift.mean()), share_over_1px=float(np.mean(shift > 1.0)),
+                      max_logit_diff=float(np.abs(lg_a - ref_a).max()))
+
+
+def summary(res: Int8Export) -> dict:
+    """The figures of an int8 export as a JSON-ready dict (for the manifest and reports)."""
+    d = asdict(res)
+    d["path"] = str(res.path)
+    return d
