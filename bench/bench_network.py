@@ -2,11 +2,11 @@
 
 Usage:
     PYTHONPATH=src OMP_NUM_THREADS=2 python bench/bench_network.py [--images ../shared/eik-dev] [--n 4]
-        [--per-pass 1,2,4,8] [--repeat 3] [--name bench_network]
+        [--per-pass 1,2,4,8] [--repeat 3] [--precision auto|fp32|bf16|int8] [--name bench_network]
 
 Reads ``n`` pictures of a folder (its sub-folders in turn, as ``bench_e2e.py --images``), scales each
 to the canonical 200 dpi page and times :meth:`ecgtrace.models.stage2.Stage2Model.row_logits` with the
-shipped weights (four row strips and, with the mirrored read, four more) for each value of
+shipped weights in ``--precision`` (int8: their shipped int8 network; four row strips and, with the mirrored read, four more) for each value of
 ``--per-pass`` (:data:`~ecgtrace.models.stage2.CPU_STRIPS_PER_PASS`), the values interleaved over
 ``--repeat`` rounds so that a busy moment of the machine does not fall on one of them. It checks that
 every grouping gives the logits of the first (the strips are independent: the same to the bit with the
@@ -34,6 +34,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=4, help="pictures to read")
     ap.add_argument("--per-pass", default="1,2,4,8", help="strips per CPU pass to compare, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all values")
+    ap.add_argument("--precision", default=None,
+                    help="auto, fp32, bf16 (the torch weights) or int8 (the shipped int8 network; default: "
+                         "$ECGTRACE_PRECISION, else what auto picks here)")
     ap.add_argument("--name", default="bench_network")
     args = ap.parse_args()
     try:
@@ -51,12 +54,14 @@ def main() -> int:
     from bench_e2e import folder_pages
     from ecgtrace.io import write_json
     from ecgtrace.models import stage2
-    from ecgtrace.models.shipped import shipped_entry, shipped_file_name, weights_dir
+    from ecgtrace.models.shipped import WeightsSource, shipped_entry
     from ecgtrace.paper import CANONICAL
 
-    if shipped_entry(2) is None:
+    entry = shipped_entry(2)
+    if entry is None:
         raise SystemExit("no stage-2 weights ship with this checkout (src/ecgtrace/weights); nothing to time")
-    model = stage2.load_stage2(weights_dir() / shipped_file_name(2))
+    source = stage2.network_source(WeightsSource.from_entry(entry), "cpu", args.precision)
+    model = stage2.load_stage2(source.path, backend=source.backend, precision=args.precision)
     pages = folder_pages(args.images, args.n)
     rects = [cv2.resize(p.image, (CANONICAL.width_px, CANONICAL.height_px), interpolation=cv2.INTER_AREA)
              for p in pages]
