@@ -117,7 +117,9 @@ def test_ship_int8_then_auto_runs_it_and_fp32_does_not(ckpts, wdir, vnni, capsys
     monkeypatch.setattr(model2, "cpu_has_int8_dot", lambda: False)  # AVX2 alone: auto keeps the float weights
     assert Pipeline().weights["stage2"].sha256 == entry.sha256
     monkeypatch.setenv("ECGTRACE_PRECISION", "int8")  # asked for: it runs
-    assert Pipeline().stage2.model.precision == "int8"
+    pipe = Pipeline()
+    assert pipe.stage2.model.precision == "int8"
+    assert Stage2(checkpoint=pipe.stage2.weights).weights == pipe.stage2.weights  # the int8 source given again
 
     # shipping new float weights drops the int8 form of the old ones
     shipped.ship_weights(ckpts[2], name="tiny-s2-again")

@@ -30,7 +30,7 @@ import torch
 
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.backbone import register_model
-from ecgtrace.models.checkpoint import PretrainedCfg, load_model
+from ecgtrace.models.checkpoint import PretrainedCfg, is_onnx_file, load_model
 from ecgtrace.models.shipped import WeightsSource, int8_problem, shipped_entry, warn_once
 from ecgtrace.models.batchnorm_fold import folded_for_inference
 from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB, resize_to_input, to_chw
@@ -134,10 +134,8 @@ def network_source(source: WeightsSource, device: str = "cpu", precision: str | 
     and the float weights run. ``--backend onnx`` with ``auto`` keeps the float32 export it asks for.
     """
     want = wanted_precision(precision)
-    if not source.uses_network or want in ("fp32", "bf16"):
-        return source
-    if source.backend == "onnx" and source.path is not None and source.kind != "shipped":
-        return source  # an .onnx file of the user's: it runs in what it was made in
+    if not source.uses_network or want in ("fp32", "bf16") or is_onnx_file(source.path or ""):
+        return source  # an .onnx file (the user's, or the shipped int8 one) runs in what it was made in
     if source.kind != "shipped":
         if want == "int8":
             raise EcgTraceError(f"precision int8: {source.name} is torch weights; make its int8 form with "
