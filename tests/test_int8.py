@@ -81,6 +81,8 @@ def test_int8_export_is_int8_self_describing_and_reads_like_float32(ckpts, int8_
     stage_q = Stage2(checkpoint=res.path)
     assert stage_q.model.precision == "int8" and stage_q.weights.backend == "onnx"
     assert stage_q(_page(), 250.0).method == "model+classical"
+    # named stage2_*.onnx, --checkpoints on its folder runs it
+    assert Pipeline(res.path.parent).stage2.model.precision == "int8"
 
 
 def test_the_check_can_refuse(ckpts, tmp_path, monkeypatch):

@@ -125,8 +125,10 @@ def _int8(args: argparse.Namespace) -> int:
               f"{100 * res.share_over_1px:.2f} % over 1 px (max logit difference {res.max_logit_diff:.2f})")
         print(f"  kept float32: {', '.join(res.float_nodes)}")
         if not args.ship:
-            print(f"wrote {res.path}; run it with --checkpoints on its folder, or ECGTRACE_PRECISION=int8 for the "
-                  "shipped weights' own")
+            found = res.path.name.startswith("stage2_") or res.path.name == "stage2.onnx"
+            print(f"wrote {res.path}; " + ("--checkpoints on its folder runs it" if found else
+                                           "name it stage2_*.onnx for --checkpoints DIR to find it, or pass the file "
+                                           "itself as --checkpoints (stage2 commands: --checkpoint)"))
             return 0
         entry = shipped.ship_int8(out, {
             "stage": 2, "name": res.name, "source_sha256": shipped.file_sha256(args.checkpoint),

@@ -139,7 +139,7 @@ def network_source(source: WeightsSource, device: str = "cpu", precision: str | 
     if source.kind != "shipped":
         if want == "int8":
             raise EcgTraceError(f"precision int8: {source.name} is torch weights; make its int8 form with "
-                                f"`ecgtrace export {source.path} --int8 --out stage2-int8.onnx` and pass that file")
+                                f"`ecgtrace export {source.path} --int8 --out DIR/stage2_int8.onnx` and pass --checkpoints DIR")
         return source
     if want == "auto" and source.backend == "onnx":
         return source
