@@ -135,14 +135,21 @@ def _int8(args: argparse.Namespace) -> int:
             "calibration": res.calibration, "float_nodes": res.float_nodes,
             "check": {"mean_shift_px": round(res.mean_shift_px, 4), "share_over_1px": round(res.share_over_1px, 5)},
             "figures": _read_figures(args.figures)})
-    total = shipped.folder_size(entry.folder)
     print(f"shipped {entry.int8_path} beside {entry.file} ({int(entry.int8['size_bytes']) / 1e6:.1f} MB, sha256 "
-          f"{entry.int8['sha256'][:shipped.SHA_PREFIX]}); weights folder {total / 1e6:.1f} MB of the "
-          f"{shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget")
-    if total > shipped.SIZE_BUDGET_BYTES:
-        print(f"WARNING: the shipped weights ({total / 1e6:.1f} MB) exceed the "
-              f"{shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget")
+          f"{entry.int8['sha256'][:shipped.SHA_PREFIX]})")
+    _print_budget(entry.folder, "ship a smaller model or drop its int8 form")
     return 0
+
+
+def _print_budget(folder: Path, fix: str) -> None:
+    """How much of the shipped-weights budget ``folder`` uses, and a warning line when it is over."""
+    from ecgtrace.models import shipped
+
+    total, budget = shipped.folder_size(folder), shipped.SIZE_BUDGET_BYTES
+    print(f"  manifest {folder / shipped.MANIFEST_NAME} updated; weights folder {total / 1e6:.1f} MB "
+          f"of the {budget / 1e6:.0f} MB budget")
+    if total > budget:
+        print(f"WARNING: the shipped weights ({total / 1e6:.1f} MB) exceed the {budget / 1e6:.0f} MB budget; {fix}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,15 +181,10 @@ def run(args: argparse.Namespace) -> int:
                    "commit": args.commit if args.commit is not None else _git_head(),
                    "checkpoint": Path(args.checkpoint).name}
         entry = shipped.ship_weights(args.checkpoint, name=args.name, trained=trained, figures=figures)
-        total = shipped.folder_size(entry.folder)
         print(f"shipped stage {entry.stage}: {entry.path} ({entry.size_bytes / 1e6:.1f} MB, "
               f"{entry.parameters:,} parameters)")
         print(f"  name {entry.name}, sha256 {entry.sha256}")
-        print(f"  manifest {entry.folder / shipped.MANIFEST_NAME} updated; weights folder {total / 1e6:.1f} MB "
-              f"of the {shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget")
-        if total > shipped.SIZE_BUDGET_BYTES:
-            print(f"WARNING: the shipped weights ({total / 1e6:.1f} MB) exceed the "
-                  f"{shipped.SIZE_BUDGET_BYTES / 1e6:.0f} MB budget; ship a smaller model")
+        _print_budget(entry.folder, "ship a smaller model")
         if not figures:
             print("  no --figures given: `ecgtrace models` shows none for it")
         return 0

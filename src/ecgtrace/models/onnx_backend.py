@@ -75,6 +75,15 @@ def _ort() -> Any:
     return onnxruntime
 
 
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime imports here (:func:`check_backend` says what to install when it does not)."""
+    try:
+        _ort()
+    except EcgTraceError:
+        return False
+    return True
+
+
 def input_shape(cfg: PretrainedCfg) -> tuple[int, int, int, int]:
     """(batch, channels, height, width) the network of ``cfg`` is fed by its stage.
 

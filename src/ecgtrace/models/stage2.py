@@ -31,6 +31,7 @@ import torch
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.models.backbone import register_model
 from ecgtrace.models.checkpoint import PretrainedCfg, is_onnx_file, load_model
+from ecgtrace.models.onnx_backend import onnxruntime_available
 from ecgtrace.models.shipped import WeightsSource, int8_problem, shipped_entry, warn_once
 from ecgtrace.models.batchnorm_fold import folded_for_inference
 from ecgtrace.models.preprocess import MEAN_RGB, STD_RGB, resize_to_input, to_chw
@@ -147,7 +148,7 @@ def network_source(source: WeightsSource, device: str = "cpu", precision: str | 
     why = ("no int8 network ships with these weights" if entry is None or entry.int8_path is None
            or entry.sha256 != source.sha256 else
            "int8 runs on the CPU only" if not str(device).startswith("cpu") else
-           "onnxruntime is not installed (pip install onnxruntime)" if not _has_onnxruntime() else "")
+           "onnxruntime is not installed (pip install onnxruntime)" if not onnxruntime_available() else "")
     if why:
         if want == "int8":
             raise EcgTraceError(f"precision int8: {why}; use ECGTRACE_PRECISION=auto")
@@ -160,14 +161,6 @@ def network_source(source: WeightsSource, device: str = "cpu", precision: str | 
                   "(reinstall ecgtrace to restore it)")
         return source
     return WeightsSource.int8_of(entry)
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- strips

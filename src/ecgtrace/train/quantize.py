@@ -62,14 +62,17 @@ class Int8Export:
     max_logit_diff: float
 
 
-def calibration_strips(n_pages: int, seed: int, page_size: tuple[int, int]) -> np.ndarray:
-    """(8 n, 3, H, W) float32: the four row strips of ``n_pages`` renders (every variant in turn), and each mirrored."""
+def calibration_strips(n_pages: int, seed: int, page_size: tuple[int, int], mirrored: bool = True) -> np.ndarray:
+    """(8 n, 3, H, W) float32: the four row strips of ``n_pages`` renders (every variant in turn), then each
+    mirrored (without ``mirrored``: (4 n, ...), the plain strips alone)."""
     from ecgtrace.data.synthetic import available_variants
     from ecgtrace.train.stage2 import Stage2Pages
 
     pages = Stage2Pages(n_pages, seed, page_size, variants=available_variants(), crop=False, fresh_per_epoch=False)
     strips = np.concatenate([pages[i]["image"].numpy() for i in range(n_pages)])
-    return np.ascontiguousarray(np.concatenate([strips, strips[..., ::-1]]), dtype=np.float32)
+    if mirrored:
+        strips = np.concatenate([strips, strips[..., ::-1]])
+    return np.ascontiguousarray(strips, dtype=np.float32)
 
 
 def float_nodes(model, n_blocks: int, final_stride: float) -> list[str]:
@@ -132,7 +135,7 @@ def quantize_stage2(weights: str | Path, out: str | Path, calibration_pages: int
     net = loaded.model
     page_size = tuple(int(v) for v in loaded.cfg.input_size)
     calib = calibration_strips(calibration_pages, CALIBRATION_SEED, page_size)
-    check = calibration_strips(check_pages, CHECK_SEED, page_size)[: 4 * check_pages]  # the plain strips
+    check = calibration_strips(check_pages, CHECK_SEED, page_size, mirrored=False)
 
     class Strips(CalibrationDataReader):
         def __init__(self) -> None:
