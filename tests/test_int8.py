@@ -85,6 +85,51 @@ def test_int8_export_is_int8_self_describing_and_reads_like_float32(ckpts, int8_
     assert Pipeline(res.path.parent).stage2.model.precision == "int8"
 
 
+def _shape_only_dequantize(graph) -> list[str]:
+    users: dict[str, list[str]] = {}
+    for n in graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n.op_type)
+    return [n.name for n in graph.node
+            if n.op_type == "DequantizeLinear" and set(users.get(n.output[0], [])) == {"Shape"}]
+
+
+def _with_shape_dequantize(graph) -> int:
+    """Put back what the export removed: each Shape of an int8 activation reads a float32 copy of it, as
+    onnxruntime's quantizer writes the graph. Returns how many copies were added."""
+    made = {n.output[0] for n in graph.node if n.op_type in ("QLinearConv", "QLinearAdd", "QLinearConcat")}
+    added = 0
+    for n in list(graph.node):
+        if n.op_type == "Shape" and n.input[0] in made:
+            q = n.input[0]
+            graph.node.insert(list(graph.node).index(n), onnx.helper.make_node(
+                "DequantizeLinear", [q, q.replace("_quantized", "_scale"), q.replace("_quantized", "_zero_point")],
+                [q + "_float"]))
+            n.input[0] = q + "_float"
+            added += 1
+    return added
+
+
+def test_no_tensor_is_turned_back_to_float32_only_for_its_size(int8_file, tmp_path):
+    """The U-Net's decoder reads each skip's shape; in the exported file the Shape reads the int8 tensor. With the
+    quantizer's float32 copies for it put back, the outputs are the same numbers, and the export's pass removes
+    them again."""
+    import onnxruntime as ort
+
+    exported = onnx.load(str(int8_file.path))
+    assert _shape_only_dequantize(exported.graph) == []
+    with_copies = onnx.load(str(int8_file.path))
+    added = _with_shape_dequantize(with_copies.graph)
+    assert added >= 4 and len(_shape_only_dequantize(with_copies.graph)) == added
+    onnx.save(with_copies, str(tmp_path / "with.onnx"))
+    x = quantize.calibration_strips(1, 77, PAGE_HW)[:2]
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+            for p in (int8_file.path, tmp_path / "with.onnx")]
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+    assert quantize.drop_shape_only_dequantize(with_copies.graph) == added
+    assert _shape_only_dequantize(with_copies.graph) == []
+
+
 def test_the_check_can_refuse(ckpts, tmp_path, monkeypatch):
     out = tmp_path / "refused.onnx"
     with pytest.raises(EcgTraceError, match="keep the float weights"):  # no network reads this close
