@@ -164,9 +164,10 @@ def main() -> int:
             if args.stage2_checkpoint:
                 tmp = work / "ckpts_model_e2e"
                 tmp.mkdir(parents=True, exist_ok=True)
-                link = tmp / "stage2_bench.pth"
-                if link.exists() or link.is_symlink():
-                    link.unlink()
+                for old in tmp.glob("stage2_bench.*"):  # one at a time: a .pth left over would be found first
+                    old.unlink()
+                # its own suffix (.pth, .safetensors, .onnx), by which the pipeline reads it
+                link = tmp / f"stage2_bench{Path(args.stage2_checkpoint).suffix.lower()}"
                 link.symlink_to(Path(args.stage2_checkpoint).resolve())
             out = predict_split(data, "test", checkpoints=tmp, progress=True)
             path = write_submission(out.submission, work / "submission_model_e2e.csv")

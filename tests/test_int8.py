@@ -64,7 +64,10 @@ def test_int8_export_is_int8_self_describing_and_reads_like_float32(ckpts, int8_
     assert ops.count("QLinearConv") >= 10  # the encoder and the coarse decoder really are int8 ...
     floats = [n.name for n in graph.graph.node if n.op_type == "Conv"]
     assert sorted(floats) == sorted(res.float_nodes) and any("/decoder.4/" in n for n in floats)  # ... the fine end not
-    assert any(n.name.startswith("/decoder.3/") for n in graph.graph.node if n.op_type == "Conv")
+    assert any(n.name.startswith("/decoder.3/conv2/") for n in graph.graph.node if n.op_type == "Conv")
+    # the stride-2 block's first convolution reads its wide int8 input as int8
+    assert not any(n.startswith("/decoder.3/conv1/") for n in floats)
+    assert any(n.name.startswith("/decoder.3/conv1/") for n in graph.graph.node if n.op_type == "QLinearConv")
     meta = {p.key: p.value for p in graph.metadata_props}
     assert meta["precision"] == "int8" and "renders of every variant" in meta["calibration"]
     net_f, net_q = load_model(ckpts[2]), load_model(res.path, stage=2)
