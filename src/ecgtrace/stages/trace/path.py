@@ -55,25 +55,28 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     vertically into that column. The min over predecessors of
     ``D[y'] + |C[y] - C[y']|`` (C = cumulative step cost) is computed in O(Hb) with
     two running minima, so the whole path is O(Hb * n) with a short Python loop.
-    The forward pass keeps only the costs; the predecessor is looked up while tracing
-    the path back, for its n points alone (of equal predecessors, the nearest on each
-    side, and the one above on a tie between the sides).
+    The forward pass keeps only the costs (its differences D -+ C stay in two small buffers:
+    a 200 dpi row's (Hb, n) arrays written for the way back cost more than recomputing them);
+    the predecessor is found while tracing the path back, from those differences of its n
+    columns alone (of equal predecessors, the nearest on each side, and the one above on a
+    tie between the sides).
     """
     hb, n = unary.shape
-    cum = np.ascontiguousarray(np.cumsum(step, axis=0, dtype=np.float64).T)  # (n, Hb): C per column
+    # C per column, (n, Hb): transposed first, then summed in place along the rows (the same sums, in the same
+    # order, as summing down the columns, without a second transposed copy)
+    cum = np.ascontiguousarray(step.T, dtype=np.float64)
+    np.cumsum(cum, axis=1, out=cum)
     un = np.ascontiguousarray(unary.T, dtype=np.float64)
     cost = np.empty((n, hb))
     cost[0] = un[0]
-    # D - C and D + C of every column (D: the costs of the column before), kept for the way back
-    above, below = np.empty((n, hb)), np.empty((n, hb))
     run_min = np.minimum.accumulate
-    fa, fb = np.empty(hb), np.empty(hb)  # written in place: the loop runs once per column
+    fa, fb, diff = np.empty(hb), np.empty(hb), np.empty(hb)  # written in place: the loop runs once per column
     fb_up = fb[::-1]
     for x in range(1, n):
         C, D = cum[x], cost[x - 1]
-        run_min(np.subtract(D, C, out=above[x]), out=fa)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
+        run_min(np.subtract(D, C, out=diff), out=fa)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
         fa += C
-        run_min(np.add(D, C, out=below[x])[::-1], out=fb_up)  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
+        run_min(np.add(D, C, out=diff)[::-1], out=fb_up)  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
         fb -= C
         np.minimum(fa, fb, out=fa)
         np.add(un[x], fa, out=cost[x])
@@ -81,7 +84,8 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     y = int(cost[-1].argmin())
     path[-1] = y
     for x in range(n - 1, 0, -1):
-        a, b, c = above[x, :y + 1], below[x, y:], cum[x, y]
+        C, D = cum[x], cost[x - 1]
+        a, b, c = D[:y + 1] - C[:y + 1], D[y:] + C[y:], C[y]
         ka = y - int(a[::-1].argmin())  # the last of equal minima, as the running minimum keeps it
         kb = y + int(b.argmin())
         y = ka if a[ka] + c <= b[kb - y] - c else kb
