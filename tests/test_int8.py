@@ -21,7 +21,7 @@ from ecgtrace.stages.stage2 import Stage2
 from test_shipped import REAL, PAGE_HW, _corrupt, tiny_checkpoints, warnings, wdir  # noqa: F401 (fixtures)
 
 onnx = pytest.importorskip("onnx")
-from ecgtrace.train import quantize  # noqa: E402  (needs onnx only to run)
+from ecgtrace.train import graph_passes, quantize  # noqa: E402  (needs onnx only to run)
 
 torch.set_num_threads(1)
 
@@ -129,8 +129,50 @@ def test_no_tensor_is_turned_back_to_float32_only_for_its_size(int8_file, tmp_pa
     outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})
             for p in (int8_file.path, tmp_path / "with.onnx")]
     assert all(np.array_equal(a, b) for a, b in zip(*outs))
-    assert quantize.drop_shape_only_dequantize(with_copies.graph) == added
+    assert graph_passes.drop_shape_only_dequantize(with_copies.graph) == added
     assert _shape_only_dequantize(with_copies.graph) == []
+
+
+def test_phase_kernels_compute_the_upsampled_convolutions():
+    """The coarse-grid kernels of graph_passes against torch on the fine grid: a 3 x 3 convolution after a nearest 2x
+    upsampling, then one between fine tensors, laid out as phases and shuffled back (pixel_shuffle is CRD)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 7, 9, generator=g, dtype=torch.float64)
+    w1, w2 = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64), torch.randn(3, 4, 3, 3, generator=g,
+                                                                                      dtype=torch.float64)
+    fine = F.conv2d(F.relu(F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w1, padding=1)), w2, padding=1)
+    p1 = torch.from_numpy(graph_passes.upsampled_conv_phases(w1.numpy()))
+    p2 = torch.from_numpy(graph_passes.polyphase_conv(w2.numpy()))
+    coarse = F.pixel_shuffle(F.conv2d(F.relu(F.conv2d(x, p1, padding=1)), p2, padding=1), 2)
+    assert coarse.shape == fine.shape and float((coarse - fine).abs().max()) < 1e-9
+
+
+def test_the_last_block_on_the_coarse_grid_computes_the_same(ckpts, int8_file, tmp_path):
+    """fold_upsampled_tail on the tiny U-Net's float32 export: one DepthToSpace writes the logits, no Resize is left
+    before a float32 Conv, and the logits are the unfolded graph's to float rounding. The int8 export folded its
+    tail too, and says so."""
+    import onnxruntime as ort
+
+    from ecgtrace.models.onnx_backend import export_onnx
+
+    fp32 = export_onnx(ckpts[2], tmp_path / "fp32.onnx")
+    graph = onnx.load(str(fp32.path))
+    assert graph_passes.fold_upsampled_tail(graph.graph) == 1
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("DepthToSpace") == 1 and ops.count("Resize") == [n.op_type for n in onnx.load(
+        str(fp32.path)).graph.node].count("Resize") - 1
+    assert graph_passes.fold_upsampled_tail(graph.graph) == 0  # nothing left to fold
+    onnx.save(graph, str(tmp_path / "folded.onnx"))
+    x = quantize.calibration_strips(1, 78, PAGE_HW)[:2]
+    before, after = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+                     for p in (fp32.path, tmp_path / "folded.onnx"))
+    assert after.shape == before.shape and float(np.abs(after - before).max()) < 1e-4 * max(1.0, np.abs(before).max())
+    assert int8_file.folded_tail
+    exported = onnx.load(str(int8_file.path))
+    assert [n.op_type for n in exported.graph.node].count("DepthToSpace") == 1
+    assert {p.key: p.value for p in exported.metadata_props}["folded_tail"] == "true"
 
 
 def test_the_check_can_refuse(ckpts, tmp_path, monkeypatch):

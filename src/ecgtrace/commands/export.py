@@ -123,7 +123,8 @@ def _int8(args: argparse.Namespace) -> int:
         print(f"int8 network of {args.checkpoint}: {res.name}, {res.size_bytes / 1e6:.1f} MB")
         print(f"  against float32 on the check strips: decoded columns {res.mean_shift_px:.3f} px apart on average, "
               f"{100 * res.share_over_1px:.2f} % over 1 px (max logit difference {res.max_logit_diff:.2f})")
-        print(f"  kept float32: {', '.join(res.float_nodes)}")
+        print(f"  kept float32: {', '.join(res.float_nodes)}"
+              + ("; the last decoder block and head run on the coarse grid" if res.folded_tail else ""))
         if not args.ship:
             found = res.path.name.startswith("stage2_") or res.path.name == "stage2.onnx"
             print(f"wrote {res.path}; " + ("--checkpoints on its folder runs it" if found else

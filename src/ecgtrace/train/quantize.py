@@ -11,8 +11,10 @@ does it:
 2. activation ranges come from the row strips of ``calibration_pages`` pages of our own
    renderer (every variant, GT-rectified as in training; each strip also mirrored, as the
    stage reads them), never from a measuring set;
-3. weights per output channel in int8, activations in uint8 (onnxruntime's QOperator form), less the
-   conversions back to float32 that only a Shape reads (:func:`drop_shape_only_dequantize`);
+3. weights per output channel in int8, activations in uint8 (onnxruntime's QOperator form); the graph then
+   rewritten to compute the same in less time (:mod:`ecgtrace.train.graph_passes`: no conversion back to
+   float32 that only a Shape reads; the last decoder block and the head on the coarse grid, kept only where
+   its outputs match the unrewritten graph's to :data:`FOLD_TOLERANCE`);
 4. the int8 network and the float32 one read the strips of ``check_pages`` other renders, and
    the column positions they decode must agree (:data:`MAX_MEAN_SHIFT_PX`), else nothing is written.
 
@@ -36,6 +38,7 @@ import torch
 from ecgtrace.errors import EcgTraceError
 from ecgtrace.io import atomic_write
 from ecgtrace.models.checkpoint import ONNX_SUFFIX, load_model
+from ecgtrace.train.graph_passes import drop_shape_only_dequantize, fold_upsampled_tail
 
 #: Decoder blocks that work at this stride or finer stay float32 (with the heads): the trace's sub-pixel
 #: position is made there. For the shipped network, float32 from stride 2 on: its columns 0.081 px from
@@ -45,6 +48,9 @@ FLOAT_STRIDE = 2
 #: The int8 network's decoded column positions may differ from float32's by this much on average (px of the
 #: 100 dpi strip) on the check pages; the shipped network's differ by 0.081.
 MAX_MEAN_SHIFT_PX = 0.15
+#: The rewritten last decoder block and head (:func:`~ecgtrace.train.graph_passes.fold_upsampled_tail`) must give
+#: the logits of the graph before it to this much (float rounding: 4e-6 on the shipped network).
+FOLD_TOLERANCE = 1e-3
 #: Seeds of the renders used: calibration and check pages never overlap, nor meet a training seed.
 CALIBRATION_SEED = 4242
 CHECK_SEED = 5353
@@ -62,6 +68,7 @@ class Int8Export:
     mean_shift_px: float  # mean |y int8 - y float32| of the decoded columns on the check strips
     share_over_1px: float  # share of those columns more than 1 px apart
     max_logit_diff: float
+    folded_tail: bool  # the last decoder block and head run on the coarse grid (graph_passes.fold_upsampled_tail)
 
 
 def calibration_strips(n_pages: int, seed: int, page_size: tuple[int, int], mirrored: bool = True) -> np.ndarray:
@@ -98,34 +105,30 @@ def float_nodes(model, n_blocks: int, final_stride: float) -> list[str]:
     return names
 
 
-def drop_shape_only_dequantize(graph) -> int:
-    """Remove the DequantizeLinear nodes whose output only a Shape node reads (a U-Net's decoder asks each skip
-    for its size); the Shape reads the int8 tensor, of the same shape, instead. onnxruntime's quantizer leaves
-    them in and onnxruntime computes them: eight whole tensors turned back to float32 for their sizes, 7 % of
-    the shipped network's time. The outputs are the same numbers. Returns how many were removed."""
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    dead = []
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.output[0] in outputs:
-            continue
-        readers = users.get(node.output[0], [])
-        if readers and all(r.op_type == "Shape" for r in readers):
-            for r in readers:
-                r.input[0] = node.input[0]
-            dead.append(node)
-    for node in dead:
-        graph.node.remove(node)
-    return len(dead)
-
-
 def _decoded_rows(logits: np.ndarray) -> np.ndarray:
     from ecgtrace.models.stage2 import decode_columns
 
     return np.stack([decode_columns(lg)[0] for lg in logits])
+
+
+def _folded_if_same(proto, strips: np.ndarray, tmp: Path):
+    """``proto`` with its upsampled tail folded (:func:`fold_upsampled_tail`) when the folded graph's logits on
+    ``strips`` are within :data:`FOLD_TOLERANCE` of the unfolded one's; else ``proto`` as it is."""
+    import onnx
+
+    from ecgtrace.models.onnx_backend import load_onnx_file
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(proto)
+    if not fold_upsampled_tail(folded.graph):
+        return proto
+    x = torch.from_numpy(strips)
+    logits = []
+    for name, graph in (("unfolded.onnx", proto), ("folded.onnx", folded)):
+        onnx.save(graph, str(tmp / name))
+        logits.append(next(iter(load_onnx_file(tmp / name).model(x).values())).numpy())
+    same = logits[0].shape == logits[1].shape and float(np.abs(logits[0] - logits[1]).max()) <= FOLD_TOLERANCE
+    return folded if same else proto
 
 
 @contextlib.contextmanager
@@ -195,9 +198,12 @@ def quantize_stage2(weights: str | Path, out: str | Path, calibration_pages: int
                                 nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax)
             proto = onnx.load(str(q))
             drop_shape_only_dequantize(proto.graph)
+            unfolded = proto
+            proto = _folded_if_same(proto, check[:2], Path(tmp))
             meta = {p.key: p.value for p in onnx.load(str(fp32.path)).metadata_props}
             meta.update({"name": str(name or f"{fp32.name.removesuffix('-onnx')}-int8"), "precision": "int8",
-                         "calibration": calibration, "float_nodes": json.dumps(keep)})
+                         "calibration": calibration, "float_nodes": json.dumps(keep),
+                         "folded_tail": json.dumps(proto is not unfolded)})
             del proto.metadata_props[:]
             for k, v in meta.items():
                 proto.metadata_props.add(key=k, value=v)
@@ -215,5 +221,5 @@ def quantize_stage2(weights: str | Path, out: str | Path, calibration_pages: int
                                     f"from float32 on average (over {max_mean_shift_px}); keep the float weights")
     return Int8Export(path=out, name=meta["name"], size_bytes=out.stat().st_size, calibration=calibration,
                       float_nodes=keep, mean_shift_px=float(shift.mean()), share_over_1px=float(np.mean(shift > 1.0)),
-                      max_logit_diff=float(np.abs(lg_a - ref_a).max()))
+                      max_logit_diff=float(np.abs(lg_a - ref_a).max()), folded_tail=meta["folded_tail"] == "true")
 
