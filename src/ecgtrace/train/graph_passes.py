@@ -5,7 +5,7 @@
 - :func:`fold_upsampled_tail`: a U-Net's last block upsamples (nearest, 2x) and runs its 3 x 3 convolutions and
   the head at the full resolution. The same arithmetic runs on the coarse grid, one channel per output phase
   (the 2 x 2 pixels each coarse pixel becomes): the upsampled tensor is never made, and one DepthToSpace at the
-  end lays the head's phases out (the same outputs to float rounding: 4e-6 of logits up to 12).
+  end lays the head's phases out (the same outputs to float rounding: under 1e-5 on logits up to 28).
 
 Each pass edits ``graph`` (an ``onnx.GraphProto``) in place and says how much it changed; nothing here runs
 a network: :func:`ecgtrace.train.quantize.quantize_stage2` checks the rewritten file against the one it came from.

@@ -49,7 +49,7 @@ FLOAT_STRIDE = 2
 #: 100 dpi strip) on the check pages; the shipped network's differ by 0.081.
 MAX_MEAN_SHIFT_PX = 0.15
 #: The rewritten last decoder block and head (:func:`~ecgtrace.train.graph_passes.fold_upsampled_tail`) must give
-#: the logits of the graph before it to this much (float rounding: 4e-6 on the shipped network).
+#: the logits of the graph before it to this much (float rounding: under 1e-5 on the shipped network).
 FOLD_TOLERANCE = 1e-3
 #: Seeds of the renders used: calibration and check pages never overlap, nor meet a training seed.
 CALIBRATION_SEED = 4242
@@ -126,7 +126,12 @@ def _folded_if_same(proto, strips: np.ndarray, tmp: Path):
     logits = []
     for name, graph in (("unfolded.onnx", proto), ("folded.onnx", folded)):
         onnx.save(graph, str(tmp / name))
-        logits.append(next(iter(load_onnx_file(tmp / name).model(x).values())).numpy())
+        try:
+            logits.append(next(iter(load_onnx_file(tmp / name).model(x).values())).numpy())
+        except Exception:  # noqa: BLE001  (the folded graph failing to run, e.g. a Resize that is not 2x here)
+            if graph is proto:
+                raise
+            return proto
     same = logits[0].shape == logits[1].shape and float(np.abs(logits[0] - logits[1]).max()) <= FOLD_TOLERANCE
     return folded if same else proto
 
