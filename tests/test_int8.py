@@ -175,6 +175,17 @@ def test_the_last_block_on_the_coarse_grid_computes_the_same(ckpts, int8_file, t
     assert {p.key: p.value for p in exported.metadata_props}["folded_tail"] == "true"
 
 
+def test_a_fold_that_changes_the_logits_is_not_taken(ckpts, tmp_path, monkeypatch):
+    """The export keeps the unfolded graph when the folded one's logits differ (here: kernels deliberately off)."""
+    from ecgtrace.models.onnx_backend import export_onnx
+
+    proto = onnx.load(str(export_onnx(ckpts[2], tmp_path / "fp32.onnx").path))
+    x = quantize.calibration_strips(1, 79, PAGE_HW)[:2]
+    assert quantize._folded_if_same(proto, x, tmp_path) is not proto  # the true kernels: folded
+    monkeypatch.setattr(graph_passes, "upsampled_conv_phases", lambda w: 1.01 * np.repeat(w, 4, axis=0))
+    assert quantize._folded_if_same(proto, x, tmp_path) is proto
+
+
 def test_the_check_can_refuse(ckpts, tmp_path, monkeypatch):
     out = tmp_path / "refused.onnx"
     with pytest.raises(EcgTraceError, match="keep the float weights"):  # no network reads this close
