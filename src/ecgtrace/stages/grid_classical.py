@@ -154,10 +154,19 @@ def _local_axes(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ex, ey
 
 
+def _row_median(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=-1, keepdims=True)`` of finite rows: for an odd row length (a node profile's always is)
+    the middle element of one partition, the same number five times faster."""
+    n = a.shape[-1]
+    if n % 2 == 0:
+        return np.median(a, axis=-1, keepdims=True)
+    return np.partition(a, n // 2, axis=-1)[..., n // 2:n // 2 + 1]
+
+
 def _robust_z(prof: np.ndarray) -> np.ndarray:
     """Each row of ``prof`` as a robust z-score (median 0, MAD 1), clipped so one blot cannot dominate."""
-    med = np.median(prof, axis=-1, keepdims=True)
-    mad = np.median(np.abs(prof - med), axis=-1, keepdims=True)
+    med = _row_median(prof)
+    mad = _row_median(np.abs(prof - med))
     scale = 1.4826 * mad + 1e-3 * (np.abs(med) + 1.0)
     return np.clip((prof - med) / scale, -5.0, 30.0)
 
@@ -234,11 +243,12 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
     valid = feat[2] if isinstance(feat, tuple) and len(feat) > 2 else None
 
     def sample(img: np.ndarray) -> np.ndarray:
-        return np.concatenate([
-            cv2.remap(img, mx[s:s + step], my[s:s + step], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                      borderValue=0)
-            for s in range(0, k * n, step)
-        ]).reshape(k, n, n)
+        img = np.asarray(img, np.float32)  # the features are float32 (remap's output must be the type of ``out``)
+        out = np.empty((k * n, n), np.float32)
+        for s in range(0, k * n, step):  # each block written into its rows of ``out`` (contiguous), not concatenated
+            cv2.remap(img, mx[s:s + step], my[s:s + step], cv2.INTER_LINEAR, dst=out[s:s + step],
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return out.reshape(k, n, n)
 
     kern = np.array([[0.25, 0.5, 0.25]], dtype=np.float32)  # light smoothing against pixel noise
     if valid is None:
@@ -246,9 +256,13 @@ def measure_nodes(feat: np.ndarray | tuple[np.ndarray, np.ndarray], pred: np.nda
         cover = None
     else:  # mean over the pixels not covered by ink: a trace crossing part of a line must not skew its profile
         vs = sample(valid)
-        pv = (sample(fv) * vs).sum(axis=1) / np.maximum(vs.sum(axis=1), 1.0)
-        ph = (sample(fh) * vs).sum(axis=2) / np.maximum(vs.sum(axis=2), 1.0)
-        cover = (vs.mean(axis=1), vs.mean(axis=2))  # ink-free fraction along each profile position
+        free_v, free_h = vs.sum(axis=1), vs.sum(axis=2)  # each sum once (a mean is the sum over n: the same numbers)
+        pv, ph = sample(fv), sample(fh)
+        pv *= vs  # in place: no second patch-sized array
+        ph *= vs
+        pv = pv.sum(axis=1) / np.maximum(free_v, 1.0)
+        ph = ph.sum(axis=2) / np.maximum(free_h, 1.0)
+        cover = (free_v / n, free_h / n)  # ink-free fraction along each profile position
     col = cv2.filter2D(pv.astype(np.float32), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across vertical lines
     row = cv2.filter2D(ph.astype(np.float32), -1, kern, borderType=cv2.BORDER_REPLICATE)  # across horizontal lines
     # A line cut by the image border (or the border itself) biases the centroid: only nodes well inside count.
