@@ -377,3 +377,28 @@ def test_ink_near_path_is_the_max_over_each_points_span(seed):
         got = ink.ink_near_path(prob, x, y, radius)
         assert got.dtype == np.float32 and np.array_equal(got, _ink_near_path_by_point(prob, x, y, radius))
     assert ink.ink_near_path(prob, x[:0], y[:0], 2.0).shape == (0,)
+
+
+def test_lattice_neighbour_median_is_nanmedian():
+    """The sorted form of the lattice's neighbour median gives np.nanmedian's numbers (gaps, ties, even counts)."""
+    import warnings
+
+    rng = np.random.default_rng(11)
+    nh, nv = 12, 15
+    for trial in range(24):
+        idx = np.argwhere(rng.random((nh, nv)) < rng.uniform(0.2, 0.95))
+        vals = rng.normal(size=(len(idx), 2)) * (1e-3, 1.0, 50.0)[trial % 3]
+        if trial % 4 == 0:
+            vals = np.round(vals, 1)  # equal values
+        for radius in (1, 2):
+            med, count = L._neighbour_median(idx, vals, radius, (nh, nv))
+            grid = np.full((nh + 2 * radius, nv + 2 * radius, 2), np.nan)
+            grid[idx[:, 0] + radius, idx[:, 1] + radius] = vals
+            around = np.stack([grid[idx[:, 0] + radius + di, idx[:, 1] + radius + dj]
+                               for di in range(-radius, radius + 1) for dj in range(-radius, radius + 1) if di or dj])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                want = np.nanmedian(around, axis=0)
+            want[np.isfinite(around[..., 0]).sum(axis=0) < 3] = np.nan
+            assert np.array_equal(med, want, equal_nan=True), (trial, radius)
+            assert np.array_equal(count, np.isfinite(around[..., 0]).sum(axis=0))
