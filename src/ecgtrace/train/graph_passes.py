@@ -13,9 +13,12 @@ a network: :func:`ecgtrace.train.quantize.quantize_stage2` checks the rewritten 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # onnx is an optional dependency (ecgtrace[onnx]); only the int8 export imports this module
+    from onnx import GraphProto, NodeProto
 
 #: For the fine rows 2i (phase 0) and 2i + 1 (phase 1): which of the coarse rows i - 1, i, i + 1 (rows of the
 #: matrix) each tap of a 3-tap kernel (columns) reads, after a nearest 2x upsampling (fine row r holds coarse r // 2).
@@ -23,21 +26,21 @@ UPSAMPLED_TAPS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
                            [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], np.float64)
 
 
-def _attributes(node) -> dict[str, Any]:
+def _attributes(node: NodeProto) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _readers(graph) -> dict[str, list]:
-    out: dict[str, list] = {}
+def _readers(graph: GraphProto) -> dict[str, list[NodeProto]]:
+    out: dict[str, list[NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             out.setdefault(name, []).append(node)
     return out
 
 
-def prune_unused(graph) -> int:
+def prune_unused(graph: GraphProto) -> int:
     """Remove the nodes whose outputs nothing reads (repeatedly) and the initializers no node reads; returns the
     number of nodes removed."""
     outputs = {o.name for o in graph.output}
@@ -56,7 +59,7 @@ def prune_unused(graph) -> int:
     return removed
 
 
-def drop_shape_only_dequantize(graph) -> int:
+def drop_shape_only_dequantize(graph: GraphProto) -> int:
     """Remove the DequantizeLinear nodes whose output only a Shape node reads (a U-Net's decoder asks each skip
     for its size); the Shape reads the int8 tensor, of the same shape, instead. onnxruntime's quantizer leaves
     them in and onnxruntime computes them: eight whole tensors turned back to float32 for their sizes, 7 % of
@@ -77,7 +80,7 @@ def drop_shape_only_dequantize(graph) -> int:
     return len(dead)
 
 
-def _plain_3x3(node) -> bool:
+def _plain_3x3(node: NodeProto) -> bool:
     """A float32 Conv of a 3 x 3 kernel, stride 1, padding 1, no dilation or groups (its weights stored in the graph)."""
     a = _attributes(node)
     return (node.op_type == "Conv" and len(node.input) == 3 and list(a.get("kernel_shape", [])) == [3, 3]
@@ -107,7 +110,7 @@ def polyphase_conv(w: np.ndarray) -> np.ndarray:
     return out.reshape(4 * co, 4 * ci, 3, 3)
 
 
-def fold_upsampled_tail(graph) -> int:
+def fold_upsampled_tail(graph: GraphProto) -> int:
     """Run a nearest-2x Resize followed only by plain 3 x 3 Convs and ReLUs up to a graph output (a U-Net's last
     decoder block and head) on the coarse grid: the first Conv as :func:`upsampled_conv_phases`, the others as
     :func:`polyphase_conv`, one DepthToSpace (CRD) writing the output. Returns 1 if it folded a tail, else 0.
