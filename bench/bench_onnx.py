@@ -78,13 +78,6 @@ def _configs(checkpoints: str | None) -> dict[str, dict[str, str]]:
     return configs
 
 
-def _decoded(logits: Any) -> np.ndarray:
-    """Decoded y per column of each of the four rows, (rows, width)."""
-    from ecgtrace.models.stage2 import decode_columns
-
-    return np.stack([decode_columns(row)[0] for row in logits.logits])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "eik-dev"))
@@ -98,6 +91,7 @@ def main() -> int:
 
     from ecgtrace.models.onnx_backend import cache_dir, logits_agree
     from ecgtrace.pipeline import Pipeline
+    from ecgtrace.train.quantize import decoded_rows
 
     logger.remove()
     logger.add(sys.stderr, level=os.environ.get("ECGTRACE_LOG", "WARNING"), format="{message}")
@@ -128,7 +122,7 @@ def main() -> int:
             logits[name], net_s[name] = _timed(nets[name].row_logits, rect)
         if i == 0:
             continue  # warm-up (first-call allocations in every runtime)
-        ref_logits, ref_cols = logits["torch"].logits.numpy(), _decoded(logits["torch"])
+        ref_logits, ref_cols = logits["torch"].logits.numpy(), decoded_rows(logits["torch"].logits)
         ref_sig, ref_quality = res["torch"].signals.to_numpy(float), res["torch"].report["lead_quality"]
         row: dict[str, Any] = {"page": f"{page.subset}/{page.image_id}"}
         for name in others:
@@ -136,7 +130,7 @@ def main() -> int:
             row[_key(name, "logit_max_diff")] = diff
             if name == "onnx":
                 row["logits_within_tolerance"] = ok
-            row[_key(name, "decoded_shift_px")] = float(np.mean(np.abs(_decoded(logits[name]) - ref_cols)))
+            row[_key(name, "decoded_shift_px")] = float(np.mean(np.abs(decoded_rows(logits[name].logits) - ref_cols)))
             row[_key(name, "signal_max_diff_mv")] = float(np.nanmax(np.abs(res[name].signals.to_numpy(float) - ref_sig)))
             row[_key(name, "same_lead_quality")] = res[name].report["lead_quality"] == ref_quality
         row["network_s"], row["total_s"] = net_s, total

@@ -203,11 +203,9 @@ def fit_lattice(
     all_idx = np.stack(np.meshgrid(np.arange(nh), np.arange(nv), indexing="ij"), axis=-1).reshape(-1, 2)
     base = apply_homography(h, canonical_points(all_idx, page))
     reject_smoothing = 0.3 if smoothing == "auto" else float(smoothing)
-    fitted = None  # (the nodes kept, the weight) of the last field fitted
     for _ in range(2):
-        ki = np.flatnonzero(keep)
+        ki = fitted = np.flatnonzero(keep)  # ``fitted``: the nodes of the last field fitted (at reject_smoothing)
         field = smooth_lattice_field(idx[ki], resid[ki], (nh, nv), reject_smoothing)
-        fitted = (ki, reject_smoothing)
         err = np.linalg.norm(resid[ki] - field[idx[ki, 0], idx[ki, 1]], axis=1)
         sigma = 1.4826 * np.median(err) + 1e-6
         bad = err > max(6.0 * sigma, 0.08 * pitch)
@@ -220,7 +218,7 @@ def fit_lattice(
     # the grid error is each node's own, held out alone (as the confidence thresholds were set on it)
     cv_err = choose_smoothing(idx[ki], resid[ki], (nh, nv), choices=(float(smoothing),), block=1)[1] \
         if heldout else float("nan")
-    if not (np.array_equal(fitted[0], ki) and fitted[1] == float(smoothing)):  # else that very field is this one
+    if not (np.array_equal(fitted, ki) and reject_smoothing == float(smoothing)):  # else that very field is this one
         field = smooth_lattice_field(idx[ki], resid[ki], (nh, nv), float(smoothing))
     nodes = base.reshape(nh, nv, 2) + field
     err = np.linalg.norm(resid[ki] - field[idx[ki, 0], idx[ki, 1]], axis=1)

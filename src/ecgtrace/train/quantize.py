@@ -105,7 +105,9 @@ def float_nodes(model, n_blocks: int, final_stride: float) -> list[str]:
     return names
 
 
-def _decoded_rows(logits: np.ndarray) -> np.ndarray:
+def decoded_rows(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(rows, width) decoded y per column of a stack of row-strip logits (:func:`~ecgtrace.models.stage2.decode_columns`
+    of each): what the int8 check, and ``bench/bench_onnx.py``, compare between two networks."""
     from ecgtrace.models.stage2 import decode_columns
 
     return np.stack([decode_columns(lg)[0] for lg in logits])
@@ -220,7 +222,7 @@ def quantize_stage2(weights: str | Path, out: str | Path, calibration_pages: int
                 ref.append(next(iter(want(torch.from_numpy(x)).values()))[:, 0].numpy())
                 lg.append(next(iter(got(torch.from_numpy(x)).values()))[:, 0].numpy())
             ref_a, lg_a = np.concatenate(ref), np.concatenate(lg)
-            shift = np.abs(_decoded_rows(lg_a) - _decoded_rows(ref_a))
+            shift = np.abs(decoded_rows(lg_a) - decoded_rows(ref_a))
             if not np.all(np.isfinite(lg_a)) or not float(shift.mean()) <= max_mean_shift_px:
                 raise EcgTraceError(f"the int8 network of {src} reads the check strips {float(shift.mean()):.3f} px "
                                     f"from float32 on average (over {max_mean_shift_px}); keep the float weights")
