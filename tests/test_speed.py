@@ -123,6 +123,22 @@ def test_viterbi_matches_the_reference_including_ties():
         assert np.array_equal(viterbi(u, s), _viterbi_reference(u, s)), trial
 
 
+def test_viterbi_reads_any_layout_and_avoids_unknown_costs():
+    rng = np.random.default_rng(4)
+    u, s = rng.random((30, 50)), rng.random((30, 50)) * 0.2
+    want = _viterbi_reference(u, s)
+    # float32, a view of every other column of a wider array, Fortran order: the same path
+    wide = np.repeat(u.astype(np.float32), 2, axis=1)
+    assert np.array_equal(viterbi(wide[:, ::2], np.asfortranarray(s)), _viterbi_reference(u.astype(np.float32), s))
+    assert np.array_equal(viterbi(np.asfortranarray(u), s), want)
+    # a NaN cost is a place the path never passes, as +inf
+    u[want[10], 10] = np.nan
+    path = viterbi(u, s)
+    assert path[10] != want[10]
+    u[want[10], 10] = np.inf
+    assert np.array_equal(path, _viterbi_reference(u, s))
+
+
 def _runs_reference(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """The column-by-column loop :func:`_runs` replaced (its former code)."""
     hb, n = prob_band.shape

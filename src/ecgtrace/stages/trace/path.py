@@ -10,7 +10,6 @@ on extrema, run mid-points on strokes.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 
 import cv2
@@ -54,44 +53,14 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     ``step[y, x]`` is the cost of passing pixel ``y`` of column ``x`` while moving
     vertically into that column. The min over predecessors of
     ``D[y'] + |C[y] - C[y']|`` (C = cumulative step cost) is computed in O(Hb) with
-    two running minima, so the whole path is O(Hb * n) with a short Python loop.
-    The forward pass keeps only the costs (its differences D -+ C stay in two small buffers:
-    a 200 dpi row's (Hb, n) arrays written for the way back cost more than recomputing them);
-    the predecessor is found while tracing the path back, from those differences of its n
-    columns alone (of equal predecessors, the nearest on each side, and the one above on a
-    tie between the sides).
+    two running minima, so the whole path is O(Hb * n), compiled (:mod:`~ecgtrace.stages.trace.path_kernel`).
+    A NaN cost counts as +inf. Only the costs are kept;
+    the predecessor is found while tracing the path back (of equal predecessors, the
+    nearest on each side, and the one above on a tie between the sides).
     """
-    hb, n = unary.shape
-    # C per column, (n, Hb): transposed first, then summed in place along the rows (the same sums, in the same
-    # order, as summing down the columns, without a second transposed copy)
-    cum = np.ascontiguousarray(step.T, dtype=np.float64)
-    np.cumsum(cum, axis=1, out=cum)
-    un = np.ascontiguousarray(unary.T, dtype=np.float64)
-    cost = np.empty((n, hb))
-    cost[0] = un[0]
-    run_min, sub, add, least = np.minimum.accumulate, np.subtract, np.add, np.minimum
-    fa, fb, diff = np.empty(hb), np.empty(hb), np.empty(hb)  # written in place: the loop runs once per column
-    fb_up, diff_up = fb[::-1], diff[::-1]
-    # the rows of the arrays as views made once (the loop is a few microseconds a column: indexing counts)
-    for C, D, u, out in zip(list(cum[1:]), list(cost[:-1]), list(un[1:]), list(cost[1:])):
-        run_min(sub(D, C, out=diff), out=fa)  # predecessors above (y' <= y): D[y'] - C[y'] + C[y]
-        fa += C
-        add(D, C, out=diff)
-        run_min(diff_up, out=fb_up)  # predecessors below (y' >= y): D[y'] + C[y'] - C[y]
-        fb -= C
-        least(fa, fb, out=fa)
-        add(u, fa, out=out)
-    path = np.empty(n, dtype=np.int64)
-    y = int(cost[-1].argmin())
-    path[-1] = y
-    for x in range(n - 1, 0, -1):
-        C, D = cum[x], cost[x - 1]
-        a, b, c = D[:y + 1] - C[:y + 1], D[y:] + C[y:], C[y]
-        ka = y - int(a[::-1].argmin())  # the last of equal minima, as the running minimum keeps it
-        kb = y + int(b.argmin())
-        y = ka if a[ka] + c <= b[kb - y] - c else kb
-        path[x - 1] = y
-    return path
+    from ecgtrace.stages.trace.path_kernel import viterbi_kernel  # numba: imported (0.3 s) on first use
+
+    return viterbi_kernel(np.asarray(unary), np.asarray(step))
 
 
 def _runs(prob_band: np.ndarray, path: np.ndarray, thr: float, max_len: int) -> tuple[np.ndarray, np.ndarray]:
