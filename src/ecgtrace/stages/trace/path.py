@@ -53,10 +53,10 @@ def viterbi(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
     ``step[y, x]`` is the cost of passing pixel ``y`` of column ``x`` while moving
     vertically into that column. The min over predecessors of
     ``D[y'] + |C[y] - C[y']|`` (C = cumulative step cost) is computed in O(Hb) with
-    two running minima, so the whole path is O(Hb * n), compiled (:mod:`~ecgtrace.stages.trace.path_kernel`).
-    A NaN cost counts as +inf. Only the costs are kept;
-    the predecessor is found while tracing the path back (of equal predecessors, the
-    nearest on each side, and the one above on a tie between the sides).
+    two running minima, so the whole path is O(Hb * n), a loop compiled by numba
+    (:mod:`~ecgtrace.stages.trace.path_kernel`). Only the costs are kept; the predecessor is
+    found while tracing the path back (of equal predecessors, the nearest on each side, and
+    the one above on a tie between the sides). A NaN cost counts as +inf.
     """
     from ecgtrace.stages.trace.path_kernel import viterbi_kernel  # numba: imported (0.3 s) on first use
 
