@@ -197,10 +197,9 @@ def _subpixel(prob_band: np.ndarray, path: np.ndarray, radius: int, max_run: int
     used = used | np.r_[used[1:], False] | np.r_[False, used[:-1]]
     inrun = thin_touching(ink, ink & span & used[None, :]) & span
     has = inrun.any(axis=0)
-    st = np.where(inrun, yy, np.inf).min(axis=0)
-    sb = np.where(inrun, yy, -np.inf).max(axis=0)
-    st = np.where(has, st, 0.0)
-    sb = np.where(has, sb, 0.0)
+    # the first and last skeleton row of each column that has one (0 elsewhere)
+    st = np.where(has, inrun.argmax(axis=0), 0).astype(np.float64)
+    sb = np.where(has, hb - 1 - inrun[::-1].argmax(axis=0), 0).astype(np.float64)
     sm = 0.5 * (st + sb)
     smp = np.concatenate([sm[:1], sm[:-1]])
     smn = np.concatenate([sm[1:], sm[-1:]])
