@@ -1,8 +1,9 @@
 """The path search's loop over columns, compiled (:func:`ecgtrace.stages.trace.path.viterbi` prepares its arrays).
 
 As numpy calls it was seven ufunc calls per column, 0.03-0.04 s for a 200 dpi row, four rows a page;
-compiled by numba it is a few milliseconds. The operations and their order are those of the numpy
-version, so the paths are the same to the bit (tests/test_speed.py); a NaN unary cost counts as +inf.
+compiled by numba it is a few milliseconds. The operations and their order are those of that numpy
+loop, so the paths are the same to the bit (tests/test_speed.py holds a reference); a NaN unary cost
+counts as +inf.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def viterbi_kernel(unary: np.ndarray, step: np.ndarray) -> np.ndarray:
             u = np.float64(unary[y, x])
             out[y] = (np.inf if u != u else u) + (a if a <= b else b)
     path = np.empty(n, dtype=np.int64)
-    y = _least(cost[n - 1], np.zeros(hb), 1.0, 0, hb, 1)[1]
+    y = int(np.argmin(cost[n - 1]))  # the first of equal minima
     path[n - 1] = y
     for x in range(n - 1, 0, -1):
         _column_sums(step, x, C)
