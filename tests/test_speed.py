@@ -247,6 +247,41 @@ def test_banded_lattice_solve_matches_sparse_lu():
             np.testing.assert_allclose(got.reshape(-1, 2), ref, atol=1e-9)
 
 
+def test_lattice_solve_on_one_blas_thread_gives_the_same_field_and_restores_the_threads():
+    """The banded solves run on one BLAS thread (faster at this size): the field is the one the default
+    threads give, to the bit, and the process's BLAS threads are what they were afterwards, also when two
+    threads solve at once (the server's jobs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    shape = (44, 56)  # a canonical page's lattice: a band 89 wide
+    idx = np.argwhere(rng.random(shape) < 0.7)
+    vals = rng.normal(size=(len(idx), 2))
+    solve = L.solveh_banded
+    seen = []
+
+    def watched(*args, **kwargs):
+        seen.append(max(i["num_threads"] for i in L._blas_controller().select(user_api="blas").info()))
+        return solve(*args, **kwargs)
+
+    before = L._blas_controller().select(user_api="blas").info()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L, "solveh_banded", watched)
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda lam: L.smooth_lattice_field(idx, vals, shape, lam), (0.3, 0.3, 3.0, 3.0)))
+    assert seen == [1, 1, 1, 1]
+    assert L._blas_controller().select(user_api="blas").info() == before
+    band, order = L._bending_band(*shape)
+    flat, n = idx[:, 0] * shape[1] + idx[:, 1], shape[0] * shape[1]
+    rhs = np.stack([np.bincount(flat, weights=vals[:, c], minlength=n) for c in range(2)], 1)
+    for lam, field in zip((0.3, 0.3, 3.0, 3.0), got):
+        ab = lam * band
+        ab[-1] += np.bincount(flat, minlength=n)[order]
+        ref = np.empty_like(rhs)
+        ref[order] = solve(ab, rhs[order], check_finite=False)  # the default threads
+        assert np.array_equal(field.reshape(-1, 2), ref)
+
+
 def test_ink_map_is_reused_only_for_the_same_pixels():
     page = _page_like(425, 550)
     prob, blind = ink.ink_map(page)
