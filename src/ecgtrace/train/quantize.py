@@ -1,7 +1,9 @@
 """The stage-2 network in int8 for onnxruntime: calibrated on our own renders, checked on others, written as data.
 
 On a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI) onnxruntime runs the int8 network in
-about 0.6x the time of the float32 one (0.52 against 0.89 s a page on two cores); the network's
+under half the time of the float32 one (0.38 against 0.89 s a page on two cores, the manifest's
+``network_seconds_per_page``; 0.52 before :mod:`ecgtrace.train.graph_passes`; on AVX2 alone it is no
+faster, so it runs only where those instructions are: ``ecgtrace.models.stage2``); the network's
 reading of a page barely moves when the convolutions that work at full and half resolution stay
 in float32 (a tenth of the work, and where the sub-pixel position is made). :func:`quantize_stage2`
 does it:
