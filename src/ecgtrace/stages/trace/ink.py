@@ -34,6 +34,11 @@ LINE_RESIDUAL_MARGIN = 0.2
 FFT_MIN_TAPS = 151
 
 
+def _gaussian_taps(sigma: float) -> int:
+    """The length of OpenCV's Gaussian kernel for a float image (``GaussianBlur`` with ksize (0, 0)): 8 sigma + 1, odd."""
+    return int(round(sigma * 8 + 1)) | 1
+
+
 def blur_wide(a: np.ndarray, sigma: float) -> np.ndarray:
     """``cv2.GaussianBlur(a, (0, 0), sigma)`` of a float32 image, by FFT when the kernel is long.
 
@@ -43,7 +48,7 @@ def blur_wide(a: np.ndarray, sigma: float) -> np.ndarray:
     faster at sigma 80. (Averaging the page down and blurring there was faster still, but off by
     0.1, and that was enough to move a grid node on some pages.)
     """
-    ks = int(round(sigma * 8 + 1)) | 1
+    ks = _gaussian_taps(sigma)
     h, w = a.shape[:2]
     if ks < FFT_MIN_TAPS or min(h, w) <= ks:
         return gaussian_blur(a, sigma)
@@ -143,8 +148,7 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
     if img.ndim == 2 or img.shape[2] == 1:
         return blur(img)
-    # OpenCV's kernel for float images: 8 sigma + 1 taps (ecgtrace.stages.trace.ink.blur_wide)
-    return halves_on_two_cores(blur, img, (int(round(sigma * 8 + 1)) | 1) // 2)
+    return halves_on_two_cores(blur, img, _gaussian_taps(sigma) // 2)
 
 
 def whiten_paper(image_bgr: np.ndarray, kernel_px: int | None = None, coarse: bool = False) -> np.ndarray:
